@@ -1,0 +1,66 @@
+"""The mpfl exception tree, with the exit code each maps to at the command line.
+
+    MpflError                 1   anything mpfl raises on purpose
+    +-- ConfigError           2   a bad flag, config key or value
+    +-- DataError             3   a missing or malformed dataset / file
+    +-- ModelError            4   unknown model, mask or checkpoint that does not fit
+    +-- WireError             5   bytes that do not decode as a v1 message
+    |   +-- FingerprintMismatch   a message for another model or granularity
+    +-- FederationError       6   a round that cannot complete (quorum lost, timeout)
+    +-- ExportError           7   an export or its verification failed
+    +-- HardwareError         8   an unknown profile, or a budget the board cannot hold
+
+Errors carry their context (node id, round, topic, path) as attributes and render it in
+one line, so a command-line tool can print ``str(err)`` and exit with ``err.exit_code``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class MpflError(Exception):
+    exit_code = 1
+
+    def __init__(self, message: str, **context: Any) -> None:
+        self.message = message
+        self.context = {k: v for k, v in context.items() if v is not None}
+        super().__init__(message)
+
+    def __str__(self) -> str:
+        if not self.context:
+            return self.message
+        where = ", ".join(f"{k}={v}" for k, v in self.context.items())
+        return f"{self.message} ({where})"
+
+
+class ConfigError(MpflError):
+    exit_code = 2
+
+
+class DataError(MpflError):
+    exit_code = 3
+
+
+class ModelError(MpflError):
+    exit_code = 4
+
+
+class WireError(MpflError):
+    exit_code = 5
+
+
+class FingerprintMismatch(WireError):
+    pass
+
+
+class FederationError(MpflError):
+    exit_code = 6
+
+
+class ExportError(MpflError):
+    exit_code = 7
+
+
+class HardwareError(MpflError):
+    exit_code = 8
