@@ -1,0 +1,229 @@
+"""Aggregation of the alive values nodes send in phase T.
+
+Every update is a flat float32 array of the alive values in canonical order, the same
+length for every node (the mask is shared, so no indices travel). FedAvg streams:
+:class:`WeightedAverager` holds O(values) float64 sums whatever the number of nodes. The
+robust rules (median, trimmed mean) need every update at once, O(nodes x values), and
+ignore sample counts: a node could claim any count, and robustness is their point.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping, Sequence
+from types import MappingProxyType
+from typing import Any
+
+import numpy as np
+from numpy.typing import NDArray
+
+from mpfl.errors import ConfigError, FederationError, ModelError
+
+Values = NDArray[np.float32]
+
+# Elements multiplied per step in float64, so adding an update needs no full-size temporary.
+_CHUNK = 1 << 16
+
+
+def _check_values(values: NDArray[Any], n_values: int, index: int | None = None) -> None:
+    if not isinstance(values, np.ndarray) or values.ndim != 1:
+        raise ModelError("an update must be a flat array", update=index)
+    if values.size != n_values:
+        raise ModelError(
+            "update length does not fit", expected=n_values, got=values.size, update=index
+        )
+    if not np.issubdtype(values.dtype, np.floating):
+        raise ModelError("an update must hold floats", dtype=str(values.dtype), update=index)
+    if not np.all(np.isfinite(values)):
+        raise FederationError("an update holds NaN or infinite values", update=index)
+
+
+def _check_weight(weight: float, index: int | None = None) -> float:
+    weight = float(weight)
+    if not (math.isfinite(weight) and weight > 0.0):
+        raise FederationError(
+            "an update weight must be positive and finite", weight=weight, update=index
+        )
+    return weight
+
+
+class WeightedAverager:
+    """Streaming weighted mean (FedAvg): ``add`` updates as they arrive, read ``result``."""
+
+    def __init__(self, n_values: int) -> None:
+        if n_values < 0:
+            raise ModelError("an update cannot have a negative length", n_values=n_values)
+        self.n_values = n_values
+        self.n_updates = 0
+        self.total_weight = 0.0
+        self._sums = np.zeros(n_values, dtype=np.float64)
+        self._scratch = np.empty(min(n_values, _CHUNK), dtype=np.float64)
+
+    def add(self, values: NDArray[Any], weight: float = 1.0) -> None:
+        """Add one node's values with weight ``weight`` (its sample count, or 1)."""
+        _check_values(values, self.n_values)
+        weight = _check_weight(weight)
+        for start in range(0, self.n_values, _CHUNK):
+            stop = min(start + _CHUNK, self.n_values)
+            scratch = self._scratch[: stop - start]
+            np.multiply(values[start:stop], weight, out=scratch, dtype=np.float64)
+            self._sums[start:stop] += scratch
+        self.n_updates += 1
+        self.total_weight += weight
+
+    def merge(self, other: WeightedAverager) -> None:
+        """Add another averager's sums (regional partial aggregates add up)."""
+        if other.n_values != self.n_values:
+            raise ModelError(
+                "cannot merge updates of different lengths",
+                expected=self.n_values,
+                got=other.n_values,
+            )
+        self._sums += other._sums
+        self.n_updates += other.n_updates
+        self.total_weight += other.total_weight
+
+    def result(self) -> Values:
+        """The weighted mean as float32; FederationError before the first update."""
+        if self.n_updates == 0:
+            raise FederationError("no updates were received this round", n_values=self.n_values)
+        return (self._sums / self.total_weight).astype(np.float32)
+
+    def state(self) -> dict[str, NDArray[Any]]:
+        """Plain arrays for a checkpoint (``np.savez``, no pickle)."""
+        return {
+            "sums": self._sums.copy(),
+            "n_updates": np.array(self.n_updates, dtype=np.int64),
+            "total_weight": np.array(self.total_weight, dtype=np.float64),
+        }
+
+    @classmethod
+    def from_state(cls, state: Mapping[str, NDArray[Any]]) -> WeightedAverager:
+        """Rebuild an averager from :meth:`state`; ModelError if the arrays do not fit."""
+        try:
+            sums = np.asarray(state["sums"])
+            n_updates = int(state["n_updates"])
+            total_weight = float(state["total_weight"])
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ModelError("averager checkpoint is incomplete", reason=str(exc)) from None
+        if sums.ndim != 1 or sums.dtype != np.float64:
+            raise ModelError("averager checkpoint sums do not fit", got=sums.shape)
+        if n_updates < 0 or not math.isfinite(total_weight) or total_weight < 0:
+            raise ModelError(
+                "averager checkpoint has bad totals",
+                n_updates=n_updates,
+                total_weight=total_weight,
+            )
+        averager = cls(sums.size)
+        averager._sums[:] = sums
+        averager.n_updates = n_updates
+        averager.total_weight = total_weight
+        return averager
+
+
+def _common_length(updates: Sequence[NDArray[Any]]) -> int:
+    """The length every update must have (the first one's); checks all of them."""
+    if len(updates) == 0:
+        raise FederationError("no updates to aggregate")
+    first = updates[0]
+    n_values = first.size if isinstance(first, np.ndarray) else -1
+    for i, values in enumerate(updates):
+        _check_values(values, n_values, index=i)
+    return n_values
+
+
+def _stack(updates: Sequence[NDArray[Any]]) -> NDArray[Any]:
+    _common_length(updates)
+    return np.stack(updates)
+
+
+def _check_weights(weights: Sequence[float] | None, n_updates: int) -> list[float]:
+    if weights is None:
+        return [1.0] * n_updates
+    if len(weights) != n_updates:
+        raise ModelError("one weight per update", expected=n_updates, got=len(weights))
+    return [_check_weight(w, index=i) for i, w in enumerate(weights)]
+
+
+def weighted_mean(
+    updates: Sequence[NDArray[Any]], weights: Sequence[float] | None = None
+) -> Values:
+    """FedAvg: the mean of the updates weighted by sample count (equal weights if None)."""
+    averager = WeightedAverager(_common_length(updates))
+    for values, weight in zip(updates, _check_weights(weights, len(updates)), strict=True):
+        averager.add(values, weight)
+    return averager.result()
+
+
+def median(updates: Sequence[NDArray[Any]]) -> Values:
+    """Coordinate-wise median. Holds every update: O(nodes x values)."""
+    return np.median(_stack(updates), axis=0).astype(np.float32)
+
+
+def trimmed_mean(updates: Sequence[NDArray[Any]], trim: float = 0.1) -> Values:
+    """Coordinate-wise mean after dropping the floor(trim * N) lowest and highest values.
+
+    Holds every update: O(nodes x values).
+    """
+    if not (0.0 <= trim < 0.5):
+        raise ConfigError("trim must be in [0, 0.5)", trim=trim)
+    stacked = _stack(updates)
+    n = stacked.shape[0]
+    cut = math.floor(trim * n)
+    kept = np.sort(stacked, axis=0)[cut : n - cut]
+    return kept.mean(axis=0, dtype=np.float64).astype(np.float32)
+
+
+def clip_norm(update: NDArray[Any], base: NDArray[Any], max_norm: float) -> Values:
+    """Shrink ``update - base`` to L2 norm at most ``max_norm`` and return base + delta.
+
+    Applied to each node's values before averaging, it bounds how far one node can move
+    the global weights in a round.
+    """
+    if not (math.isfinite(max_norm) and max_norm > 0.0):
+        raise ConfigError("max_norm must be positive and finite", max_norm=max_norm)
+    _check_values(base, base.size if isinstance(base, np.ndarray) else -1)
+    _check_values(update, base.size)
+    delta = update.astype(np.float64) - base.astype(np.float64)
+    norm = float(np.linalg.norm(delta))
+    if norm > max_norm:
+        delta *= max_norm / norm
+    return (base.astype(np.float64) + delta).astype(np.float32)
+
+
+Aggregator = Callable[[Sequence[NDArray[Any]], Sequence[float] | None], Values]
+
+
+def _median(updates: Sequence[NDArray[Any]], weights: Sequence[float] | None) -> Values:
+    _check_weights(weights, len(updates))
+    return median(updates)
+
+
+def _trimmed_mean(updates: Sequence[NDArray[Any]], weights: Sequence[float] | None) -> Values:
+    _check_weights(weights, len(updates))
+    return trimmed_mean(updates)
+
+
+AGGREGATORS: Mapping[str, Aggregator] = MappingProxyType(
+    {"fedavg": weighted_mean, "median": _median, "trimmed-mean": _trimmed_mean}
+)
+
+DEFAULT_AGGREGATOR = "fedavg"
+
+
+def get_aggregator(name: str) -> Aggregator:
+    """Look an aggregator up by its config name."""
+    try:
+        return AGGREGATORS[name]
+    except KeyError:
+        raise ConfigError(
+            f"unknown aggregator {name!r}; known: {', '.join(sorted(AGGREGATORS))}",
+            aggregator=name,
+        ) from None
+
+
+def aggregate(
+    name: str, updates: Sequence[NDArray[Any]], weights: Sequence[float] | None = None
+) -> Values:
+    """Aggregate a batch of updates with the named rule (weights are sample counts)."""
+    return get_aggregator(name)(updates, weights)

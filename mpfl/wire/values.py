@@ -1,0 +1,177 @@
+"""Value codecs: the alive parameter values, layer by layer, <-> an envelope payload.
+
+With a shared mask only the values of alive units travel, in canonical order with no
+indices; `layer_sizes` gives how many values each layer contributes. All numbers are
+little-endian.
+
+    FP32 (1)  4 bytes per value (float32). Exact.
+    FP16 (2)  2 bytes per value (IEEE half). Relative error <= 2^-11; a finite value
+              beyond the half range (|x| > 65504) is refused rather than sent as inf.
+    INT8 (3)  one float32 scale per layer (all scales first), then one int8 per value.
+              scale = max|x| / 127 over the layer (0 for an all-zero layer) and
+              q = round(x / scale), so |x - q * scale| <= scale / 2. Values must be
+              finite.
+
+DELTA (0x80) is a flag on the id: the payload holds `values - base` (base: the global
+alive values the sender started from), coded as above, and decoding adds the base back.
+Decoding a delta without a base is an error; a base passed for a non-delta payload is
+ignored, so a receiver can always pass its current global values.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from enum import IntEnum
+
+import numpy as np
+
+from mpfl.errors import ModelError, WireError
+
+DELTA = 0x80
+_FP16_MAX = float(np.finfo(np.float16).max)
+_INT8_MAX_SCALE = np.float32(np.finfo(np.float32).max / np.float32(127.0))
+
+
+class ValueCodec(IntEnum):
+    """Value payload formats, by the id carried in the envelope's codec field."""
+
+    FP32 = 1
+    FP16 = 2
+    INT8 = 3
+    FP32_DELTA = 1 | DELTA
+    FP16_DELTA = 2 | DELTA
+    INT8_DELTA = 3 | DELTA
+
+    @property
+    def is_delta(self) -> bool:
+        return bool(self & DELTA)
+
+    @property
+    def base_codec(self) -> ValueCodec:
+        return ValueCodec(self & ~DELTA)
+
+
+def _check_layer_sizes(layer_sizes: Sequence[int]) -> np.ndarray:
+    sizes = np.asarray(layer_sizes, dtype=np.int64).reshape(-1)
+    if np.any(sizes < 0):
+        raise ModelError("layer sizes must be non-negative")
+    return sizes
+
+
+def _as_flat_float32(array: np.ndarray, what: str, size: int) -> np.ndarray:
+    arr = np.asarray(array)
+    if arr.ndim != 1 or not np.issubdtype(arr.dtype, np.floating):
+        raise ModelError(f"{what} must be a flat float array", dtype=str(arr.dtype), ndim=arr.ndim)
+    if arr.size != size:
+        raise ModelError(f"{what} length does not match the layer sizes", expected=size,
+                         got=arr.size)
+    return arr.astype(np.float32, copy=False)
+
+
+def _layer_scales(values: np.ndarray, sizes: np.ndarray) -> np.ndarray:
+    scales = np.zeros(sizes.size, dtype=np.float32)
+    nonempty = sizes > 0
+    if values.size:
+        starts = np.concatenate(([0], np.cumsum(sizes)[:-1]))[nonempty]
+        maxima = np.maximum.reduceat(np.abs(values), starts)
+        scales[nonempty] = maxima / np.float32(127.0)
+    return scales
+
+
+def _encode_int8(values: np.ndarray, sizes: np.ndarray) -> bytes:
+    if not np.all(np.isfinite(values)):
+        raise WireError("int8 codec needs finite values")
+    scales = _layer_scales(values, sizes)
+    per_value = np.repeat(scales, sizes)
+    safe = np.where(per_value > 0, per_value, np.float32(1.0))
+    q = np.clip(np.rint(values / safe), -127, 127).astype("<i1")
+    return scales.astype("<f4").tobytes() + q.tobytes()
+
+
+def _decode_int8(payload: bytes, sizes: np.ndarray) -> np.ndarray:
+    n_layers, total = sizes.size, int(sizes.sum())
+    expected = 4 * n_layers + total
+    if len(payload) != expected:
+        raise WireError("int8 payload length mismatch", expected=expected, got=len(payload))
+    scales = np.frombuffer(payload, dtype="<f4", count=n_layers)
+    # A scale above max_float32 / 127 cannot come from finite values and would decode
+    # to inf.
+    if not np.all((scales >= 0) & (scales <= _INT8_MAX_SCALE)):
+        raise WireError("int8 scales must be finite, non-negative and in range")
+    q = np.frombuffer(payload, dtype="<i1", offset=4 * n_layers)
+    if np.any(q == -128):
+        raise WireError("int8 value -128 is outside the symmetric range")
+    return q.astype(np.float32) * np.repeat(scales.astype(np.float32), sizes)
+
+
+def _encode_float(values: np.ndarray, dtype: str) -> bytes:
+    if dtype == "<f2":
+        finite = values[np.isfinite(values)]
+        if finite.size and float(np.max(np.abs(finite))) > _FP16_MAX:
+            raise WireError("values exceed the float16 range", max_abs=float(np.abs(finite).max()))
+    return values.astype(dtype).tobytes()
+
+
+def _decode_float(payload: bytes, sizes: np.ndarray, dtype: str) -> np.ndarray:
+    width = np.dtype(dtype).itemsize
+    expected = width * int(sizes.sum())
+    if len(payload) != expected:
+        raise WireError("value payload length mismatch", expected=expected, got=len(payload),
+                        codec=dtype)
+    return np.frombuffer(payload, dtype=dtype).astype(np.float32)
+
+
+def _resolve(codec: str | ValueCodec) -> ValueCodec:
+    if isinstance(codec, ValueCodec):
+        return codec.base_codec
+    try:
+        return ValueCodec[str(codec).upper()].base_codec
+    except KeyError:
+        raise WireError("unknown value codec", codec=codec, choices="fp32, fp16, int8") from None
+
+
+def encode_values(
+    values: np.ndarray,
+    layer_sizes: Sequence[int],
+    codec: str | ValueCodec = "fp32",
+    base: np.ndarray | None = None,
+) -> tuple[ValueCodec, bytes]:
+    """Encode alive values (as deltas from `base` when given); returns (codec id, payload)."""
+    sizes = _check_layer_sizes(layer_sizes)
+    total = int(sizes.sum())
+    vals = _as_flat_float32(values, "values", total)
+    chosen = _resolve(codec)
+    if base is not None:
+        vals = vals - _as_flat_float32(base, "base", total)
+        chosen = ValueCodec(chosen | DELTA)
+    if chosen.base_codec is ValueCodec.INT8:
+        payload = _encode_int8(vals, sizes)
+    else:
+        payload = _encode_float(vals, "<f4" if chosen.base_codec is ValueCodec.FP32 else "<f2")
+    return chosen, payload
+
+
+def decode_values(
+    codec_id: int,
+    payload: bytes,
+    layer_sizes: Sequence[int],
+    base: np.ndarray | None = None,
+) -> np.ndarray:
+    """Decode a value payload to a fresh float32 array (adding `base` for delta codecs)."""
+    sizes = _check_layer_sizes(layer_sizes)
+    try:
+        codec = ValueCodec(codec_id)
+    except ValueError:
+        raise WireError("unknown value codec", codec=codec_id) from None
+    payload = bytes(payload)
+    if codec.base_codec is ValueCodec.INT8:
+        decoded = _decode_int8(payload, sizes)
+    elif codec.base_codec is ValueCodec.FP16:
+        decoded = _decode_float(payload, sizes, "<f2")
+    else:
+        decoded = _decode_float(payload, sizes, "<f4")
+    if not codec.is_delta:
+        return decoded
+    if base is None:
+        raise WireError("delta payload needs the base values", codec=codec.name)
+    return decoded + _as_flat_float32(base, "base", decoded.size)
