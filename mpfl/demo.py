@@ -1,0 +1,64 @@
+"""The demo: a small MPFL federation on data that ships with a dependency.
+
+Weight masks at 80% sparsity on scikit-learn's 8x8 digits, four nodes with a
+Dirichlet(0.5) label skew, int8 values in the training phase. Prints per round the
+consensus sparsity, the global accuracy and the exact bytes sent, against what dense
+FedAvg would have sent.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from mpfl.config import FederationConfig
+from mpfl.data import load_dataset
+from mpfl.fed_server import FederationServer, RoundLog
+from mpfl.partition import label_histogram, partition
+from mpfl.simulation import run_in_process
+
+DEMO_CONFIG = FederationConfig(
+    federation="demo",
+    model="mlp",
+    model_args={"image_size": 8, "hidden": [64, 32]},
+    granularity="weight",
+    final_sparsity=0.8,
+    mask_rounds=3,
+    train_rounds=8,
+    local_epochs=2,
+    value_codec="int8",
+    min_nodes=4,
+    quorum=3,
+)
+
+
+def format_round(log: RoundLog) -> str:
+    acc = f"{log.accuracy:8.2%}" if log.accuracy is not None else f"{'-':>8}"
+    ratio = log.dense_uplink_bytes / max(log.uplink_bytes, 1)
+    return (f"{log.round:>5} {log.phase:>6} {log.target_sparsity:>7.1%} {log.sparsity:>9.1%} "
+            f"{acc} {log.uplink_bytes:>10,} {log.dense_uplink_bytes:>11,} {ratio:>6.1f}x")
+
+
+HEADER = (f"{'round':>5} {'phase':>6} {'target':>7} {'sparsity':>9} {'accuracy':>8} "
+          f"{'uplink B':>10} {'dense B':>11} {'saved':>7}")
+
+
+def run_demo(
+    nodes: int = 4, mask_rounds: int = 3, train_rounds: int = 8,
+    echo: Callable[[str], None] = print,
+) -> FederationServer:  # fmt: skip
+    cfg = FederationConfig(**{**DEMO_CONFIG.to_dict(), "mask_rounds": mask_rounds,
+                              "train_rounds": train_rounds, "min_nodes": nodes,
+                              "quorum": max(1, nodes - 1)}).validate()  # fmt: skip
+    train, test = load_dataset("digits", None, "train"), load_dataset("digits", None, "test")
+    parts = partition(train.y, nodes, "dirichlet:0.5", seed=cfg.seed)
+    echo(f"MPFL demo: {nodes} nodes, {cfg.model} on 8x8 digits, {cfg.granularity} masks "
+         f"to {cfg.final_sparsity:.0%}, {cfg.value_codec} values")  # fmt: skip
+    for i, row in enumerate(label_histogram(train.y, parts, train.num_classes)):
+        echo(f"  node-{i}: {len(parts[i]):>4} samples, labels {' '.join(map(str, row))}")
+    echo(HEADER)
+    server = run_in_process(cfg, [train.subset(p) for p in parts], test,
+                            on_round=lambda log: echo(format_round(log)))  # fmt: skip
+    up = sum(log.uplink_bytes for log in server.log)
+    dense = sum(log.dense_uplink_bytes for log in server.log)
+    echo(f"total uplink {up:,} B vs dense FedAvg {dense:,} B ({dense / max(up, 1):.1f}x less)")
+    return server

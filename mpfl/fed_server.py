@@ -1,0 +1,371 @@
+"""The coordinator's round state machine, free of I/O.
+
+waiting -> mask rounds -> training rounds -> done (or failed). A round closes when every
+node active at its start has answered, or at its deadline with at least the quorum;
+below quorum it is retried (the deadline moves on), then fails. Every incoming message
+is decoded and checked completely before it touches an accumulator, so a bad one is
+counted by reason and dropped, never half-applied.
+
+Rounds are numbered across phases: mask rounds 1..T_M, then training rounds. The
+``session`` in every state document changes each time a coordinator process starts, which
+tells nodes to resend a round they already finished (their cached bytes, no retraining).
+"""
+
+from __future__ import annotations
+
+import secrets
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from mpfl import topics
+from mpfl.aggregate import WeightedAverager, aggregate
+from mpfl.config import FederationConfig
+from mpfl.consensus import VoteAccumulator, consensus_mask
+from mpfl.data import Dataset
+from mpfl.errors import FederationError, MpflError, WireError
+from mpfl.masks import keep_count
+from mpfl.models import build_model
+from mpfl.protocol import PROTOCOL_VERSION, Hello, Publish, decode_update, encode_json
+from mpfl.schedules import get_schedule
+from mpfl.train import evaluate, load_state
+from mpfl.units import State, build_unit_map, model_state
+from mpfl.wire import Envelope, Kind, decode_envelope, decode_mask, decode_values
+from mpfl.wire import encode_envelope, encode_mask, encode_values
+
+
+@dataclass
+class NodeInfo:
+    samples: int
+    hardware: str = "unknown"
+    online: bool = True
+
+
+@dataclass
+class RoundLog:
+    """What one closed round did: the metrics line written to the run directory."""
+
+    round: int
+    phase: str
+    target_sparsity: float
+    sparsity: float
+    participants: list[str]
+    uplink_bytes: int
+    downlink_bytes: int
+    dense_uplink_bytes: int
+    accuracy: float | None = None
+    loss: float | None = None
+    seconds: float = 0.0
+    dropped: dict[str, int] = field(default_factory=dict)
+
+
+class FederationServer:
+    def __init__(
+        self,
+        cfg: FederationConfig,
+        eval_data: Dataset | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.cfg = cfg
+        self.eval_data = eval_data
+        self.clock = clock
+        self.session = secrets.token_hex(4)
+        self.model = build_model(cfg.model_spec, seed=cfg.seed)
+        self.unit_map = build_unit_map(self.model, cfg.model_spec, cfg.granularity)
+        self.w0: State = model_state(self.model)
+        self.mask = self.unit_map.full_mask()
+        self.history = np.zeros(self.unit_map.n_units)
+        self.global_values: np.ndarray | None = None  # alive values once training starts
+        self.phase = "waiting"
+        self.round = 0
+        self.nodes: dict[str, NodeInfo] = {}
+        self.expected: set[str] = set()
+        self.answered: set[str] = set()
+        self.deadline = 0.0
+        self.attempts = 0
+        self.started_waiting = clock()
+        self.round_started = 0.0
+        self.dropped: Counter[str] = Counter()
+        self.round_dropped: Counter[str] = Counter()
+        self.uplink = 0
+        self.downlink = 0
+        self.log: list[RoundLog] = []
+        self.error: str | None = None
+        self._votes: VoteAccumulator | None = None
+        self._avg: WeightedAverager | None = None
+        self._updates: list[tuple[np.ndarray, float]] = []
+
+    # -- what the coordinator publishes -------------------------------------------------
+
+    @property
+    def total_rounds(self) -> int:
+        return self.cfg.mask_rounds + self.cfg.train_rounds
+
+    @property
+    def finished(self) -> bool:
+        return self.phase in ("done", "failed")
+
+    def _topic(self, name: str) -> str:
+        return topics.server_topic(self.cfg.federation, name)
+
+    def target(self, t: int | None = None) -> float:
+        t = self.round if t is None else t
+        if self.cfg.mask_rounds == 0:
+            return 0.0
+        t = min(max(t, 0), self.cfg.mask_rounds)
+        if t == 0:
+            return 0.0
+        return get_schedule(self.cfg.schedule)(t, self.cfg.mask_rounds, self.cfg.final_sparsity)
+
+    def state_doc(self) -> dict[str, Any]:
+        cfg = self.cfg
+        return {
+            "protocol": PROTOCOL_VERSION,
+            "federation": cfg.federation,
+            "session": self.session,
+            "phase": self.phase,
+            "round": self.round,
+            "mask_rounds": cfg.mask_rounds,
+            "train_rounds": cfg.train_rounds,
+            "target_sparsity": self.target(),
+            "deadline": self.deadline,
+            "model": {"name": cfg.model, "args": cfg.model_args},
+            "granularity": cfg.granularity,
+            "fingerprint": self.unit_map.fingerprint.hex(),
+            "model_scope": "mask" if self.global_values is not None else "dense",
+            "train": {"epochs": cfg.local_epochs, "batch_size": cfg.batch_size, "lr": cfg.lr,
+                      "momentum": cfg.momentum, "weight_decay": cfg.weight_decay,
+                      "optimizer": cfg.optimizer},
+            "value_codec": cfg.value_codec,
+            "delta": cfg.delta,
+            "error": self.error,
+        }  # fmt: skip
+
+    def _envelope(self, kind: Kind, codec: int, payload: bytes, t: int) -> bytes:
+        env = Envelope(kind, t, self.unit_map.fingerprint, "", codec, payload)
+        return encode_envelope(env)
+
+    def _publish(self, name: str, payload: bytes) -> Publish:
+        self.downlink += len(payload) * max(len(self.nodes), 1)
+        return Publish(self._topic(name), payload, retain=True)
+
+    def publish_state(self) -> Publish:
+        return self._publish(topics.SERVER_STATE, encode_json(self.state_doc()))
+
+    def publish_model(self, t: int) -> Publish:
+        """The weights that round ``t + 1`` starts from."""
+        if self.global_values is None:  # dense w0: the whole state, scope "all ones"
+            full = self.unit_map.full_mask()
+            values = self.unit_map.alive_values(self.w0, full)
+            sizes = self.unit_map.layer_sizes(full)
+        else:
+            values, sizes = self.global_values, self.unit_map.layer_sizes(self.mask)
+        codec, payload = encode_values(values, sizes, "fp32")
+        return self._publish(topics.SERVER_MODEL, self._envelope(Kind.MODEL, codec, payload, t))
+
+    def publish_mask(self, t: int) -> Publish:
+        """The consensus closed by round ``t``, in force from round ``t + 1``."""
+        codec, payload = encode_mask(self.mask)
+        return self._publish(topics.SERVER_MASK, self._envelope(Kind.MASK, codec, payload, t))
+
+    def start(self) -> list[Publish]:
+        """Everything a node needs to catch up, as retained messages."""
+        closed = self.round if self.finished else max(self.round - 1, 0)
+        model_round = closed if self.global_values is not None else 0
+        mask_round = min(closed, self.cfg.mask_rounds)
+        return [self.publish_model(model_round), self.publish_mask(mask_round), self.publish_state()]
+
+    # -- incoming messages ---------------------------------------------------------------
+
+    def handle(self, topic: str, payload: bytes) -> list[Publish]:
+        parsed = topics.parse_node_topic(self.cfg.federation, topic)
+        if parsed is None:
+            return []
+        node_id, name = parsed
+        try:
+            if name == topics.NODE_STATUS:
+                self._on_status(node_id, payload)
+            elif name in (topics.NODE_MASK, topics.NODE_UPDATE):
+                reason = self._on_upload(node_id, name, payload)
+                if reason is not None:
+                    self._drop(reason)
+        except MpflError as exc:
+            self._drop("fingerprint" if "fingerprint" in type(exc).__name__.lower() else
+                       "malformed")  # fmt: skip
+        return self.tick()
+
+    def _drop(self, reason: str) -> None:
+        self.dropped[reason] += 1
+        self.round_dropped[reason] += 1
+
+    def _on_status(self, node_id: str, payload: bytes) -> None:
+        hello = Hello.decode(payload)
+        if hello is None:
+            if node_id in self.nodes:
+                self.nodes[node_id].online = False
+            return
+        if hello.node_id != node_id:
+            raise WireError("status node id does not match its topic", node=node_id)
+        self.nodes[node_id] = NodeInfo(hello.samples, hello.hardware, online=True)
+
+    def _on_upload(self, node_id: str, name: str, payload: bytes) -> str | None:
+        """Check and aggregate one upload; returns the reason it was dropped, if it was."""
+        if node_id not in self.nodes:
+            return "unknown-node"
+        want = Kind.LOCAL_MASK if name == topics.NODE_MASK else Kind.UPDATE
+        env = decode_envelope(payload, expected_fingerprint=self.unit_map.fingerprint,
+                              expected_kind=want)  # fmt: skip
+        if env.node_id != node_id:
+            return "malformed"
+        if self.phase not in ("mask", "train"):
+            return "late"
+        if env.round != self.round:
+            return "stale-round" if env.round < self.round else "future-round"
+        if (want is Kind.LOCAL_MASK) != (self.phase == "mask"):
+            return "wrong-phase"
+        if node_id in self.answered:
+            return "duplicate"
+        if want is Kind.LOCAL_MASK:
+            local = decode_mask(env.codec, env.payload, self.unit_map.n_units, scope=self.mask)
+            assert self._votes is not None
+            self._votes.add(local, self._vote_weight(node_id))
+        else:
+            samples, body = decode_update(env.payload)
+            base = self.global_values if self.cfg.delta else None
+            values = decode_values(env.codec, body, self.unit_map.layer_sizes(self.mask), base)
+            if not np.all(np.isfinite(values)):
+                return "malformed"
+            self._add_update(values, float(samples))
+        self.answered.add(node_id)
+        self.uplink += len(payload)
+        return None
+
+    def _vote_weight(self, node_id: str) -> float:
+        return float(self.nodes[node_id].samples) if self.cfg.vote_weighting == "samples" else 1.0
+
+    def _add_update(self, values: np.ndarray, weight: float) -> None:
+        if self.cfg.aggregator == "fedavg":
+            assert self._avg is not None
+            self._avg.add(values, weight)
+        else:  # robust rules need every update at once: O(nodes x values), by choice
+            self._updates.append((values, weight))
+
+    # -- time and round transitions ------------------------------------------------------
+
+    def active_nodes(self) -> set[str]:
+        return {n for n, info in self.nodes.items() if info.online}
+
+    def tick(self) -> list[Publish]:
+        """Advance on time or on answers; returns what to publish."""
+        now = self.clock()
+        if self.phase == "waiting":
+            active = len(self.active_nodes())
+            timed_out = now - self.started_waiting >= self.cfg.start_timeout
+            if active >= self.cfg.min_nodes or (timed_out and active >= self.cfg.quorum):
+                return self._open_round(1)
+            if timed_out:
+                return self._fail(f"only {active} node(s) joined within the start timeout "
+                                  f"(need {self.cfg.quorum})")  # fmt: skip
+            return []
+        if self.phase not in ("mask", "train"):
+            return []
+        waiting_for = (self.expected & self.active_nodes()) - self.answered
+        if self.answered and not waiting_for:
+            return self._close_round()
+        if now < self.deadline:
+            return []
+        if len(self.answered) >= self.cfg.quorum:
+            return self._close_round()
+        if self.attempts < self.cfg.retries:
+            self.attempts += 1
+            self.deadline = now + self.cfg.round_timeout
+            self.expected = self.active_nodes()
+            return [self.publish_state()]
+        return self._fail(f"round {self.round} got {len(self.answered)} answer(s), below the "
+                          f"quorum of {self.cfg.quorum}, after {self.attempts + 1} attempts")
+
+    def _fail(self, message: str) -> list[Publish]:
+        self.phase = "failed"
+        self.error = message
+        return [self.publish_state()]
+
+    def _open_round(self, t: int) -> list[Publish]:
+        out: list[Publish] = []
+        self.round = t
+        self.phase = "mask" if t <= self.cfg.mask_rounds else "train"
+        if self.phase == "train" and self.global_values is None:
+            # Training starts from the rewound, masked initial weights.
+            self.global_values = self.unit_map.alive_values(self.w0, self.mask)
+            out.append(self.publish_model(t - 1))
+        self.answered = set()
+        self.expected = self.active_nodes()
+        self.attempts = 0
+        self.round_dropped = Counter()
+        self.round_started = self.clock()
+        self.deadline = self.round_started + self.cfg.round_timeout
+        self._votes = VoteAccumulator(self.unit_map.n_units, self.cfg.vote_weighting == "samples")
+        self._avg = WeightedAverager(len(self.unit_map.alive_values(self.w0, self.mask)))
+        self._updates = []
+        self._uplink_at_open, self._downlink_at_open = self.uplink, self.downlink
+        out.append(self.publish_state())
+        return out
+
+    def _close_round(self) -> list[Publish]:
+        out: list[Publish] = []
+        accuracy = loss = None
+        if self.phase == "mask":
+            assert self._votes is not None
+            tally = self._votes.tally()
+            self.mask = consensus_mask(tally, self.mask, self.unit_map.slices, self.target(),
+                                       self.cfg.consensus, self.history)  # fmt: skip
+            self.history = self.history + tally.share
+            out.append(self.publish_mask(self.round))
+        else:
+            if self.cfg.aggregator == "fedavg":
+                assert self._avg is not None
+                self.global_values = self._avg.result()
+            else:
+                vals, weights = zip(*self._updates, strict=True)
+                self.global_values = aggregate(self.cfg.aggregator, list(vals), list(weights))
+            loss, accuracy = self.evaluate()
+            out.append(self.publish_model(self.round))
+        participants = sorted(self.answered)
+        dense = 4 * self.unit_map.n_values * len(participants)
+        self.log.append(RoundLog(
+            self.round, self.phase, self.target(), self.sparsity(), participants,
+            self.uplink - self._uplink_at_open, self.downlink - self._downlink_at_open, dense,
+            accuracy, loss, self.clock() - self.round_started, dict(self.round_dropped),
+        ))  # fmt: skip
+        if self.round >= self.total_rounds:
+            self.phase = "done"
+            out.append(self.publish_state())
+            return out
+        return out + self._open_round(self.round + 1)
+
+    # -- results -------------------------------------------------------------------------
+
+    def sparsity(self) -> float:
+        """Fraction of prunable units pruned in the consensus."""
+        return 1.0 - float(self.mask.mean()) if self.mask.size else 0.0
+
+    def expected_keep(self) -> list[int]:
+        return [keep_count(s.stop - s.start, self.target()) for s in self.unit_map.slices]
+
+    def final_state(self) -> State:
+        if self.global_values is None:
+            return self.unit_map.apply(self.w0, self.mask)
+        return self.unit_map.state_from_values(self.global_values, self.mask)
+
+    def evaluate(self) -> tuple[float | None, float | None]:
+        if self.eval_data is None:
+            return None, None
+        load_state(self.model, self.final_state())
+        return evaluate(self.model, self.eval_data)
+
+    def require_success(self) -> None:
+        if self.phase == "failed":
+            raise FederationError(self.error or "federation failed", round=self.round)

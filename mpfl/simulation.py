@@ -1,0 +1,58 @@
+"""Run a whole federation in one process, over the in-memory transport.
+
+The coordinator and node logic are the same objects the MQTT services drive, so results
+and byte counts match a real deployment; only the network is missing.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+from mpfl import topics
+from mpfl.config import FederationConfig
+from mpfl.data import Dataset
+from mpfl.errors import FederationError
+from mpfl.fed_node import FederationNode
+from mpfl.fed_server import FederationServer, RoundLog
+from mpfl.protocol import Publish
+from mpfl.transport import MemoryBroker
+
+
+def run_in_process(
+    cfg: FederationConfig,
+    node_data: Sequence[Dataset],
+    eval_data: Dataset | None = None,
+    on_round: Callable[[RoundLog], None] | None = None,
+) -> FederationServer:
+    broker = MemoryBroker()
+    server = FederationServer(cfg, eval_data)
+    logged = 0
+
+    def publish_all(messages: list[Publish]) -> None:
+        for message in messages:
+            broker.publish(message)
+
+    def server_handler(topic: str, payload: bytes) -> None:
+        nonlocal logged
+        publish_all(server.handle(topic, payload))
+        while on_round is not None and logged < len(server.log):
+            on_round(server.log[logged])
+            logged += 1
+
+    broker.subscribe(topics.nodes_filter(cfg.federation), server_handler)
+    publish_all(server.start())
+    for i, data in enumerate(node_data):
+        node = FederationNode(f"node-{i}", cfg.federation, data, seed=cfg.seed + i)
+
+        def node_handler(topic: str, payload: bytes, node: FederationNode = node) -> None:
+            publish_all(node.handle(topic, payload))
+
+        broker.subscribe(topics.server_filter(cfg.federation), node_handler)
+        broker.publish(node.hello())
+    while not server.finished:
+        if broker.pump() == 0:
+            raise FederationError("the in-process federation stalled", round=server.round,
+                                  phase=server.phase)  # fmt: skip
+    broker.pump()
+    server.require_success()
+    return server
