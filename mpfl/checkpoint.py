@@ -25,7 +25,7 @@ from mpfl.units import State, UnitMap, build_unit_map
 MASK_KEY = "__mask__"
 
 
-def atomic_write(path: Path, write: Callable[[IO[bytes]], None]) -> None:
+def atomic_write(path: Path, write: Callable[[IO[bytes]], object]) -> None:
     """Write through ``write`` into a temp file beside ``path``, fsync, then rename."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
@@ -41,11 +41,12 @@ def atomic_write(path: Path, write: Callable[[IO[bytes]], None]) -> None:
 
 
 def write_json(path: Path, doc: Any) -> None:
-    atomic_write(path, lambda f: f.write(json.dumps(doc, indent=2, sort_keys=True).encode()))
+    data = json.dumps(doc, indent=2, sort_keys=True).encode()
+    atomic_write(path, lambda f: f.write(data))
 
 
 def write_npz(path: Path, arrays: Mapping[str, np.ndarray]) -> None:
-    atomic_write(path, lambda f: np.savez(f, **arrays))
+    atomic_write(path, lambda f: np.savez(f, **dict(arrays)))  # type: ignore[arg-type]
 
 
 def read_npz(path: Path) -> dict[str, np.ndarray]:
@@ -80,7 +81,7 @@ def save_model(directory: Path, saved: SavedModel) -> None:
         "granularity": saved.granularity,
         "fingerprint": unit_map.fingerprint.hex(),
         "meta": saved.meta,
-    })  # fmt: skip
+    })
 
 
 def load_model(path: Path) -> SavedModel:
@@ -93,7 +94,7 @@ def load_model(path: Path) -> SavedModel:
                 break
         else:
             raise ModelError("no model.json found (expected a run or checkpoint directory)",
-                             path=str(path))  # fmt: skip
+                             path=str(path))
     try:
         doc = json.loads((directory / "model.json").read_text())
         spec = ModelSpec.from_dict(doc["model"])

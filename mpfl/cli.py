@@ -51,7 +51,7 @@ def models() -> None:
 @main.command()
 @click.option("--nodes", default=4, show_default=True, help="Edge nodes to simulate.")
 @click.option("--rounds", default=(3, 8), type=(int, int), show_default=True,
-              help="Mask rounds, then training rounds.")  # fmt: skip
+              help="Mask rounds, then training rounds.")
 @reports_errors
 def demo(nodes: int, rounds: tuple[int, int]) -> None:
     """A whole MPFL run on the bundled 8x8 digits: masks by vote, then masked training."""

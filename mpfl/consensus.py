@@ -66,11 +66,11 @@ class VoteAccumulator:
     """Streaming vote counts over ``n_units`` units.
 
     Uniform mode (a_n = 1, the reference code) keeps a bit-sliced counter: plane k holds
-    bit k of every unit's count, as packed words, and adding a mask is a ripple-carry add
-    that stops at the first plane where the carry is all zero (on average after two
-    planes). Memory is ceil(log2(N + 1)) bits per unit for N masks: 10 bits at 1,000 masks,
-    against 32 for a uint32 counter. Weighted mode (a_n = sample count) keeps one float64
-    sum per unit.
+    bit k of every unit's count, as packed uint64 words, and adding a mask is a ripple-carry
+    add over whole words that stops at the first plane where the carry is all zero. Memory
+    is ceil(log2(N + 1)) bits per unit for N masks plus two scratch bits: 12 bits at 1,000
+    masks, against 32 for a uint32 counter. Weighted mode (a_n = sample count) keeps one
+    float64 sum per unit.
 
     Packed masks use ``np.packbits`` order: unit i is bit ``7 - i % 8`` of byte ``i // 8``
     (big bit order); bits past ``n_units`` in the last byte are ignored.
@@ -85,7 +85,7 @@ class VoteAccumulator:
         self.total_weight = 0.0
         self._n_bytes = packed_size(n_units)
         self._n_words = (self._n_bytes + 7) // 8
-        # Bit k of the last real byte that holds a unit; pad bits are cleared on input.
+        # The bits of the last byte that hold units; pad bits are cleared on input.
         spare = self._n_bytes * 8 - n_units
         self._last_byte_mask = np.uint8((0xFF << spare) & 0xFF)
         self._planes: list[NDArray[np.uint64]] = []

@@ -158,12 +158,12 @@ def load_npz(path: Path) -> Dataset:
             x, y = np.asarray(f["x"], dtype=np.float32), np.asarray(f["y"], dtype=np.int64)
     except (OSError, KeyError, ValueError) as exc:
         raise DataError(f"cannot read npz dataset (needs arrays x and y): {exc}",
-                        path=str(path)) from exc  # fmt: skip
+                        path=str(path)) from exc
     if x.ndim == 3:
         x = x[:, None]
     if x.ndim != 4 or len(x) != len(y) or len(y) == 0 or y.min() < 0:
         raise DataError("npz x must be N,C,H,W (or N,H,W) with one label >= 0 per image",
-                        path=str(path))  # fmt: skip
+                        path=str(path))
     return Dataset("npz", x, y, int(y.max()) + 1)
 
 

@@ -45,19 +45,19 @@ HEADER = (f"{'round':>5} {'phase':>6} {'target':>7} {'sparsity':>9} {'accuracy':
 def run_demo(
     nodes: int = 4, mask_rounds: int = 3, train_rounds: int = 8,
     echo: Callable[[str], None] = print,
-) -> FederationServer:  # fmt: skip
+) -> FederationServer:
     cfg = FederationConfig(**{**DEMO_CONFIG.to_dict(), "mask_rounds": mask_rounds,
                               "train_rounds": train_rounds, "min_nodes": nodes,
-                              "quorum": max(1, nodes - 1)}).validate()  # fmt: skip
+                              "quorum": max(1, nodes - 1)}).validate()
     train, test = load_dataset("digits", None, "train"), load_dataset("digits", None, "test")
     parts = partition(train.y, nodes, "dirichlet:0.5", seed=cfg.seed)
     echo(f"MPFL demo: {nodes} nodes, {cfg.model} on 8x8 digits, {cfg.granularity} masks "
-         f"to {cfg.final_sparsity:.0%}, {cfg.value_codec} values")  # fmt: skip
+         f"to {cfg.final_sparsity:.0%}, {cfg.value_codec} values")
     for i, row in enumerate(label_histogram(train.y, parts, train.num_classes)):
         echo(f"  node-{i}: {len(parts[i]):>4} samples, labels {' '.join(map(str, row))}")
     echo(HEADER)
     server = run_in_process(cfg, [train.subset(p) for p in parts], test,
-                            on_round=lambda log: echo(format_round(log)))  # fmt: skip
+                            on_round=lambda log: echo(format_round(log)))
     up = sum(log.uplink_bytes for log in server.log)
     dense = sum(log.dense_uplink_bytes for log in server.log)
     echo(f"total uplink {up:,} B vs dense FedAvg {dense:,} B ({dense / max(up, 1):.1f}x less)")

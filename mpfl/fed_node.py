@@ -18,12 +18,19 @@ from mpfl.data import Dataset
 from mpfl.errors import FingerprintMismatch, WireError
 from mpfl.masks import local_mask, unit_scores
 from mpfl.models import ModelSpec, ZooModel, build_model
-from mpfl.protocol import PROTOCOL_VERSION, Hello, Publish, decode_json, encode_json
-from mpfl.protocol import encode_update
+from mpfl.protocol import PROTOCOL_VERSION, Hello, Publish, decode_json, encode_json, encode_update
 from mpfl.train import MaskEnforcer, TrainConfig, load_state, train_local
 from mpfl.units import UnitMap, build_unit_map, model_state
-from mpfl.wire import Envelope, Kind, decode_envelope, decode_mask, decode_values
-from mpfl.wire import encode_envelope, encode_mask, encode_values
+from mpfl.wire import (
+    Envelope,
+    Kind,
+    decode_envelope,
+    decode_mask,
+    decode_values,
+    encode_envelope,
+    encode_mask,
+    encode_values,
+)
 
 
 @dataclass
@@ -70,7 +77,7 @@ class FederationNode:
         import torch
 
         hello = Hello(self.node_id, len(self.data), self.hardware,
-                      {"mpfl": "0.1.0", "torch": torch.__version__})  # fmt: skip
+                      {"mpfl": "0.1.0", "torch": torch.__version__})
         return Publish(self._topic(topics.NODE_STATUS), hello.encode(), retain=True)
 
     @property
@@ -108,7 +115,7 @@ class FederationNode:
         unit_map = build_unit_map(model, spec, str(doc.get("granularity")))
         if unit_map.fingerprint.hex() != doc.get("fingerprint"):
             raise FingerprintMismatch("this node builds a different model than the coordinator",
-                                      node=self.node_id)  # fmt: skip
+                                      node=self.node_id)
         self._model, self._unit_map, self._spec_key = model, unit_map, key
 
     # -- the round's work ----------------------------------------------------------------
@@ -145,7 +152,7 @@ class FederationNode:
     def _do_round(
         self, doc: dict[str, Any], t: int, mask_env: Envelope, model_env: Envelope,
         scope_is_mask: bool,
-    ) -> list[Publish]:  # fmt: skip
+    ) -> list[Publish]:
         unit_map, model = self._unit_map, self._model
         assert unit_map is not None and model is not None
         mask = decode_mask(mask_env.codec, mask_env.payload, unit_map.n_units)
@@ -162,14 +169,15 @@ class FederationNode:
         trained = model_state(model)
         if doc["phase"] == "mask":
             local = local_mask(unit_scores(trained, unit_map), mask, unit_map.slices,
-                               float(doc["target_sparsity"]))  # fmt: skip
-            codec, payload = encode_mask(local, scope=mask)
-            kind, topic = Kind.LOCAL_MASK, topics.NODE_MASK
+                               float(doc["target_sparsity"]))
+            mask_codec, payload = encode_mask(local, scope=mask)
+            codec, kind, topic = int(mask_codec), Kind.LOCAL_MASK, topics.NODE_MASK
         else:
             alive = unit_map.alive_values(trained, mask)
             base = values if doc.get("delta") else None
-            codec, body = encode_values(alive, unit_map.layer_sizes(mask),
-                                        str(doc.get("value_codec", "fp32")), base)  # fmt: skip
+            value_codec, body = encode_values(alive, unit_map.layer_sizes(mask),
+                                              str(doc.get("value_codec", "fp32")), base)
+            codec = int(value_codec)
             payload = encode_update(len(self.data), body)
             kind, topic = Kind.UPDATE, topics.NODE_UPDATE
         env = Envelope(kind, t, unit_map.fingerprint, self.node_id, codec, payload)
@@ -181,7 +189,7 @@ class FederationNode:
             "upload_bytes": len(upload.payload), "sent_bytes": self.sent_bytes,
             "received_bytes": self.received_bytes,
             "max_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-        }  # fmt: skip
+        }
         metrics = Publish(self._topic(topics.NODE_METRICS), encode_json(self.last_metrics), qos=0)
         return [upload, metrics]
 

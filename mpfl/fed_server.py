@@ -34,8 +34,16 @@ from mpfl.protocol import PROTOCOL_VERSION, Hello, Publish, decode_update, encod
 from mpfl.schedules import get_schedule
 from mpfl.train import evaluate, load_state
 from mpfl.units import State, build_unit_map, model_state
-from mpfl.wire import Envelope, Kind, decode_envelope, decode_mask, decode_values
-from mpfl.wire import encode_envelope, encode_mask, encode_values
+from mpfl.wire import (
+    Envelope,
+    Kind,
+    decode_envelope,
+    decode_mask,
+    decode_values,
+    encode_envelope,
+    encode_mask,
+    encode_values,
+)
 
 
 @dataclass
@@ -143,7 +151,7 @@ class FederationServer:
             "value_codec": cfg.value_codec,
             "delta": cfg.delta,
             "error": self.error,
-        }  # fmt: skip
+        }
 
     def _envelope(self, kind: Kind, codec: int, payload: bytes, t: int) -> bytes:
         env = Envelope(kind, t, self.unit_map.fingerprint, "", codec, payload)
@@ -177,7 +185,9 @@ class FederationServer:
         closed = self.round if self.finished else max(self.round - 1, 0)
         model_round = closed if self.global_values is not None else 0
         mask_round = min(closed, self.cfg.mask_rounds)
-        return [self.publish_model(model_round), self.publish_mask(mask_round), self.publish_state()]
+        return [
+            self.publish_model(model_round), self.publish_mask(mask_round), self.publish_state()
+        ]
 
     # -- incoming messages ---------------------------------------------------------------
 
@@ -195,7 +205,7 @@ class FederationServer:
                     self._drop(reason)
         except MpflError as exc:
             self._drop("fingerprint" if "fingerprint" in type(exc).__name__.lower() else
-                       "malformed")  # fmt: skip
+                       "malformed")
         return self.tick()
 
     def _drop(self, reason: str) -> None:
@@ -218,7 +228,7 @@ class FederationServer:
             return "unknown-node"
         want = Kind.LOCAL_MASK if name == topics.NODE_MASK else Kind.UPDATE
         env = decode_envelope(payload, expected_fingerprint=self.unit_map.fingerprint,
-                              expected_kind=want)  # fmt: skip
+                              expected_kind=want)
         if env.node_id != node_id:
             return "malformed"
         if self.phase not in ("mask", "train"):
@@ -269,7 +279,7 @@ class FederationServer:
                 return self._open_round(1)
             if timed_out:
                 return self._fail(f"only {active} node(s) joined within the start timeout "
-                                  f"(need {self.cfg.quorum})")  # fmt: skip
+                                  f"(need {self.cfg.quorum})")
             return []
         if self.phase not in ("mask", "train"):
             return []
@@ -321,7 +331,7 @@ class FederationServer:
             assert self._votes is not None
             tally = self._votes.tally()
             self.mask = consensus_mask(tally, self.mask, self.unit_map.slices, self.target(),
-                                       self.cfg.consensus, self.history)  # fmt: skip
+                                       self.cfg.consensus, self.history)
             self.history = self.history + tally.share
             out.append(self.publish_mask(self.round))
         else:
@@ -339,7 +349,7 @@ class FederationServer:
             self.round, self.phase, self.target(), self.sparsity(), participants,
             self.uplink - self._uplink_at_open, self.downlink - self._downlink_at_open, dense,
             accuracy, loss, self.clock() - self.round_started, dict(self.round_dropped),
-        ))  # fmt: skip
+        ))
         if self.round >= self.total_rounds:
             self.phase = "done"
             out.append(self.publish_state())

@@ -111,13 +111,13 @@ class LeNet5(ZooModel):
         self.features = nn.Sequential(
             nn.Conv2d(in_channels, 6, 5, padding=padding), nn.ReLU(), nn.MaxPool2d(2),
             nn.Conv2d(6, 16, 5), nn.ReLU(), nn.MaxPool2d(2),
-        )  # fmt: skip
+        )
         self.classifier = nn.Sequential(
             nn.Flatten(),
             nn.Linear(16 * s * s, 120), nn.ReLU(),
             nn.Linear(120, 84), nn.ReLU(),
             nn.Linear(84, num_classes),
-        )  # fmt: skip
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out: torch.Tensor = self.classifier(self.features(x))
@@ -134,7 +134,7 @@ class LeNet5(ZooModel):
                           (Consumer("classifier.3.weight"),)),
             PrunableLayer("classifier.3.weight", ("classifier.3.bias",),
                           (Consumer("classifier.5.weight"),)),
-        ]  # fmt: skip
+        ]
 
 
 class CnnCifar(ZooModel):
@@ -162,7 +162,7 @@ class CnnCifar(ZooModel):
             nn.Flatten(),
             nn.Linear(channels * self.spatial**2, hidden), nn.ReLU(),
             nn.Linear(hidden, num_classes),
-        )  # fmt: skip
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out: torch.Tensor = self.classifier(self.features(x))
@@ -174,7 +174,7 @@ class CnnCifar(ZooModel):
             PrunableLayer(f"features.{i}.weight", (f"features.{i}.bias",),
                           (Consumer(f"features.{j}.weight"),))
             for i, j in zip(convs[:-1], convs[1:], strict=True)
-        ]  # fmt: skip
+        ]
         last = convs[-1]
         out.append(PrunableLayer(f"features.{last}.weight", (f"features.{last}.bias",),
                                  (Consumer("classifier.1.weight", self.spatial**2),)))
@@ -240,7 +240,7 @@ class ResNet(ZooModel):
             PrunableLayer(f"blocks.{i}.conv1.weight", _bn_coupled(f"blocks.{i}.bn1"),
                           (Consumer(f"blocks.{i}.conv2.weight"),))
             for i in range(len(self.blocks))
-        ]  # fmt: skip
+        ]
 
 
 ZOO: dict[str, type[ZooModel]] = {

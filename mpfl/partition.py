@@ -36,7 +36,7 @@ def dirichlet(
         if min(len(p) for p in out) >= min_size:
             return out
     raise ConfigError("dirichlet split left a node without data; raise alpha or lower nodes",
-                      alpha=alpha, nodes=n_nodes)  # fmt: skip
+                      alpha=alpha, nodes=n_nodes)
 
 
 def shards(
@@ -54,7 +54,8 @@ def parse_scheme(scheme: str) -> tuple[str, float | None]:
     """'iid', 'dirichlet:0.5' or 'shards[:2]' -> (name, parameter)."""
     name, _, arg = scheme.partition(":")
     if name not in ("iid", "dirichlet", "shards"):
-        raise ConfigError(f"unknown partition scheme '{scheme}' (known: iid, dirichlet:A, shards:K)")
+        known = "iid, dirichlet:A, shards:K"
+        raise ConfigError(f"unknown partition scheme '{scheme}' (known: {known})")
     if not arg:
         return name, {"dirichlet": 0.5, "shards": 2.0}.get(name)
     try:
@@ -63,10 +64,12 @@ def parse_scheme(scheme: str) -> tuple[str, float | None]:
         raise ConfigError(f"bad partition parameter in '{scheme}'") from exc
 
 
-def partition(labels: np.ndarray, n_nodes: int, scheme: str = "iid", seed: int = 0) -> list[np.ndarray]:
+def partition(
+    labels: np.ndarray, n_nodes: int, scheme: str = "iid", seed: int = 0
+) -> list[np.ndarray]:
     if n_nodes < 1 or n_nodes > len(labels):
         raise ConfigError("number of nodes must be between 1 and the number of samples",
-                          nodes=n_nodes)  # fmt: skip
+                          nodes=n_nodes)
     name, arg = parse_scheme(scheme)
     if name == "dirichlet":
         assert arg is not None

@@ -68,7 +68,7 @@ class Hello:
 
     def encode(self) -> bytes:
         return encode_json({"status": "online", "node_id": self.node_id, "samples": self.samples,
-                            "hardware": self.hardware, "versions": self.versions or {}})  # fmt: skip
+                            "hardware": self.hardware, "versions": self.versions or {}})
 
     @staticmethod
     def decode(payload: bytes) -> Hello | None:

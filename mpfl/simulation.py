@@ -52,7 +52,7 @@ def run_in_process(
     while not server.finished:
         if broker.pump() == 0:
             raise FederationError("the in-process federation stalled", round=server.round,
-                                  phase=server.phase)  # fmt: skip
+                                  phase=server.phase)
     broker.pump()
     server.require_success()
     return server

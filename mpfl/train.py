@@ -17,7 +17,7 @@ from torch import nn
 
 from mpfl.data import Dataset
 from mpfl.errors import ConfigError
-from mpfl.units import State, UnitMap
+from mpfl.units import UnitMap
 
 
 def load_state(model: nn.Module, state: Mapping[str, np.ndarray]) -> None:
@@ -73,7 +73,7 @@ class TrainResult:
 def _optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
     if cfg.optimizer == "sgd":
         return torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum,
-                               weight_decay=cfg.weight_decay)  # fmt: skip
+                               weight_decay=cfg.weight_decay)
     if cfg.optimizer == "adam":
         return torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     raise ConfigError(f"unknown optimizer '{cfg.optimizer}' (known: sgd, adam)")
@@ -112,7 +112,7 @@ def train_local(
             correct += int((out.argmax(1) == yb).sum())
             seen += len(yb)
     return TrainResult(total_loss / max(seen, 1), correct / max(seen, 1), len(y),
-                       time.perf_counter() - start)  # fmt: skip
+                       time.perf_counter() - start)
 
 
 @torch.no_grad()

@@ -117,7 +117,7 @@ class UnitMap:
         sizes = self.layer_sizes(mask)
         if values.shape != (sum(sizes),):
             raise ModelError("alive values do not fit the mask", expected=sum(sizes),
-                             got=values.shape)  # fmt: skip
+                             got=values.shape)
         masks = self.tensor_masks(mask)
         state: State = {}
         offset = 0
@@ -190,5 +190,5 @@ def fingerprint(
         {"arch": full.name, "args": full.args, "granularity": granularity,
          "tensors": [[name, list(shape)] for name, shape in shapes]},
         sort_keys=True,
-    )  # fmt: skip
+    )
     return hashlib.sha256(doc.encode()).digest()[:8]
