@@ -73,7 +73,7 @@ def test_bad_arguments_are_config_errors(t: int, total: int, final: float) -> No
 
 
 @given(
-    n_units=st.integers(min_value=0, max_value=20_000),
+    n_units=st.integers(min_value=0, max_value=50_000_000),
     numerator=st.integers(min_value=0, max_value=999),
     denominator=st.integers(min_value=1, max_value=1000),
 )
@@ -89,5 +89,8 @@ def test_keep_count_known_float_traps() -> None:
     assert keep_count(100, 0.29) == 71
     assert keep_count(10, 0.7) == 3
     assert keep_count(10, 0.25) == 8
+    # Large layers: a fractional part of 0.002 is real, not float noise.
+    assert keep_count(3_000_007, 0.714) == 858_003
+    assert keep_count(10_000_000, 0.941) == 590_000
     with pytest.raises(ConfigError):
         keep_count(10, 1.0)

@@ -2,7 +2,7 @@
 
 A sparse bit array is the list of positions of its rare symbol. The gaps between
 consecutive positions of an i.i.d. Bernoulli(p) array are geometric, and a Rice code
-with the right parameter k is within about 1-3 % of the entropy bound for such gaps
+with the right parameter k is within about 1.5 % of the entropy bound for such gaps
 when p <= 0.25 (for denser arrays raw bits are as good: H(0.5) = 1 bit per unit).
 
 Each gap g is split into a quotient q = g >> k, sent in unary, and a k-bit remainder.

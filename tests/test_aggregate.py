@@ -1,0 +1,201 @@
+import io
+import math
+from typing import Any
+
+import numpy as np
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from mpfl import aggregate as agg
+from mpfl.aggregate import (
+    AGGREGATORS,
+    WeightedAverager,
+    aggregate,
+    clip_norm,
+    median,
+    trimmed_mean,
+    weighted_mean,
+)
+from mpfl.errors import ConfigError, FederationError, ModelError
+
+
+@st.composite
+def update_batches(draw: st.DrawFn) -> tuple[list[np.ndarray], list[float]]:
+    n_nodes = draw(st.integers(min_value=1, max_value=9))
+    n_values = draw(st.integers(min_value=0, max_value=300))
+    rng = np.random.default_rng(draw(st.integers(min_value=0, max_value=2**32 - 1)))
+    scale = draw(st.sampled_from([1e-3, 1.0, 1e3]))
+    updates = [(rng.standard_normal(n_values) * scale).astype(np.float32) for _ in range(n_nodes)]
+    weights = draw(
+        st.lists(st.floats(min_value=1.0, max_value=1e5), min_size=n_nodes, max_size=n_nodes)
+    )
+    return updates, weights
+
+
+def _naive_weighted_mean(updates: list[np.ndarray], weights: list[float]) -> np.ndarray:
+    w = np.array(weights, dtype=np.float64)
+    return (w[:, None] * np.stack(updates).astype(np.float64)).sum(axis=0) / w.sum()
+
+
+@given(batch=update_batches())
+def test_streaming_average_equals_the_batch_weighted_mean(
+    batch: tuple[list[np.ndarray], list[float]],
+) -> None:
+    updates, weights = batch
+    averager = WeightedAverager(updates[0].size)
+    for values, weight in zip(updates, weights, strict=True):
+        averager.add(values, weight)
+    expected = _naive_weighted_mean(updates, weights)
+    result = averager.result()
+    assert result.dtype == np.float32
+    np.testing.assert_allclose(
+        result, expected, rtol=1e-6, atol=1e-6 * np.abs(expected).max(initial=1.0)
+    )
+    np.testing.assert_array_equal(weighted_mean(updates, weights), result)
+    np.testing.assert_array_equal(aggregate("fedavg", updates, weights), result)
+
+
+def test_streaming_average_spans_several_chunks(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(agg, "_CHUNK", 7)
+    rng = np.random.default_rng(1)
+    updates = [rng.standard_normal(50).astype(np.float32) for _ in range(3)]
+    weights = [1.0, 2.0, 5.0]
+    np.testing.assert_allclose(
+        weighted_mean(updates, weights), _naive_weighted_mean(updates, weights), rtol=1e-6
+    )
+
+
+@given(batch=update_batches(), split=st.integers(min_value=0, max_value=9))
+def test_merged_partial_averages_equal_one_average(
+    batch: tuple[list[np.ndarray], list[float]], split: int
+) -> None:
+    updates, weights = batch
+    n = updates[0].size
+    left, right, whole = WeightedAverager(n), WeightedAverager(n), WeightedAverager(n)
+    for i, (values, weight) in enumerate(zip(updates, weights, strict=True)):
+        (left if i < split else right).add(values, weight)
+        whole.add(values, weight)
+    left.merge(right)
+    assert left.n_updates == whole.n_updates
+    np.testing.assert_allclose(left.result(), whole.result(), rtol=1e-6, atol=1e-30)
+
+
+def test_averager_state_round_trips_through_npz_without_pickle() -> None:
+    rng = np.random.default_rng(2)
+    averager = WeightedAverager(40)
+    averager.add(rng.standard_normal(40).astype(np.float32), 3.0)
+    buffer = io.BytesIO()
+    arrays: dict[str, Any] = averager.state()
+    np.savez(buffer, **arrays)
+    buffer.seek(0)
+    with np.load(buffer, allow_pickle=False) as loaded:
+        restored = WeightedAverager.from_state(dict(loaded))
+    later = rng.standard_normal(40).astype(np.float32)
+    averager.add(later, 1.0)
+    restored.add(later, 1.0)
+    np.testing.assert_array_equal(restored.result(), averager.result())
+    with pytest.raises(ModelError):
+        WeightedAverager.from_state({"sums": np.zeros(3)})
+
+
+@given(batch=update_batches())
+def test_median_matches_numpy(batch: tuple[list[np.ndarray], list[float]]) -> None:
+    updates, _ = batch
+    expected = np.median(np.stack(updates).astype(np.float64), axis=0)
+    np.testing.assert_allclose(median(updates), expected, rtol=1e-6)
+    np.testing.assert_array_equal(aggregate("median", updates), median(updates))
+
+
+@given(batch=update_batches(), trim=st.floats(min_value=0.0, max_value=0.49))
+def test_trimmed_mean_matches_a_per_coordinate_transcription(
+    batch: tuple[list[np.ndarray], list[float]], trim: float
+) -> None:
+    updates, _ = batch
+    n = len(updates)
+    cut = int(trim * n)
+    expected = [
+        float(np.mean(sorted(float(u[j]) for u in updates)[cut : n - cut]))
+        for j in range(updates[0].size)
+    ]
+    result = trimmed_mean(updates, trim)
+    np.testing.assert_allclose(result, np.array(expected), rtol=1e-5, atol=1e-6)
+
+
+def test_trimmed_mean_drops_the_outliers() -> None:
+    updates = [np.full(3, v, np.float32) for v in (1.0, 2.0, 3.0, 4.0, 1000.0)]
+    np.testing.assert_array_equal(trimmed_mean(updates, 0.2), np.full(3, 3.0, np.float32))
+    np.testing.assert_array_equal(trimmed_mean(updates, 0.0), np.full(3, 202.0, np.float32))
+    with pytest.raises(ConfigError):
+        trimmed_mean(updates, 0.5)
+
+
+@given(
+    batch=update_batches(),
+    max_norm=st.floats(min_value=1e-3, max_value=1e3),
+)
+def test_clip_norm_bounds_the_step_and_keeps_its_direction(
+    batch: tuple[list[np.ndarray], list[float]], max_norm: float
+) -> None:
+    updates, _ = batch
+    base = updates[0]
+    update = updates[-1]
+    clipped = clip_norm(update, base, max_norm)
+    step = clipped.astype(np.float64) - base
+    delta = update.astype(np.float64) - base
+    norm = np.linalg.norm(delta)
+    assert np.linalg.norm(step) <= max_norm * (1 + 1e-5) + 1e-3 * np.abs(base).max(initial=0)
+    if norm <= max_norm:
+        np.testing.assert_array_equal(clipped, update)
+    elif norm > 0:
+        np.testing.assert_allclose(
+            step, delta * (max_norm / norm), rtol=1e-4, atol=1e-6 * np.abs(base).max(initial=1)
+        )
+
+
+@pytest.mark.parametrize("bad", [0.0, -1.0, math.nan, math.inf])
+def test_bad_weights_are_rejected(bad: float) -> None:
+    updates = [np.zeros(4, np.float32), np.ones(4, np.float32)]
+    with pytest.raises(FederationError) as err:
+        weighted_mean(updates, [1.0, bad])
+    assert err.value.context["update"] == 1
+    with pytest.raises(FederationError):
+        WeightedAverager(4).add(updates[0], bad)
+    for name in AGGREGATORS:
+        with pytest.raises(FederationError):
+            aggregate(name, updates, [bad, 1.0])
+
+
+@pytest.mark.parametrize("name", sorted(AGGREGATORS))
+def test_mismatched_or_missing_updates_are_rejected(name: str) -> None:
+    with pytest.raises(ModelError) as err:
+        aggregate(name, [np.zeros(4, np.float32), np.zeros(5, np.float32)])
+    assert err.value.context == {"expected": 4, "got": 5, "update": 1}
+    with pytest.raises(ModelError):
+        aggregate(name, [np.zeros(4, np.float32)], [1.0, 2.0])
+    with pytest.raises(ModelError):
+        aggregate(name, [np.zeros((2, 2), np.float32)])
+    with pytest.raises(FederationError):
+        aggregate(name, [])
+    with pytest.raises(FederationError):
+        aggregate(name, [np.array([1.0, math.nan], np.float32)])
+
+
+def test_averager_errors_carry_context() -> None:
+    averager = WeightedAverager(3)
+    with pytest.raises(FederationError):
+        averager.result()
+    with pytest.raises(ModelError) as err:
+        averager.add(np.zeros(2, np.float32))
+    assert err.value.context == {"expected": 3, "got": 2}
+    with pytest.raises(ModelError):
+        averager.merge(WeightedAverager(4))
+
+
+def test_unknown_aggregator_names_the_known_ones() -> None:
+    with pytest.raises(ConfigError) as err:
+        aggregate("krum", [np.zeros(2, np.float32)])
+    for name in AGGREGATORS:
+        assert name in str(err.value)
+    with pytest.raises(ConfigError):
+        clip_norm(np.zeros(2, np.float32), np.zeros(2, np.float32), 0.0)
