@@ -1,0 +1,257 @@
+"""The provisioning kit without a broker: validation, file layout, modes, hashes, CLI."""
+
+from __future__ import annotations
+
+import base64
+import shutil
+import stat
+import subprocess
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from coordinator.provision import (
+    PBKDF2_ITERATIONS,
+    mosquitto_password_hash,
+    provision,
+    provision_command,
+    verify_mosquitto_password,
+)
+from mpfl.errors import ConfigError
+from mpfl.topics import node_filter, nodes_filter, server_filter
+
+# A line written by `mosquitto_passwd -b -c pw alice secret` (Mosquitto 2.0.11).
+GOLDEN_LINE = (
+    "alice:$7$101$iEtQXxs922yOvqSe$BiAZ1hA7oRuUYzzuYGhwSkG6zJwersyYPKDVWDCFTLGUxziLtPeG"
+    "OaU0xy1e7YpBlUIYWdBQ3w8CF4XYSxePpQ=="
+)
+
+
+def _env(path: Path) -> dict[str, str]:
+    lines = [line for line in path.read_text().splitlines() if line and line[0] != "#"]
+    return dict(line.split("=", 1) for line in lines)
+
+
+def _mode(path: Path) -> int:
+    return stat.S_IMODE(path.stat().st_mode)
+
+
+def _passwd(path: Path) -> dict[str, str]:
+    return dict(line.split(":", 1) for line in path.read_text().splitlines())
+
+
+# ------------------------------------------------------------------------ password hashes
+
+
+def test_builtin_hash_reproduces_mosquitto_passwd_output() -> None:
+    user, encoded = GOLDEN_LINE.split(":", 1)
+    assert verify_mosquitto_password("secret", encoded)
+    assert not verify_mosquitto_password("Secret", encoded)
+    salt = base64.b64decode(encoded.split("$")[3])
+    assert mosquitto_password_hash("secret", salt=salt) == encoded
+
+
+@settings(max_examples=25)
+@given(password=st.text(min_size=1, max_size=40))
+def test_hash_round_trips_and_salts_differ(password: str) -> None:
+    first = mosquitto_password_hash(password)
+    second = mosquitto_password_hash(password)
+    assert first != second  # fresh salt each time
+    assert first.startswith(f"$7${PBKDF2_ITERATIONS}$")
+    assert verify_mosquitto_password(password, first)
+    assert not verify_mosquitto_password(password + "x", first)
+
+
+@pytest.mark.parametrize("encoded", ["", "$6$abc$def", "$7$x$AAAA$AAAA", "$7$101$!!$AAAA"])
+def test_verify_rejects_malformed_hashes(encoded: str) -> None:
+    assert not verify_mosquitto_password("pw", encoded)
+
+
+# ------------------------------------------------------------------------------ the kit
+
+
+@pytest.mark.parametrize("hasher", ["builtin", "mosquitto_passwd"])
+def test_kit_layout_credentials_and_modes(tmp_path: Path, hasher: str) -> None:
+    if hasher == "mosquitto_passwd" and shutil.which("mosquitto_passwd") is None:
+        pytest.skip("mosquitto_passwd is not installed")
+    out = tmp_path / "kit"
+    result = provision(
+        ["pi-01", "pi-02"], out, federation="lab", broker_host="gw.example", port=8884,
+        hasher=hasher,  # type: ignore[arg-type]
+    )  # fmt: skip
+    assert result.password_tool == hasher
+    assert result.broker_url == "mqtts://gw.example:8884"
+    for name in ["passwd", "acl", "mosquitto.conf", "coordinator.env", "README.txt",
+                 "nodes/pi-01.env", "nodes/pi-02.env", "systemd/mpfl-edge.service",
+                 "systemd/mpfl-coordinator.service"]:  # fmt: skip
+        assert (out / name) in result.files and (out / name).is_file(), name
+    assert (out / "certs").is_dir()
+
+    for secret in ["passwd", "coordinator.env", "nodes/pi-01.env", "nodes/pi-02.env"]:
+        assert _mode(out / secret) == 0o600, secret
+
+    hashes = _passwd(out / "passwd")
+    assert set(hashes) == {"coordinator", "pi-01", "pi-02"}
+    everyone = {"coordinator": result.coordinator, **result.nodes}
+    for user, creds in everyone.items():
+        assert verify_mosquitto_password(creds.password, hashes[user])
+        assert creds.password not in (out / "passwd").read_text()
+        assert len(creds.password) >= 32
+        assert creds.password not in repr(result)
+    assert len({c.password for c in everyone.values()}) == 3
+
+    node_env = _env(out / "nodes/pi-02.env")
+    assert node_env == {
+        "MPFL_BROKER": "mqtts://gw.example:8884",
+        "MPFL_FEDERATION": "lab",
+        "MPFL_NODE_ID": "pi-02",
+        "MPFL_USERNAME": "pi-02",
+        "MPFL_PASSWORD": result.nodes["pi-02"].password,
+        "MPFL_CA_FILE": "/etc/mpfl/ca.crt",
+    }
+    coordinator_env = _env(out / "coordinator.env")
+    assert coordinator_env["MPFL_USERNAME"] == "coordinator"
+    assert coordinator_env["MPFL_PASSWORD"] == result.coordinator.password
+    assert "MPFL_NODE_ID" not in coordinator_env
+
+
+def test_acl_gives_each_node_only_its_own_topics(tmp_path: Path) -> None:
+    provision(["a", "b_2"], tmp_path / "kit", federation="fed", hasher="builtin")
+    rules: dict[str, list[str]] = {}
+    user = None
+    for line in (tmp_path / "kit" / "acl").read_text().splitlines():
+        if line.startswith("user "):
+            user = line.split()[1]
+            rules[user] = []
+        elif line.startswith("topic "):
+            assert user is not None, "topic rule before any user applies to anonymous clients"
+            rules[user].append(line)
+    read_server = f"topic read {server_filter('fed')}"
+    assert rules == {
+        "coordinator": [
+            f"topic read {nodes_filter('fed')}",
+            f"topic readwrite {server_filter('fed')}",
+        ],
+        "a": [f"topic write {node_filter('fed', 'a')}", read_server],
+        "b_2": [f"topic write {node_filter('fed', 'b_2')}", read_server],
+    }
+
+
+def test_broker_config_points_into_the_broker_dir(tmp_path: Path) -> None:
+    provision(
+        ["pi-01"], tmp_path / "kit", port=9999, broker_dir="/srv/mq/", persistence_dir="/var/mq",
+        hasher="builtin",
+    )  # fmt: skip
+    conf = (tmp_path / "kit" / "mosquitto.conf").read_text()
+    settings_ = {
+        line.split(" ", 1)[0]: line.split(" ", 1)[1]
+        for line in conf.splitlines()
+        if line and not line.startswith("#") and " " in line and not line.startswith("log_type")
+    }
+    assert "${" not in conf
+    assert settings_["listener"] == "9999"
+    assert settings_["allow_anonymous"] == "false"
+    assert settings_["password_file"] == "/srv/mq/passwd"
+    assert settings_["acl_file"] == "/srv/mq/acl"
+    assert settings_["cafile"] == "/srv/mq/certs/ca.crt"
+    assert settings_["certfile"] == "/srv/mq/certs/server.crt"
+    assert settings_["keyfile"] == "/srv/mq/certs/server.key"
+    assert settings_["persistence_location"] == "/var/mq/"
+    assert "#listener 1883 127.0.0.1" in conf
+
+
+def test_generated_config_is_accepted_by_mosquitto(tmp_path: Path) -> None:
+    binary = shutil.which("mosquitto", path="/usr/sbin:/usr/bin:/usr/local/sbin")
+    if binary is None:
+        pytest.skip("mosquitto is not installed")
+    # `mosquitto --test-config` does not exist in 2.0; a config with an unknown option makes
+    # the broker exit at once with "Unknown configuration variable", a valid one would run.
+    provision(["pi-01"], tmp_path / "kit", hasher="builtin")
+    conf = (tmp_path / "kit" / "mosquitto.conf").read_text()
+    known = {line.split()[0] for line in conf.splitlines() if line and line[0] != "#"}
+    bogus = tmp_path / "bogus.conf"
+    bogus.write_text(conf + "no_such_option 1\n")
+    done = subprocess.run([binary, "-c", str(bogus)], capture_output=True, text=True, timeout=10)
+    assert "no_such_option" in done.stdout + done.stderr
+    for option in known:  # none of the template's own options is reported as unknown
+        assert f'"{option}"' not in done.stdout + done.stderr
+
+
+@pytest.mark.parametrize(
+    ("nodes", "kwargs", "needle"),
+    [
+        ([], {}, "at least one"),
+        (["pi 01"], {}, "invalid node id"),
+        (["pi/01"], {}, "invalid node id"),
+        (["x" * 65], {}, "invalid node id"),
+        (["pi-01", "pi-02", "pi-01"], {}, "duplicate node ids: pi-01"),
+        (["coordinator"], {}, "coordinator user"),
+        (["pi-01"], {"federation": "a/b"}, "invalid federation"),
+        (["pi-01"], {"broker_host": "gw local"}, "invalid broker host"),
+        (["pi-01"], {"port": 70000}, "port"),
+        (["pi-01"], {"hasher": "md5"}, "unknown password hasher"),
+        ("pi-01", {}, "sequence"),
+    ],
+)
+def test_bad_input_is_a_config_error_and_writes_nothing(
+    tmp_path: Path, nodes: list[str], kwargs: dict, needle: str
+) -> None:
+    out = tmp_path / "kit"
+    with pytest.raises(ConfigError, match=needle):
+        provision(nodes, out, **kwargs)
+    assert not out.exists()
+
+
+def test_refuses_to_overwrite_a_kit_unless_forced(tmp_path: Path) -> None:
+    out = tmp_path / "kit"
+    first = provision(["pi-01", "pi-02"], out, hasher="builtin")
+    cert = out / "certs" / "ca.crt"
+    cert.write_text("user's certificate")
+    before = (out / "passwd").read_text()
+    with pytest.raises(ConfigError, match="not empty"):
+        provision(["pi-01"], out, hasher="builtin")
+    assert (out / "passwd").read_text() == before
+
+    second = provision(["pi-01", "pi-03"], out, hasher="builtin", force=True)
+    assert sorted(p.name for p in (out / "nodes").iterdir()) == ["pi-01.env", "pi-03.env"]
+    assert second.nodes["pi-01"].password != first.nodes["pi-01"].password
+    assert set(_passwd(out / "passwd")) == {"coordinator", "pi-01", "pi-03"}
+    assert cert.read_text() == "user's certificate"
+
+
+def test_ipv6_broker_host_is_bracketed(tmp_path: Path) -> None:
+    result = provision(["n1"], tmp_path / "kit", broker_host="fd00::1", hasher="builtin")
+    assert result.broker_url == "mqtts://[fd00::1]:8883"
+    assert "subjectAltName=IP:fd00::1" in (tmp_path / "kit" / "README.txt").read_text()
+
+
+# ----------------------------------------------------------------------------------- CLI
+
+
+def test_cli_writes_a_kit_without_printing_secrets(tmp_path: Path) -> None:
+    out = tmp_path / "kit"
+    result = CliRunner().invoke(
+        provision_command,
+        ["--nodes", "pi-01, pi-02", "--out", str(out), "--federation", "lab",
+         "--broker-host", "10.0.0.2", "--port", "8883"],
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert "2 nodes" in result.output and "mqtts://10.0.0.2:8883" in result.output
+    for env in (out / "nodes").glob("*.env"):
+        assert _env(env)["MPFL_PASSWORD"] not in result.output
+    assert _env(out / "nodes" / "pi-02.env")["MPFL_FEDERATION"] == "lab"
+
+    again = CliRunner().invoke(provision_command, ["--nodes", "pi-01", "--out", str(out)])
+    assert again.exit_code == 2
+    assert "not empty" in again.output and "Traceback" not in again.output
+
+
+def test_cli_reports_bad_node_ids_with_the_config_exit_code(tmp_path: Path) -> None:
+    result = CliRunner().invoke(
+        provision_command, ["--nodes", "pi-01,,pi-02", "--out", str(tmp_path / "kit")]
+    )
+    assert result.exit_code == 2
+    assert "invalid node id" in result.output
