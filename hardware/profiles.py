@@ -14,14 +14,13 @@ from __future__ import annotations
 import math
 import os
 import platform
+import tomllib
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 from importlib import resources
 from pathlib import Path
 from typing import Any
-
-import tomllib
 
 from mpfl.errors import ConfigError, HardwareError
 

@@ -1,0 +1,95 @@
+"""``mpfl hardware``: list the device profiles and links, show one, detect this machine's.
+
+Thin by design: it parses, calls ``hardware.profiles`` and prints. A user mistake (an
+unknown profile, a broken profile file) is one line on stderr and the error's exit code.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable
+from functools import wraps
+from pathlib import Path
+from typing import Any, TypeVar
+
+import click
+
+from hardware.profiles import (
+    detect_profile,
+    format_link_table,
+    format_profile,
+    format_profile_table,
+    get_profile,
+    load_catalog,
+)
+from mpfl.errors import HardwareError, MpflError
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+_PROFILES_OPTION = click.option(
+    "--profiles",
+    "profiles_path",
+    type=click.Path(path_type=Path, dir_okay=False),
+    envvar="MPFL_PROFILES",
+    default=None,
+    help="A profile file in the format of hardware/profiles.toml (default: the bundled one).",
+)
+
+
+def _one_line_errors(func: F) -> F:
+    """An MpflError becomes ``error: ...`` on stderr and its exit code, never a traceback."""
+
+    @wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return func(*args, **kwargs)
+        except MpflError as exc:
+            click.echo(f"error: {exc}", err=True)
+            sys.exit(exc.exit_code)
+
+    return wrapper  # type: ignore[return-value]
+
+
+@click.group("hardware")
+def hardware_group() -> None:
+    """Device profiles (threads, batch size, memory budget, role) and network links."""
+
+
+@hardware_group.command("list")
+@_PROFILES_OPTION
+@_one_line_errors
+def list_command(profiles_path: Path | None) -> None:
+    """Every profile, the links used for planning, and the short aliases."""
+    catalog = load_catalog(profiles_path)
+    click.echo(format_profile_table(catalog.profiles))
+    click.echo()
+    click.echo(format_link_table(catalog.links))
+    if catalog.aliases:
+        click.echo()
+        aliases = ", ".join(f"{alias} -> {name}" for alias, name in catalog.aliases.items())
+        click.echo(f"aliases: {aliases}")
+
+
+@hardware_group.command("show")
+@click.argument("name")
+@_PROFILES_OPTION
+@_one_line_errors
+def show_command(name: str, profiles_path: Path | None) -> None:
+    """One profile in full (NAME may be an alias such as rpi4)."""
+    profile = get_profile(name, profiles_path)
+    click.echo(format_profile(profile, load_catalog(profiles_path).links))
+
+
+@hardware_group.command("detect")
+@_PROFILES_OPTION
+@_one_line_errors
+def detect_command(profiles_path: Path | None) -> None:
+    """The profile `mpfl-edge start` would pick on this machine without --hardware."""
+    catalog = load_catalog(profiles_path)
+    profile = detect_profile(profiles=catalog.profiles)
+    if profile is None:
+        raise HardwareError(
+            "no profile matches this machine; pick one with --hardware "
+            f"(known: {', '.join(sorted([*catalog.profiles, *catalog.aliases]))})"
+        )
+    click.echo(format_profile(profile, catalog.links))
