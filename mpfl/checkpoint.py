@@ -11,6 +11,8 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+import zipfile
+import zlib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -38,6 +40,22 @@ def atomic_write(path: Path, write: Callable[[IO[bytes]], object]) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+    _fsync_directory(path.parent)
+
+
+def _fsync_directory(directory: Path) -> None:
+    """Make the rename itself durable: after a power cut (an SD card on a Pi) the directory
+    entry could otherwise still name the old file."""
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:  # a platform that cannot open directories: the rename is the best we get
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
 
 
 def write_json(path: Path, doc: Any) -> None:
@@ -51,9 +69,12 @@ def write_npz(path: Path, arrays: Mapping[str, np.ndarray]) -> None:
 
 def read_npz(path: Path) -> dict[str, np.ndarray]:
     try:
-        with np.load(path, allow_pickle=False) as f:
+        loaded = np.load(path, allow_pickle=False)
+        if not isinstance(loaded, np.lib.npyio.NpzFile):
+            raise ValueError("a single .npy array, not an .npz archive")
+        with loaded as f:
             return {k: f[k] for k in f.files}
-    except (OSError, ValueError) as exc:
+    except (OSError, EOFError, ValueError, zipfile.BadZipFile, zlib.error) as exc:
         raise ModelError(f"cannot read arrays: {exc}", path=str(path)) from exc
 
 
@@ -99,18 +120,20 @@ def load_model(path: Path) -> SavedModel:
         doc = json.loads((directory / "model.json").read_text())
         spec = ModelSpec.from_dict(doc["model"])
         granularity = str(doc["granularity"])
-    except (OSError, ValueError, KeyError, TypeError) as exc:
+        meta = dict(doc.get("meta") or {})
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
         raise ModelError(f"bad model.json: {exc}", path=str(directory)) from exc
     arrays = read_npz(directory / "model.npz")
     if MASK_KEY not in arrays:
         raise ModelError("model.npz has no mask", path=str(directory))
     mask = arrays.pop(MASK_KEY).astype(bool)
-    saved = SavedModel(spec, granularity, arrays, mask, dict(doc.get("meta", {})))
-    unit_map = saved.unit_map()
+    unit_map = SavedModel(spec, granularity, arrays, mask).unit_map()
     if unit_map.fingerprint.hex() != doc.get("fingerprint"):
         raise ModelError("checkpoint fingerprint does not match its model", path=str(directory))
     missing = [name for name, _ in unit_map.shapes if name not in arrays]
     if missing:
         raise ModelError(f"checkpoint lacks tensors: {', '.join(missing)}", path=str(directory))
     unit_map.check_mask(mask)
-    return saved
+    # Shapes are checked, and a pruned position is zero even if the file said otherwise.
+    state = unit_map.apply(arrays, mask)
+    return SavedModel(spec, granularity, state, mask, meta)

@@ -9,15 +9,19 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import tomllib
-
+from mpfl.aggregate import AGGREGATORS
+from mpfl.consensus import RULES
 from mpfl.errors import ConfigError
-from mpfl.models import ModelSpec
+from mpfl.models import PRESETS, ZOO, ModelSpec
+from mpfl.schedules import SCHEDULES
+from mpfl.topics import validate_name
+from mpfl.train import OPTIMIZERS
 
 
 @dataclass(frozen=True)
@@ -61,7 +65,19 @@ class FederationConfig:
         return ModelSpec(self.model, dict(self.model_args))
 
     def validate(self) -> FederationConfig:
+        """Check every value now, so a bad one fails at start-up, not in round 3."""
+        validate_name(self.federation, what="federation name")
+
+        def known(names: Any) -> str:
+            return "|".join(sorted(names))
+
         checks = [
+            (self.model in ZOO or self.model in PRESETS,
+             f"model must be one of {known([*ZOO, *PRESETS])}"),
+            (self.schedule in SCHEDULES, f"schedule must be {known(SCHEDULES)}"),
+            (self.consensus in RULES, f"consensus must be {known(RULES)}"),
+            (self.aggregator in AGGREGATORS, f"aggregator must be {known(AGGREGATORS)}"),
+            (self.optimizer in OPTIMIZERS, f"optimizer must be {known(OPTIMIZERS)}"),
             (self.granularity in ("filter", "weight"), "granularity must be filter or weight"),
             (0.0 <= self.final_sparsity < 1.0, "final_sparsity must be in [0, 1)"),
             (self.mask_rounds >= 0 and self.train_rounds >= 0, "rounds must be >= 0"),
@@ -72,8 +88,12 @@ class FederationConfig:
             (self.min_nodes >= 1, "min_nodes must be >= 1"),
             (1 <= self.quorum <= self.min_nodes, "quorum must be between 1 and min_nodes"),
             (self.round_timeout > 0, "round_timeout must be > 0"),
+            (self.start_timeout > 0, "start_timeout must be > 0"),
+            (self.retries >= 0, "retries must be >= 0"),
             (self.local_epochs >= 1 and self.batch_size >= 1, "epochs and batch size >= 1"),
             (self.lr > 0, "lr must be > 0"),
+            (0.0 <= self.momentum < 1.0, "momentum must be in [0, 1)"),
+            (self.weight_decay >= 0, "weight_decay must be >= 0"),
         ]
         for ok, message in checks:
             if not ok:
@@ -87,29 +107,44 @@ class FederationConfig:
 _FIELDS = {f.name: f for f in dataclasses.fields(FederationConfig)}
 
 
-def _coerce(key: str, value: Any) -> Any:
-    """Convert a TOML, env or flag value to the field's type, or say which key is wrong."""
+def _field_name(key: str, source: str) -> str:
+    name = key.replace("-", "_")
+    if name not in _FIELDS:
+        raise ConfigError(f"unknown config key '{key}'", source=source)
+    return name
+
+
+def _coerce(key: str, value: Any, source: str | None = None) -> Any:
+    """Convert a TOML, env or flag value to the field's type, or say which key is wrong.
+
+    Strings (env, flags) are parsed; typed TOML values must already have the right kind:
+    ``true`` is not a round count and ``["a"]`` is not a model name.
+    """
     default = _FIELDS[key].default
     if default is dataclasses.MISSING:  # model_args, a dict
         if isinstance(value, str):
             try:
                 value = json.loads(value)
             except ValueError as exc:
-                raise ConfigError(f"{key} must be a JSON object", value=value) from exc
+                raise ConfigError(f"{key} must be a JSON object", value=value,
+                                  source=source) from exc
         if not isinstance(value, dict):
-            raise ConfigError(f"{key} must be a table / JSON object", value=value)
+            raise ConfigError(f"{key} must be a table / JSON object", value=value, source=source)
         return value
     kind = type(default)
     try:
-        if kind is bool and isinstance(value, str):
-            if value.lower() not in ("1", "0", "true", "false", "yes", "no"):
-                raise ValueError(value)
-            return value.lower() in ("1", "true", "yes")
-        if kind is float and isinstance(value, bool) or kind is int and isinstance(value, float):
-            raise ValueError(value)
+        if isinstance(value, str):
+            if kind is bool:
+                if value.lower() not in ("1", "0", "true", "false", "yes", "no"):
+                    raise ValueError(value)
+                return value.lower() in ("1", "true", "yes")
+            return kind(value.strip()) if kind is not str else value
+        accepted = {bool: (bool,), int: (int,), float: (int, float), str: ()}[kind]
+        if isinstance(value, bool) and kind is not bool or not isinstance(value, accepted):
+            raise TypeError(value)
         return kind(value)
     except (TypeError, ValueError) as exc:
-        raise ConfigError(f"{key} must be {kind.__name__}", value=value) from exc
+        raise ConfigError(f"{key} must be {kind.__name__}", value=value, source=source) from exc
 
 
 def load_config(
@@ -127,16 +162,15 @@ def load_config(
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError(f"bad TOML: {exc}", path=str(p)) from exc
         for key, value in doc.items():
-            key = key.replace("-", "_")
-            if key not in _FIELDS:
-                raise ConfigError(f"unknown config key '{key}'", path=str(p))
-            values[key] = _coerce(key, value)
+            name = _field_name(key, str(p))
+            values[name] = _coerce(name, value, str(p))
     env = os.environ if environ is None else environ
     for key in _FIELDS:
         name = f"MPFL_{key.upper()}"
         if name in env:
-            values[key] = _coerce(key, env[name])
+            values[key] = _coerce(key, env[name], name)
     for key, value in (overrides or {}).items():
+        name = _field_name(key, "overrides")
         if value is not None:
-            values[key] = _coerce(key, value)
+            values[name] = _coerce(name, value, "overrides")
     return FederationConfig(**values).validate()

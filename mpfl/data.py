@@ -10,8 +10,11 @@ from __future__ import annotations
 
 import gzip
 import io
+import math
 import pickle
 import struct
+import zipfile
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -63,7 +66,7 @@ def read_idx(path: Path) -> np.ndarray:
         raw = path.read_bytes()
         if raw[:2] == b"\x1f\x8b":
             raw = gzip.decompress(raw)
-    except (OSError, EOFError, gzip.BadGzipFile) as exc:
+    except (OSError, EOFError, zlib.error) as exc:  # BadGzipFile is an OSError
         raise DataError(f"cannot read IDX file: {exc}", path=str(path)) from exc
     if len(raw) < 4 or raw[:2] != b"\x00\x00" or raw[2] != 0x08:
         raise DataError("not an IDX file of unsigned bytes", path=str(path))
@@ -72,7 +75,7 @@ def read_idx(path: Path) -> np.ndarray:
     if len(raw) < header:
         raise DataError("IDX header is truncated", path=str(path))
     dims = struct.unpack(f">{ndim}I", raw[4:header])
-    if len(raw) - header != int(np.prod(dims)):
+    if len(raw) - header != math.prod(dims):  # exact, where np.prod could overflow
         raise DataError("IDX data length does not match its header", path=str(path))
     return np.frombuffer(raw, dtype=np.uint8, offset=header).reshape(dims)
 
@@ -102,9 +105,12 @@ class _ArrayUnpickler(pickle.Unpickler):
     _ALLOWED = {
         ("numpy.core.multiarray", "_reconstruct"),
         ("numpy._core.multiarray", "_reconstruct"),
+        ("numpy.core.numeric", "_frombuffer"),  # arrays in pickle protocol 5
+        ("numpy._core.numeric", "_frombuffer"),
         ("numpy", "ndarray"),
         ("numpy", "dtype"),
         ("collections", "OrderedDict"),
+        ("_codecs", "encode"),  # how a Python 3 protocol-2 pickle spells a bytes object
     }
 
     def find_class(self, module: str, name: str) -> Any:
@@ -118,7 +124,8 @@ def _read_cifar_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
         batch = _ArrayUnpickler(io.BytesIO(path.read_bytes()), encoding="bytes").load()
         data = np.asarray(batch[b"data"], dtype=np.uint8)
         labels = np.asarray(batch[b"labels"], dtype=np.int64)
-    except (OSError, pickle.UnpicklingError, KeyError, TypeError, EOFError) as exc:
+    except (OSError, EOFError, pickle.UnpicklingError, KeyError, TypeError, ValueError,
+            AttributeError, IndexError, struct.error) as exc:  # what malformed pickles raise
         raise DataError(f"not a CIFAR-10 batch: {exc}", path=str(path)) from exc
     if data.ndim != 2 or data.shape[1] != 3072 or len(data) != len(labels):
         raise DataError("CIFAR-10 batch has the wrong shape", path=str(path))
@@ -154,14 +161,18 @@ def load_digits(split: str, test_fraction: float = 0.25) -> Dataset:
 
 def load_npz(path: Path) -> Dataset:
     try:
-        with np.load(path, allow_pickle=False) as f:
+        loaded = np.load(path, allow_pickle=False)
+        if not isinstance(loaded, np.lib.npyio.NpzFile):
+            raise ValueError("a single .npy array, not an .npz archive")
+        with loaded as f:
             x, y = np.asarray(f["x"], dtype=np.float32), np.asarray(f["y"], dtype=np.int64)
-    except (OSError, KeyError, ValueError) as exc:
+    except (OSError, EOFError, KeyError, ValueError, TypeError, zipfile.BadZipFile,
+            zlib.error) as exc:
         raise DataError(f"cannot read npz dataset (needs arrays x and y): {exc}",
                         path=str(path)) from exc
     if x.ndim == 3:
         x = x[:, None]
-    if x.ndim != 4 or len(x) != len(y) or len(y) == 0 or y.min() < 0:
+    if x.ndim != 4 or y.ndim != 1 or len(x) != len(y) or len(y) == 0 or y.min() < 0:
         raise DataError("npz x must be N,C,H,W (or N,H,W) with one label >= 0 per image",
                         path=str(path))
     return Dataset("npz", x, y, int(y.max()) + 1)

@@ -7,13 +7,15 @@ consensus stays pruned.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping, Sequence
 
 import numpy as np
 
 from mpfl.errors import ConfigError
+from mpfl.schedules import keep_count
 from mpfl.units import UnitMap
+
+__all__ = ["keep_count", "local_mask", "unit_scores"]
 
 
 def unit_scores(state: Mapping[str, np.ndarray], unit_map: UnitMap) -> np.ndarray:
@@ -26,11 +28,6 @@ def unit_scores(state: Mapping[str, np.ndarray], unit_map: UnitMap) -> np.ndarra
         else:
             parts.append(np.abs(w).ravel())
     return np.concatenate(parts) if parts else np.zeros(0)
-
-
-def keep_count(n_layer: int, target: float) -> int:
-    """Units a layer of ``n_layer`` keeps at sparsity ``target`` (at least one)."""
-    return max(1, math.ceil(round((1.0 - target) * n_layer, 9)))
 
 
 def _keep_best(scores: np.ndarray, alive: np.ndarray, k: int) -> np.ndarray:
@@ -63,10 +60,11 @@ def local_mask(
     if scope == "layer":
         mask = np.zeros_like(alive)
         for s in layers:
-            mask[s] = _keep_best(scores[s], alive[s], keep_count(s.stop - s.start, target))
+            keep = max(1, keep_count(s.stop - s.start, target))
+            mask[s] = _keep_best(scores[s], alive[s], keep)
         return mask
     if scope == "global":
-        mask = _keep_best(scores, alive, keep_count(len(alive), target))
+        mask = _keep_best(scores, alive, max(1, keep_count(len(alive), target)))
         for s in layers:
             if not mask[s].any() and alive[s].any():
                 mask[s] = _keep_best(scores[s], alive[s], 1)

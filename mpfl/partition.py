@@ -6,6 +6,8 @@ split on every machine, so a node can compute its own share from ``--partition i
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from mpfl.errors import ConfigError
@@ -20,11 +22,12 @@ def dirichlet(
     labels: np.ndarray, n_nodes: int, seed: int, alpha: float, min_size: int = 10
 ) -> list[np.ndarray]:
     """Per class, node shares drawn from Dir(alpha); redrawn until every node has data."""
-    if alpha <= 0:
-        raise ConfigError("dirichlet alpha must be > 0", alpha=alpha)
+    if not (0 < alpha < math.inf):  # also refuses nan
+        raise ConfigError("dirichlet alpha must be a finite number > 0", alpha=alpha)
     rng = np.random.default_rng(seed)
     classes = np.unique(labels)
-    min_size = min(min_size, len(labels) // n_nodes)
+    # At most half a fair share: demanding a full one would ask for a perfectly even split.
+    min_size = min(min_size, max(1, len(labels) // (2 * n_nodes)))
     for _ in range(100):
         parts: list[list[np.ndarray]] = [[] for _ in range(n_nodes)]
         for c in classes:
@@ -43,6 +46,8 @@ def shards(
     labels: np.ndarray, n_nodes: int, seed: int, per_node: int = 2
 ) -> list[np.ndarray]:
     """McMahan et al.: sort by label, cut into shards, give each node ``per_node`` shards."""
+    if per_node < 1:
+        raise ConfigError("shards per node must be >= 1", per_node=per_node)
     rng = np.random.default_rng(seed)
     order = np.argsort(labels, kind="stable")
     pieces = np.array_split(order, n_nodes * per_node)
@@ -59,9 +64,16 @@ def parse_scheme(scheme: str) -> tuple[str, float | None]:
     if not arg:
         return name, {"dirichlet": 0.5, "shards": 2.0}.get(name)
     try:
-        return name, float(arg)
+        value = float(arg)
     except ValueError as exc:
         raise ConfigError(f"bad partition parameter in '{scheme}'") from exc
+    if name == "dirichlet" and not (0 < value < math.inf):
+        raise ConfigError(f"dirichlet alpha must be a finite number > 0 in '{scheme}'")
+    if name == "shards" and (not value.is_integer() or value < 1):
+        raise ConfigError(f"shards per node must be a whole number >= 1 in '{scheme}'")
+    if name == "iid":
+        raise ConfigError(f"iid takes no parameter, got '{scheme}'")
+    return name, value
 
 
 def partition(
@@ -75,7 +87,8 @@ def partition(
         assert arg is not None
         return dirichlet(labels, n_nodes, seed, arg)
     if name == "shards":
-        return shards(labels, n_nodes, seed, int(arg or 2))
+        assert arg is not None
+        return shards(labels, n_nodes, seed, int(arg))
     return iid(labels, n_nodes, seed)
 
 

@@ -36,7 +36,7 @@ def decode_json(payload: bytes, what: str) -> dict[str, Any]:
     """A JSON object from the wire, or a WireError saying which message was bad."""
     try:
         doc = json.loads(payload.decode("utf-8"))
-    except (UnicodeDecodeError, ValueError) as exc:
+    except (UnicodeDecodeError, ValueError, RecursionError) as exc:  # hostile deep nesting recurses
         raise WireError(f"{what} is not JSON: {exc}") from exc
     if not isinstance(doc, dict):
         raise WireError(f"{what} must be a JSON object")
@@ -45,6 +45,8 @@ def decode_json(payload: bytes, what: str) -> dict[str, Any]:
 
 def encode_update(samples: int, values_payload: bytes) -> bytes:
     """An update payload: the node's sample count (u32 LE), then the coded values."""
+    if not 1 <= samples <= 0xFFFFFFFF:
+        raise WireError("an update's sample count must fit a u32 and be >= 1", samples=samples)
     return _SAMPLES.pack(samples) + values_payload
 
 
@@ -77,7 +79,8 @@ class Hello:
             return None
         doc = decode_json(payload, "node status")
         samples, node_id = doc.get("samples"), doc.get("node_id")
-        if not isinstance(samples, int) or samples < 1 or not isinstance(node_id, str):
+        # bool is an int in Python; JSON true is not a sample count.
+        if type(samples) is not int or samples < 1 or not isinstance(node_id, str):
             raise WireError("node status needs node_id and samples >= 1")
         versions = doc.get("versions") if isinstance(doc.get("versions"), dict) else None
         return Hello(node_id, samples, str(doc.get("hardware", "unknown")), versions)

@@ -16,16 +16,25 @@ import torch
 from torch import nn
 
 from mpfl.data import Dataset
-from mpfl.errors import ConfigError
+from mpfl.errors import ConfigError, ModelError
 from mpfl.units import UnitMap
+
+OPTIMIZERS = ("sgd", "adam")
 
 
 def load_state(model: nn.Module, state: Mapping[str, np.ndarray]) -> None:
-    """Copy a numpy state into the model in place (the model's own buffers stay)."""
+    """Copy a numpy state into the model in place (the model's own buffers stay).
+
+    Shapes must match exactly: torch would silently broadcast a (1,)-array over a tensor.
+    """
     with torch.no_grad():
         for name, tensor in model.state_dict().items():
             if name in state:
-                tensor.copy_(torch.from_numpy(np.asarray(state[name], dtype=np.float32)))
+                value = np.asarray(state[name], dtype=np.float32)
+                if value.shape != tuple(tensor.shape):
+                    raise ModelError("state tensor does not fit the model", tensor=name,
+                                     expected=tuple(tensor.shape), got=value.shape)
+                tensor.copy_(torch.from_numpy(value))
 
 
 class MaskEnforcer:

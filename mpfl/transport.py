@@ -23,8 +23,14 @@ class Transport(Protocol):
 
 
 def topic_matches(topic_filter: str, topic: str) -> bool:
-    """MQTT filter matching: ``+`` is one level, a trailing ``#`` any number of levels."""
+    """MQTT filter matching: ``+`` is one level, a trailing ``#`` any number of levels.
+
+    As in MQTT, a leading wildcard never matches a ``$``-topic (``$SYS/...``), and
+    ``a/#`` also matches ``a`` itself.
+    """
     f, t = topic_filter.split("/"), topic.split("/")
+    if topic.startswith("$") and f[0] in ("+", "#"):
+        return False
     for i, level in enumerate(f):
         if level == "#":
             return True
@@ -49,8 +55,10 @@ class MemoryBroker:
         self.bytes_by_topic[message.topic] = (
             self.bytes_by_topic.get(message.topic, 0) + len(message.payload)
         )
-        if message.retain:
+        if message.retain and message.payload:
             self.retained[message.topic] = message.payload
+        elif message.retain:  # MQTT: an empty retained message clears the topic
+            self.retained.pop(message.topic, None)
         for topic_filter, handler in self._subs:
             if topic_matches(topic_filter, message.topic):
                 self._queue.append((handler, message.topic, message.payload))

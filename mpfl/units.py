@@ -105,9 +105,7 @@ class UnitMap:
         masks = self.tensor_masks(mask)
         parts = []
         for name, shape in self.shapes:
-            tensor = np.asarray(state[name], dtype=np.float32)
-            if tensor.shape != shape:
-                raise ModelError("state tensor has the wrong shape", tensor=name, got=tensor.shape)
+            tensor = _state_tensor(state, name, shape)
             parts.append(tensor[masks[name]] if name in masks else tensor.ravel())
         return np.concatenate(parts).astype(np.float32, copy=False)
 
@@ -135,16 +133,29 @@ class UnitMap:
     def apply(self, state: Mapping[str, np.ndarray], mask: np.ndarray) -> State:
         """A copy of ``state`` with every pruned position set to zero."""
         masks = self.tensor_masks(mask)
-        return {
-            name: np.where(masks[name], state[name], 0).astype(np.float32)
-            if name in masks
-            else np.array(state[name], dtype=np.float32)
-            for name, _ in self.shapes
-        }
+        out: State = {}
+        for name, shape in self.shapes:
+            tensor = _state_tensor(state, name, shape)
+            if name in masks:
+                out[name] = np.where(masks[name], tensor, np.float32(0))
+            else:
+                out[name] = tensor.copy()  # a copy even when the input already is float32
+        return out
 
     def layer_sparsity(self, mask: np.ndarray) -> list[float]:
         mask = self.check_mask(mask)
         return [1.0 - float(mask[s].mean()) if s.stop > s.start else 0.0 for s in self.slices]
+
+
+def _state_tensor(state: Mapping[str, np.ndarray], name: str, shape: tuple[int, ...]) -> np.ndarray:
+    """``state[name]`` as float32, or a ModelError if it is missing or misshapen."""
+    if name not in state:
+        raise ModelError("state lacks a tensor of the model", tensor=name)
+    tensor = np.asarray(state[name], dtype=np.float32)
+    if tensor.shape != shape:
+        raise ModelError("state tensor has the wrong shape", tensor=name, expected=shape,
+                         got=tensor.shape)  # fmt: skip
+    return tensor
 
 
 def model_state(model: nn.Module) -> State:

@@ -4,9 +4,15 @@ missing dataset fails the test instead of skipping it, so CI cannot pass without
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, settings
+
+# Shared, noisy machines: judge properties, never the wall clock of one example.
+settings.register_profile("mpfl", deadline=None, suppress_health_check=[HealthCheck.too_slow])
+settings.load_profile("mpfl")
 
 _FILES = {
     "mnist": "mnist/train-images-idx3-ubyte.gz",
@@ -39,3 +45,15 @@ def fashion_dir() -> Path:
 @pytest.fixture
 def cifar_dir() -> Path:
     return require_dataset("cifar10")
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread() -> Iterator[None]:
+    """One intra-op thread for a module of tiny models: on a shared 2-core machine torch's
+    spinning worker threads make them 10x slower. The previous setting comes back after."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
