@@ -15,6 +15,7 @@ import pickle
 import struct
 import zipfile
 import zlib
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -90,13 +91,29 @@ def _find(directory: Path, stem: str) -> Path:
     raise DataError(f"missing file {stem}.gz", path=str(directory))
 
 
-def load_idx_dataset(name: str, directory: Path, split: str) -> Dataset:
+Select = Callable[[np.ndarray], np.ndarray]
+"""Given all labels of a split, the indices to keep (a node's partition)."""
+
+
+def _build(name: str, images: np.ndarray, labels: np.ndarray, select: Select | None) -> Dataset:
+    """Select on the raw uint8 images first, so a node never holds the normalised
+    float32 copy of the whole split (4x its bytes) just to keep its own share."""
+    labels = labels.astype(np.int64)
+    if select is not None:
+        index = select(labels)
+        images, labels = images[index], labels[index]
+    return Dataset(name, _normalise(name, images), labels, 10)
+
+
+def load_idx_dataset(
+    name: str, directory: Path, split: str, select: Select | None = None
+) -> Dataset:
     pattern = _IDX_FILES[split]
     images = read_idx(_find(directory, pattern.format("images", 3)))
     labels = read_idx(_find(directory, pattern.format("labels", 1)))
     if images.ndim != 3 or labels.ndim != 1 or len(images) != len(labels):
         raise DataError("IDX images and labels do not match", path=str(directory))
-    return Dataset(name, _normalise(name, images[:, None]), labels.astype(np.int64), 10)
+    return _build(name, images[:, None], labels, select)
 
 
 class _ArrayUnpickler(pickle.Unpickler):
@@ -132,7 +149,9 @@ def _read_cifar_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
     return data.reshape(-1, 3, 32, 32), labels
 
 
-def load_cifar10(directory: Path, split: str, batches: list[str] | None = None) -> Dataset:
+def load_cifar10(
+    directory: Path, split: str, batches: list[str] | None = None, select: Select | None = None
+) -> Dataset:
     if (directory / "cifar-10-batches-py").is_dir():
         directory = directory / "cifar-10-batches-py"
     if batches is None:
@@ -143,10 +162,10 @@ def load_cifar10(directory: Path, split: str, batches: list[str] | None = None) 
     parts = [_read_cifar_batch(p) for p in present]
     images = np.concatenate([p[0] for p in parts])
     labels = np.concatenate([p[1] for p in parts])
-    return Dataset("cifar10", _normalise("cifar10", images), labels, 10)
+    return _build("cifar10", images, labels, select)
 
 
-def load_digits(split: str, test_fraction: float = 0.25) -> Dataset:
+def load_digits(split: str, test_fraction: float = 0.25, select: Select | None = None) -> Dataset:
     """scikit-learn's bundled 8x8 digits, split by a fixed permutation."""
     from sklearn.datasets import load_digits as sk_digits
 
@@ -156,7 +175,7 @@ def load_digits(split: str, test_fraction: float = 0.25) -> Dataset:
     order = np.random.default_rng(0).permutation(len(labels))
     cut = int(len(labels) * (1 - test_fraction))
     index = order[:cut] if split == "train" else order[cut:]
-    return Dataset("digits", _normalise("digits", images[index]), labels[index], 10)
+    return _build("digits", images[index], labels[index], select)
 
 
 def load_npz(path: Path) -> Dataset:
@@ -178,23 +197,27 @@ def load_npz(path: Path) -> Dataset:
     return Dataset("npz", x, y, int(y.max()) + 1)
 
 
-def load_dataset(name: str, data_dir: str | Path | None, split: str = "train") -> Dataset:
-    """Load ``name`` ('digits', 'mnist', 'fashion-mnist', 'cifar10', 'npz') from disk."""
+def load_dataset(
+    name: str, data_dir: str | Path | None, split: str = "train", select: Select | None = None
+) -> Dataset:
+    """Load ``name`` ('digits', 'mnist', 'fashion-mnist', 'cifar10', 'npz') from disk,
+    keeping only the samples ``select`` picks from the split's labels."""
     if split not in ("train", "test"):
         raise ConfigError(f"unknown split '{split}' (known: train, test)")
     if name == "digits":
-        return load_digits(split)
+        return load_digits(split, select=select)
     if name not in DATASETS:
         raise ConfigError(f"unknown dataset '{name}' (known: {', '.join(DATASETS)})")
     if data_dir is None:
         raise ConfigError(f"dataset '{name}' needs a data directory (--data-dir or MPFL_DATA_DIR)")
     root = Path(data_dir)
     if name == "npz":
-        return load_npz(root / f"{split}.npz" if root.is_dir() else root)
+        data = load_npz(root / f"{split}.npz" if root.is_dir() else root)
+        return data if select is None else data.subset(select(data.y))
     sub = root / name if (root / name).is_dir() else root
     if not sub.is_dir():
         raise DataError("data directory does not exist", path=str(sub))
     if name == "cifar10":
         cifar = root / "cifar-10" if (root / "cifar-10").is_dir() else sub
-        return load_cifar10(cifar, split)
-    return load_idx_dataset(name, sub, split)
+        return load_cifar10(cifar, split, select=select)
+    return load_idx_dataset(name, sub, split, select)
