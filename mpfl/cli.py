@@ -1,14 +1,16 @@
-"""``mpfl``: the umbrella command (demo, models). Only parses and calls library code."""
+"""``mpfl``: the umbrella command (demo, simulate, models). Only parses and calls library code."""
 
 from __future__ import annotations
 
 import sys
 from collections.abc import Callable
 from functools import wraps
+from pathlib import Path
 from typing import Any, TypeVar
 
 import click
 
+from mpfl.cli_config import config_options, pop_config_overrides
 from mpfl.errors import MpflError
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -48,16 +50,109 @@ def models() -> None:
         click.echo(f"{name:<10} {parameter_count(model):>11,} {units[0]:>13,} {units[1]:>13,}")
 
 
+def _print_partition(dataset: str, data_dir: str | None, nodes: int, scheme: str, seed: int,
+                     limit: int | None) -> None:  # fmt: skip
+    from mpfl.data import load_dataset
+    from mpfl.partition import label_histogram, partition
+
+    train = load_dataset(dataset, data_dir, "train")
+    parts = partition(train.y, nodes, scheme, seed)
+    if limit is not None:
+        parts = [p[:limit] for p in parts]
+    click.echo(f"{dataset}, {scheme} over {nodes} nodes (samples per label 0..9):")
+    for i, row in enumerate(label_histogram(train.y, parts, train.num_classes)):
+        click.echo(f"  node-{i}: {len(parts[i]):>6} samples, labels {' '.join(map(str, row))}")
+
+
+def _print_table(run_dir: Path) -> None:
+    from mpfl.demo import HEADER, format_round
+    from mpfl.launcher import read_metrics
+
+    logs = read_metrics(run_dir)
+    if not logs:
+        return
+    click.echo(HEADER)
+    for log in logs:
+        click.echo(format_round(log))
+    up = sum(log.uplink_bytes for log in logs)
+    dense = sum(log.dense_uplink_bytes for log in logs)
+    click.echo(f"total uplink {up:,} B vs dense FedAvg {dense:,} B "
+               f"({dense / max(up, 1):.1f}x less); run directory {run_dir}")  # fmt: skip
+
+
+def _simulate(
+    nodes: int, dataset: str, data_dir: str | None, scheme: str, limit: int | None,
+    config_path: str | None, overrides: dict[str, Any], run_dir: str | None,
+    broker: str | None, threads: int, evaluate: bool,
+) -> None:  # fmt: skip
+    import time
+
+    from mpfl.config import load_config
+    from mpfl.demo import DEMO_CONFIG
+    from mpfl.errors import FederationError
+    from mpfl.launcher import SimulationPlan, run_simulation
+
+    base: dict[str, Any] = {"min_nodes": nodes, "quorum": max(1, nodes - 1)}
+    if config_path is None and dataset == "digits":
+        base = {**DEMO_CONFIG.to_dict(), **base}
+    cfg = load_config(config_path, {**base, **overrides})
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    path = Path(run_dir or Path("runs") / f"{cfg.federation}-{stamp}")
+    _print_partition(dataset, data_dir, nodes, scheme, cfg.seed, limit)
+    plan = SimulationPlan(cfg, nodes, dataset, path, data_dir, scheme, cfg.seed, limit, broker,
+                          threads, dataset if evaluate else None)  # fmt: skip
+    code = run_simulation(plan, echo=lambda line: click.echo(line))
+    _print_table(path)
+    if code != 0:
+        raise FederationError("the coordinator exited with an error", exit_code=code)
+
+
+@main.command()
+@click.option("--nodes", default=4, show_default=True, help="Edge processes to start.")
+@click.option("--dataset", default="digits", show_default=True,
+              help="digits (bundled), mnist, fashion-mnist, cifar10 or npz.")
+@click.option("--data-dir", envvar="MPFL_DATA_DIR", default=None, help="Env MPFL_DATA_DIR.")
+@click.option("--partition-scheme", default="dirichlet:0.5", show_default=True,
+              help="iid, dirichlet:ALPHA or shards:K.")
+@click.option("--limit", type=click.IntRange(min=1), default=None,
+              help="At most this many samples per node.")
+@click.option("--config", "config_path", type=click.Path(dir_okay=False), default=None,
+              help="Federation TOML (without it, digits uses the demo's settings).")
+@click.option("--run-dir", default=None, help="[default: runs/<federation>-<time>]")
+@click.option("--broker", default=None, metavar="URL",
+              help="Use this broker instead of the coordinator's embedded one.")
+@click.option("--threads", default=1, show_default=True, help="torch threads per node.")
+@click.option("--eval/--no-eval", "evaluate", default=True, show_default=True,
+              help="Evaluate the global model on the dataset's test split.")
+@config_options(skip=("eval_dataset", "eval_data_dir"))
+@reports_errors
+def simulate(**kwargs: Any) -> None:
+    """A federation as real processes: embedded broker, a coordinator, N edge nodes."""
+    overrides = pop_config_overrides(kwargs)
+    _simulate(kwargs["nodes"], kwargs["dataset"], kwargs["data_dir"], kwargs["partition_scheme"],
+              kwargs["limit"], kwargs["config_path"], overrides,
+              kwargs["run_dir"], kwargs["broker"], kwargs["threads"],
+              kwargs["evaluate"])  # fmt: skip
+
+
 @main.command()
 @click.option("--nodes", default=4, show_default=True, help="Edge nodes to simulate.")
 @click.option("--rounds", default=(3, 8), type=(int, int), show_default=True,
-              help="Mask rounds, then training rounds.")
+              help="Mask rounds, then training rounds.")  # fmt: skip
+@click.option("--run-dir", default=None, help="[default: runs/demo-<time>]")
+@click.option("--in-process", is_flag=True,
+              help="Run everything in this process over an in-memory broker (no MQTT).")
 @reports_errors
-def demo(nodes: int, rounds: tuple[int, int]) -> None:
-    """A whole MPFL run on the bundled 8x8 digits: masks by vote, then masked training."""
-    from mpfl.demo import run_demo
+def demo(nodes: int, rounds: tuple[int, int], run_dir: str | None, in_process: bool) -> None:
+    """A whole MPFL run on the bundled 8x8 digits, through an embedded MQTT broker."""
+    if in_process:
+        from mpfl.demo import run_demo
 
-    run_demo(nodes=nodes, mask_rounds=rounds[0], train_rounds=rounds[1], echo=click.echo)
+        run_demo(nodes=nodes, mask_rounds=rounds[0], train_rounds=rounds[1], echo=click.echo)
+        return
+    overrides = {"mask_rounds": rounds[0], "train_rounds": rounds[1]}
+    _simulate(nodes, "digits", None, "dirichlet:0.5", None, None, overrides, run_dir, None, 1,
+              True)  # fmt: skip
 
 
 if __name__ == "__main__":

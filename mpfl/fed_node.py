@@ -35,11 +35,16 @@ from mpfl.wire import (
 
 @dataclass
 class Finished:
-    """A round this node completed, and the exact bytes it sent for it."""
+    """A round this node completed, and the exact bytes it sent for it.
+
+    ``run`` names the coordinator's run (stable across its restarts): a cached round of an
+    earlier run with the same federation name must not stop this node from taking part.
+    """
 
     round: int
     session: str
     messages: list[Publish]
+    run: str = ""
 
 
 class FederationNode:
@@ -125,6 +130,8 @@ class FederationNode:
         if doc is None or doc.get("phase") not in ("mask", "train"):
             return []
         t = int(doc["round"])
+        if self.finished is not None and self.finished.run != str(doc.get("run", "")):
+            self.finished = None  # a new run of this federation: the cache is stale
         if self.finished is not None and self.finished.round == t:
             if self.finished.session == doc["session"]:
                 return []
@@ -146,7 +153,7 @@ class FederationNode:
         if model_env.round != (t - 1 if scope_is_mask else 0):
             return []
         messages = self._do_round(doc, t, mask_env, model_env, scope_is_mask)
-        self.finished = Finished(t, str(doc["session"]), messages)
+        self.finished = Finished(t, str(doc["session"]), messages, str(doc.get("run", "")))
         return messages
 
     def _do_round(

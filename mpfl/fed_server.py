@@ -9,14 +9,20 @@ counted by reason and dropped, never half-applied.
 Rounds are numbered across phases: mask rounds 1..T_M, then training rounds. The
 ``session`` in every state document changes each time a coordinator process starts, which
 tells nodes to resend a round they already finished (their cached bytes, no retraining).
+
+``snapshot()`` captures everything a closed round leaves behind (mask, vote history,
+global values, nodes, counters, the round log) as plain arrays plus a JSON-able dict;
+``FederationServer.restore`` rebuilds a server from it and re-opens the round after the
+last closed one, so a restarted coordinator neither repeats nor loses a round.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import secrets
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -27,7 +33,7 @@ from mpfl.aggregate import WeightedAverager, aggregate
 from mpfl.config import FederationConfig
 from mpfl.consensus import VoteAccumulator, consensus_mask
 from mpfl.data import Dataset
-from mpfl.errors import FederationError, MpflError, WireError
+from mpfl.errors import FederationError, ModelError, MpflError, WireError
 from mpfl.masks import keep_count
 from mpfl.models import build_model
 from mpfl.protocol import PROTOCOL_VERSION, Hello, Publish, decode_update, encode_json
@@ -69,6 +75,20 @@ class RoundLog:
     loss: float | None = None
     seconds: float = 0.0
     dropped: dict[str, int] = field(default_factory=dict)
+    # Bytes by message kind as the transport counted them (chunk headers included);
+    # filled in by the service that owns the transport, empty in-process.
+    wire: dict[str, dict[str, int]] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @staticmethod
+    def from_dict(doc: Mapping[str, Any]) -> RoundLog:
+        names = {f.name for f in dataclasses.fields(RoundLog)}
+        return RoundLog(**{k: v for k, v in doc.items() if k in names})
+
+
+SNAPSHOT_VERSION = 1
 
 
 class FederationServer:
@@ -82,6 +102,7 @@ class FederationServer:
         self.eval_data = eval_data
         self.clock = clock
         self.session = secrets.token_hex(4)
+        self.run_id = secrets.token_hex(8)  # one per run directory, kept across restarts
         self.model = build_model(cfg.model_spec, seed=cfg.seed)
         self.unit_map = build_unit_map(self.model, cfg.model_spec, cfg.granularity)
         self.w0: State = model_state(self.model)
@@ -135,6 +156,7 @@ class FederationServer:
             "protocol": PROTOCOL_VERSION,
             "federation": cfg.federation,
             "session": self.session,
+            "run": self.run_id,
             "phase": self.phase,
             "round": self.round,
             "mask_rounds": cfg.mask_rounds,
@@ -208,9 +230,14 @@ class FederationServer:
                        "malformed")
         return self.tick()
 
-    def _drop(self, reason: str) -> None:
-        self.dropped[reason] += 1
-        self.round_dropped[reason] += 1
+    def _drop(self, reason: str, count: int = 1) -> None:
+        self.dropped[reason] += count
+        self.round_dropped[reason] += count
+
+    def record_drop(self, reason: str, count: int = 1) -> None:
+        """Count messages the transport dropped before they reached ``handle``."""
+        if count > 0:
+            self._drop(reason, count)
 
     def _on_status(self, node_id: str, payload: bytes) -> None:
         hello = Hello.decode(payload)
@@ -375,6 +402,92 @@ class FederationServer:
             return None, None
         load_state(self.model, self.final_state())
         return evaluate(self.model, self.eval_data)
+
+    def new_session(self) -> list[Publish]:
+        """A new session id (nodes resend the open round's cached bytes) and a full catch-up.
+
+        For a broker that lost its state (restarted without persistence): uploads in flight
+        may be gone, and resent ones that did arrive are dropped as duplicates.
+        """
+        self.session = secrets.token_hex(4)
+        return self.start()
+
+    # -- checkpoints ---------------------------------------------------------------------
+
+    @property
+    def closed_round(self) -> int:
+        return self.log[-1].round if self.log else 0
+
+    def snapshot(self) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+        """Arrays and a JSON-able description of the state after the last closed round."""
+        arrays = {"mask": self.mask.astype(bool), "history": np.asarray(self.history)}
+        if self.global_values is not None:
+            arrays["global_values"] = np.asarray(self.global_values, dtype=np.float32)
+        status = self.phase if self.finished else "running"
+        meta = {
+            "version": SNAPSHOT_VERSION,
+            "config": self.cfg.to_dict(),
+            "fingerprint": self.unit_map.fingerprint.hex(),
+            "run_id": self.run_id,
+            "status": status,
+            "round": self.round,
+            "closed_round": self.closed_round,
+            "error": self.error,
+            "nodes": {n: dataclasses.asdict(info) for n, info in sorted(self.nodes.items())},
+            "dropped": dict(sorted(self.dropped.items())),
+            "uplink": self.uplink,
+            "downlink": self.downlink,
+            "log": [entry.to_dict() for entry in self.log],
+        }
+        return arrays, meta
+
+    @classmethod
+    def restore(
+        cls,
+        cfg: FederationConfig,
+        arrays: Mapping[str, np.ndarray],
+        meta: Mapping[str, Any],
+        eval_data: Dataset | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> FederationServer:
+        """A server in the state ``snapshot`` saw, with the next round open (new session)."""
+        server = cls(cfg, eval_data, clock)
+        if meta.get("version") != SNAPSHOT_VERSION:
+            raise ModelError("unsupported checkpoint version", version=meta.get("version"))
+        if meta.get("fingerprint") != server.unit_map.fingerprint.hex():
+            raise ModelError("checkpoint is for another model or granularity",
+                             fingerprint=meta.get("fingerprint"))  # fmt: skip
+        try:
+            mask = np.asarray(arrays["mask"]).astype(bool)
+            history = np.asarray(arrays["history"], dtype=np.float64)
+            server.unit_map.check_mask(mask)
+            if history.shape != mask.shape:
+                raise ModelError("checkpoint vote history does not match the mask")
+            server.mask, server.history = mask, history
+            server.run_id = str(meta["run_id"])
+            if "global_values" in arrays:
+                values = np.asarray(arrays["global_values"], dtype=np.float32)
+                if values.shape != (sum(server.unit_map.layer_sizes(mask)),):
+                    raise ModelError("checkpoint values do not match the mask")
+                server.global_values = values
+            server.nodes = {str(n): NodeInfo(int(d["samples"]), str(d.get("hardware", "unknown")),
+                                             bool(d.get("online", True)))
+                            for n, d in dict(meta.get("nodes", {})).items()}  # fmt: skip
+            server.dropped = Counter({str(k): int(v) for k, v in meta["dropped"].items()})
+            server.uplink, server.downlink = int(meta["uplink"]), int(meta["downlink"])
+            server.log = [RoundLog.from_dict(d) for d in meta["log"]]
+            status, closed = str(meta["status"]), int(meta["closed_round"])
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            raise ModelError(f"malformed checkpoint: {exc}") from exc
+        if closed != server.closed_round:
+            raise ModelError("checkpoint round log is inconsistent", closed_round=closed)
+        if status in ("done", "failed"):
+            server.phase, server.round, server.error = status, int(meta["round"]), meta.get("error")
+        elif closed >= server.total_rounds:
+            server.phase, server.round = "done", closed
+        elif closed > 0:
+            server._open_round(closed + 1)  # start() publishes everything a node needs
+        return server
 
     def require_success(self) -> None:
         if self.phase == "failed":

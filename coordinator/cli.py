@@ -1,0 +1,93 @@
+"""``mpfl-coordinator``: run a federation on a gateway. Only parses and calls the service."""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+import click
+
+from coordinator.provision import provision_command
+from mpfl.cli import reports_errors
+from mpfl.cli_config import config_options, pop_config_overrides
+
+
+@click.group()
+def main() -> None:
+    """The MPFL coordinator: mask rounds by vote, then masked federated training."""
+
+
+@main.command()
+@click.option("--config", "config_path", type=click.Path(dir_okay=False), default=None,
+              help="Federation TOML file (keys as below; flags and MPFL_* env override).")
+@click.option("--broker", default=None, metavar="URL",
+              help="mqtt://host:port or mqtts://host:port. Default: start an embedded "
+                   "broker on 127.0.0.1 (mosquitto if installed, else amqtt).")
+@click.option("--ca-file", type=click.Path(exists=True, dir_okay=False), default=None,
+              help="CA certificate for an mqtts:// broker.")
+@click.option("--username", envvar="MPFL_USERNAME", default=None,
+              help="Broker user name (env MPFL_USERNAME).")
+@click.option("--password", envvar="MPFL_PASSWORD", default=None, show_envvar=True,
+              help="Broker password (prefer the env variable MPFL_PASSWORD).")
+@click.option("--run-dir", type=click.Path(file_okay=False), default=None,
+              help="Where config, metrics, checkpoints and the final model go; an existing "
+                   "run resumes.  [default: runs/<federation>]")
+@click.option("--eval-data", "eval_dataset", default=None, metavar="DATASET",
+              help="Evaluate the global model on this dataset's test split "
+                   "(digits, mnist, fashion-mnist, cifar10, npz).")
+@click.option("--data-dir", "eval_data_dir", default=None, envvar="MPFL_DATA_DIR",
+              help="Directory of the evaluation dataset (env MPFL_DATA_DIR).")
+@click.option("--mqtt-protocol", type=click.Choice(["auto", "5", "3.1.1"]), default="auto",
+              show_default=True, help="MQTT version; auto tries 5, then 3.1.1.")
+@click.option("--max-payload", type=click.IntRange(min=4096), default=None,
+              help="Split node uploads larger than this many bytes (a v5 broker's own "
+                   "limit applies when smaller).  [default: 1 MiB]")
+@click.option("--embedded-broker", type=click.Choice(["auto", "mosquitto", "amqtt"]),
+              default="auto", show_default=True, help="Which embedded broker, without --broker.")
+@config_options(skip=("eval_dataset", "eval_data_dir"))
+@reports_errors
+def run(**kwargs: Any) -> None:
+    """Run (or resume) a federation until it is done or fails."""
+    from coordinator.mqtt import DEFAULT_MAX_PAYLOAD
+    from coordinator.service import CoordinatorService, ServiceOptions, load_eval_data
+    from mpfl.config import load_config
+    from mpfl.endpoint import parse_broker_url
+
+    overrides = pop_config_overrides(kwargs)
+    cfg = load_config(kwargs["config_path"], overrides)
+    broker = None
+    if kwargs["broker"]:
+        broker = parse_broker_url(kwargs["broker"], ca_file=kwargs["ca_file"],
+                                  username=kwargs["username"], password=kwargs["password"])
+    run_dir = Path(kwargs["run_dir"] or os.path.join("runs", cfg.federation))
+    options = ServiceOptions(run_dir, broker, kwargs["embedded_broker"], kwargs["mqtt_protocol"],
+                             kwargs["max_payload"] or DEFAULT_MAX_PAYLOAD)  # fmt: skip
+    echo = _echo
+    service = CoordinatorService(cfg, options, echo, load_eval_data(cfg))
+
+    def on_signal(signum: int, _frame: FrameType | None) -> None:
+        service.request_stop(signal.Signals(signum).name)
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    server = service.run()
+    if service.stop_requested is not None:
+        sys.exit(130 if service.stop_requested == "SIGINT" else 0)
+    server.require_success()
+
+
+def _echo(line: str) -> None:
+    click.echo(line)
+    sys.stdout.flush()
+
+
+# `mpfl-coordinator provision`: broker users, ACLs, TLS and per-node env files.
+main.add_command(provision_command, "provision")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,129 @@
+"""The run directory: config, per-round metrics, the resumable checkpoint, the final model.
+
+    <run_dir>/config.json            the federation config this run uses
+    <run_dir>/checkpoint/state.json  the latest snapshot's description, written last
+    <run_dir>/checkpoint/round-NNNN.npz   its arrays (np.savez, read with allow_pickle=False)
+    <run_dir>/metrics.jsonl          one closed round per line (RoundLog), rewritten whole
+    <run_dir>/node_metrics.jsonl     what nodes reported about their local training
+    <run_dir>/summary.json           totals: phase, dropped by reason, bytes by kind
+    <run_dir>/final/                 the final model (``mpfl.checkpoint.save_model``)
+
+Every file is written atomically (temp file, fsync, rename). A snapshot's arrays go to a
+new file named by round before ``state.json`` points at them, so a crash at any moment
+leaves the previous consistent checkpoint in place. metrics.jsonl is regenerated from the
+checkpoint's round log, so each round appears exactly once even across restarts.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from mpfl.checkpoint import SavedModel, atomic_write, read_npz, save_model, write_json, write_npz
+from mpfl.config import FederationConfig
+from mpfl.errors import ConfigError, ModelError
+from mpfl.fed_server import FederationServer
+
+# Keys a resumed run may change: they steer the round timing, not its results.
+OPERATIONAL_KEYS = frozenset({"round_timeout", "start_timeout", "retries", "quorum", "min_nodes"})
+
+
+class RunStore:
+    def __init__(self, run_dir: Path) -> None:
+        self.root = run_dir
+        self.checkpoint_dir = run_dir / "checkpoint"
+
+    @property
+    def state_path(self) -> Path:
+        return self.checkpoint_dir / "state.json"
+
+    def has_checkpoint(self) -> bool:
+        return self.state_path.is_file()
+
+    def check_config(self, cfg: FederationConfig) -> None:
+        """Refuse to resume a run under a config that changes its results."""
+        path = self.root / "config.json"
+        if not path.is_file():
+            return
+        try:
+            stored = json.loads(path.read_text())
+        except (OSError, ValueError) as exc:
+            raise ConfigError(f"unreadable config.json in the run directory: {exc}",
+                              path=str(path)) from exc  # fmt: skip
+        current = cfg.to_dict()
+        changed = sorted(k for k in current if k not in OPERATIONAL_KEYS
+                         and k in stored and stored[k] != current[k])  # fmt: skip
+        if changed:
+            raise ConfigError("the run directory holds a run with another config; use a new "
+                              f"--run-dir or the same settings (differs: {', '.join(changed)})",
+                              path=str(self.root))  # fmt: skip
+
+    def write_config(self, cfg: FederationConfig) -> None:
+        write_json(self.root / "config.json", cfg.to_dict())
+
+    def load(self) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+        try:
+            meta = json.loads(self.state_path.read_text())
+            arrays_name = str(meta["arrays"])
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise ModelError(f"unreadable checkpoint: {exc}", path=str(self.state_path)) from exc
+        if "/" in arrays_name or arrays_name.startswith("."):
+            raise ModelError("checkpoint points outside its directory", path=str(self.state_path))
+        return read_npz(self.checkpoint_dir / arrays_name), meta
+
+    def save(self, server: FederationServer, extra: dict[str, Any]) -> None:
+        """Checkpoint, then the files derived from it (metrics, summary)."""
+        arrays, meta = server.snapshot()
+        name = f"round-{server.closed_round:04d}.npz"
+        write_npz(self.checkpoint_dir / name, arrays)
+        write_json(self.state_path, {**meta, "arrays": name})
+        for old in self.checkpoint_dir.glob("round-*.npz"):
+            if old.name != name:
+                old.unlink(missing_ok=True)
+        self.write_metrics(server)
+        self.write_summary(server, extra)
+
+    def write_metrics(self, server: FederationServer) -> None:
+        lines = "".join(json.dumps(e.to_dict(), sort_keys=True) + "\n" for e in server.log)
+        atomic_write(self.root / "metrics.jsonl", lambda f: f.write(lines.encode()))
+
+    def write_summary(self, server: FederationServer, extra: dict[str, Any]) -> None:
+        last = server.log[-1] if server.log else None
+        write_json(self.root / "summary.json", {
+            "federation": server.cfg.federation,
+            "phase": server.phase,
+            "error": server.error,
+            "rounds_closed": server.closed_round,
+            "rounds_total": server.total_rounds,
+            "sparsity": server.sparsity(),
+            "accuracy": last.accuracy if last else None,
+            "uplink_bytes": sum(e.uplink_bytes for e in server.log),
+            "downlink_bytes": sum(e.downlink_bytes for e in server.log),
+            "dense_uplink_bytes": sum(e.dense_uplink_bytes for e in server.log),
+            "dropped": dict(sorted(server.dropped.items())),
+            **extra,
+        })  # fmt: skip
+
+    def append_node_metrics(self, node_id: str, doc: dict[str, Any]) -> None:
+        path = self.root / "node_metrics.jsonl"
+        with path.open("a") as f:
+            f.write(json.dumps({"node": node_id, **doc}, sort_keys=True) + "\n")
+
+    def save_final(self, server: FederationServer, meta: dict[str, Any]) -> Path:
+        cfg = server.cfg
+        last = server.log[-1] if server.log else None
+        saved = SavedModel(cfg.model_spec, cfg.granularity, server.final_state(), server.mask, {
+            "dataset": cfg.eval_dataset or None,
+            "data_dir": cfg.eval_data_dir or None,
+            "accuracy": last.accuracy if last else None,
+            "loss": last.loss if last else None,
+            "sparsity": server.sparsity(),
+            "federation": cfg.federation,
+            "rounds": server.closed_round,
+            **meta,
+        })  # fmt: skip
+        save_model(self.root / "final", saved)
+        return self.root / "final"

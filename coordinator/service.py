@@ -1,0 +1,241 @@
+"""The coordinator service: the round state machine wired to MQTT and the run directory.
+
+One thread does the work: it drains the inbox (messages paho's thread received), feeds
+``FederationServer``, publishes what it returns, ticks it for deadlines, and after every
+closed round writes the checkpoint and one progress line. A stop request (SIGTERM or
+SIGINT) ends the loop between messages; the checkpoint of the last closed round stays,
+and running again with the same run directory resumes from it.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from coordinator.broker import EmbeddedBroker, start_embedded_broker
+from coordinator.mqtt import DEFAULT_MAX_PAYLOAD, MqttTransport
+from coordinator.runstore import RunStore
+from mpfl import topics
+from mpfl.config import FederationConfig
+from mpfl.data import Dataset, load_dataset
+from mpfl.endpoint import BrokerAddress, parse_broker_url
+from mpfl.errors import MpflError
+from mpfl.fed_server import FederationServer, RoundLog
+from mpfl.inbox import Inbox
+from mpfl.protocol import Hello, Publish, decode_json
+
+TICK_S = 0.2
+LINGER_S = 15.0  # with an embedded broker: time for nodes to read "done" before it stops
+
+
+@dataclass
+class ServiceOptions:
+    run_dir: Path
+    broker: BrokerAddress | None = None  # None: start an embedded broker
+    embedded: str = "auto"  # auto | mosquitto | amqtt
+    protocol: str = "auto"
+    max_payload: int = DEFAULT_MAX_PAYLOAD
+    connect_timeout: float | None = 60.0
+
+
+def load_eval_data(cfg: FederationConfig) -> Dataset | None:
+    if not cfg.eval_dataset:
+        return None
+    return load_dataset(cfg.eval_dataset, cfg.eval_data_dir or None, "test")
+
+
+def format_progress(log: RoundLog, total: int, nodes: int) -> str:
+    acc = f"{log.accuracy:.2%}" if log.accuracy is not None else "-"
+    dropped = ",".join(f"{k}={v}" for k, v in sorted(log.dropped.items())) or "0"
+    return (f"round {log.round}/{total} {log.phase:<5} target {log.target_sparsity:.1%} "
+            f"sparsity {log.sparsity:.1%} accuracy {acc} answers {len(log.participants)}/{nodes} "
+            f"up {log.uplink_bytes:,} B down {log.downlink_bytes:,} B "
+            f"(dense {log.dense_uplink_bytes:,} B) dropped {dropped} {log.seconds:.1f}s")
+
+
+class CoordinatorService:
+    def __init__(
+        self,
+        cfg: FederationConfig,
+        options: ServiceOptions,
+        echo: Callable[[str], None] = print,
+        eval_data: Dataset | None = None,
+    ) -> None:
+        self.cfg = cfg
+        self.options = options
+        self.echo = echo
+        self.eval_data = eval_data
+        self.store = RunStore(options.run_dir)
+        self.inbox = Inbox()
+        self.stop_requested: str | None = None
+        self.broker: EmbeddedBroker | None = None
+        self.transport: MqttTransport | None = None
+        self.server: FederationServer | None = None
+        self._reported = 0
+        self._bad_chunks = 0
+        self._connects = 0
+        self._wire_at_close: dict[str, Counter[str]] = {"sent": Counter(), "received": Counter()}
+        self._offline: set[str] = set()
+
+    def request_stop(self, reason: str) -> None:
+        """Safe from a signal handler: the loop ends after the message in hand."""
+        self.stop_requested = reason
+
+    # -- setup ----------------------------------------------------------------------------
+
+    def _make_server(self) -> FederationServer:
+        if self.store.has_checkpoint():
+            self.store.check_config(self.cfg)
+            arrays, meta = self.store.load()
+            server = FederationServer.restore(self.cfg, arrays, meta, self.eval_data)
+            self.echo(f"resuming {self.options.run_dir}: {server.closed_round} of "
+                      f"{server.total_rounds} rounds closed, phase {server.phase}")  # fmt: skip
+        else:
+            self.store.check_config(self.cfg)
+            server = FederationServer(self.cfg, self.eval_data)
+        self.store.write_config(self.cfg)
+        self._reported = len(server.log)
+        return server
+
+    def _connect(self) -> MqttTransport:
+        address, protocol = self.options.broker, self.options.protocol
+        if address is None:
+            self.broker = start_embedded_broker(self.options.embedded)
+            if self.broker.kind == "amqtt" and protocol == "auto":
+                protocol = "3.1.1"  # amqtt speaks nothing else
+            self.echo(f"embedded broker ({self.broker.kind}) listening on {self.broker.url}")
+            address = parse_broker_url(self.broker.url)
+        client_id = f"mpfl-coordinator-{self.cfg.federation}"
+        transport = MqttTransport(address, client_id, self.inbox, protocol=protocol,
+                                  max_payload=self.options.max_payload,
+                                  log=self.echo)  # fmt: skip
+        self.inbox.subscribe(topics.nodes_filter(self.cfg.federation), self._on_message)
+        self.inbox.on_connected = self._on_connected
+        transport.connect(self.options.connect_timeout)
+        return transport
+
+    # -- the loop -------------------------------------------------------------------------
+
+    def run(self) -> FederationServer:
+        self.server = server = self._make_server()
+        try:
+            self.transport = self._connect()
+            self._publish(server.start())
+            cfg = self.cfg
+            self.echo(f"federation '{cfg.federation}': {server.total_rounds} rounds "
+                      f"({cfg.mask_rounds} mask + {cfg.train_rounds} train), waiting for "
+                      f"{cfg.min_nodes} node(s); run dir {self.options.run_dir}")  # fmt: skip
+            while not server.finished and self.stop_requested is None:
+                self.inbox.dispatch(TICK_S)
+                self._publish(server.tick())
+                self._after_rounds()
+            self._after_rounds()
+            if server.finished:
+                self._finish()
+            else:
+                self.echo(f"stopped ({self.stop_requested}) in round {server.round}; the "
+                          "checkpoint is kept: run again with the same --run-dir to resume")
+        finally:
+            if self.transport is not None:
+                self.transport.close()
+            if self.broker is not None:
+                self.broker.stop()
+        return server
+
+    def _publish(self, messages: list[Publish]) -> None:
+        assert self.transport is not None
+        for message in messages:
+            self.transport.publish(message)
+
+    def _on_message(self, topic: str, payload: bytes) -> None:
+        assert self.server is not None
+        parsed = topics.parse_node_topic(self.cfg.federation, topic)
+        if parsed is not None and parsed[1] == topics.NODE_METRICS:
+            self._record_node_metrics(parsed[0], payload)
+            return
+        if parsed is not None and parsed[1] == topics.NODE_STATUS:
+            self._note_status(parsed[0], payload)
+        self._publish(self.server.handle(topic, payload))
+
+    def _record_node_metrics(self, node_id: str, payload: bytes) -> None:
+        try:
+            doc = decode_json(payload, "node metrics")
+        except MpflError:
+            assert self.server is not None
+            self.server.record_drop("malformed")
+            return
+        self.store.append_node_metrics(node_id, doc)
+
+    def _note_status(self, node_id: str, payload: bytes) -> None:
+        try:
+            online = Hello.decode(payload) is not None
+        except MpflError:
+            return
+        if online:
+            self._offline.discard(node_id)
+        else:
+            self._offline.add(node_id)
+
+    def _on_connected(self, session_present: bool) -> None:
+        self._connects += 1
+        if self._connects == 1 or session_present or self.server is None:
+            return
+        # The broker lost our session (restarted): its retained messages and uploads in
+        # flight may be gone. Re-publish everything under a new session id, which also
+        # asks nodes to resend the open round's cached upload.
+        self.echo("reconnected to a broker without our session: re-publishing state")
+        self._publish(self.server.new_session())
+
+    def _after_rounds(self) -> None:
+        server = self.server
+        assert server is not None
+        bad = self.inbox.bad_chunks - self._bad_chunks
+        self._bad_chunks = self.inbox.bad_chunks
+        server.record_drop("malformed", bad)
+        if len(server.log) == self._reported:
+            return
+        server.record_drop("incomplete-chunks", self.inbox.reassembler.drop_incomplete())
+        for entry in server.log[self._reported :]:
+            entry.wire = self._wire_since_last_close()
+            self.echo(format_progress(entry, server.total_rounds, len(server.nodes)))
+        self._reported = len(server.log)
+        self.store.save(server, {"wire": self.inbox.ledger.as_dict()})
+
+    def _wire_since_last_close(self) -> dict[str, dict[str, int]]:
+        ledger = self.inbox.ledger
+        out: dict[str, dict[str, int]] = {}
+        for name, counter in (("sent", ledger.sent), ("received", ledger.received)):
+            delta = Counter(counter)
+            delta.subtract(self._wire_at_close[name])
+            out[name] = {k: v for k, v in sorted(delta.items()) if v}
+            self._wire_at_close[name] = Counter(counter)
+        return out
+
+    def _finish(self) -> None:
+        server = self.server
+        assert server is not None and self.transport is not None
+        self.store.save(server, {"wire": self.inbox.ledger.as_dict()})
+        if server.phase == "done":
+            path = self.store.save_final(server, {"run_dir": str(self.options.run_dir)})
+            last = server.log[-1] if server.log else None
+            acc = f"{last.accuracy:.2%}" if last and last.accuracy is not None else "n/a"
+            self.echo(f"done: {server.closed_round} rounds, sparsity {server.sparsity():.1%}, "
+                      f"accuracy {acc}; final model in {path}")  # fmt: skip
+        else:
+            self.echo(f"failed: {server.error}")
+        self.transport.flush()
+        if self.broker is not None:
+            self._linger()
+
+    def _linger(self) -> None:
+        """Keep the embedded broker up until the nodes have read the end and gone offline."""
+        assert self.server is not None
+        deadline = time.monotonic() + LINGER_S
+        while time.monotonic() < deadline and self.stop_requested is None:
+            online = set(self.server.nodes) - self._offline
+            if not online:
+                return
+            self.inbox.dispatch(TICK_S)

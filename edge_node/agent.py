@@ -1,0 +1,158 @@
+"""The device agent: ``FederationNode`` wired to MQTT and to its state directory.
+
+The main thread drains the inbox and trains inline when a round is due; paho's own
+thread keeps the connection alive meanwhile. After each upload is acknowledged by the
+broker, the finished round (and its exact bytes) is saved, so a restarted agent neither
+retrains nor sends the round twice. On every (re)connect the node announces itself again
+(its retained status may have been replaced by the last will, or lost with the broker).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from edge_node.mqtt import DEFAULT_MAX_PAYLOAD, MqttTransport
+from edge_node.state import load_finished, save_finished, state_path
+from mpfl import topics
+from mpfl.data import Dataset, load_dataset
+from mpfl.endpoint import BrokerAddress
+from mpfl.errors import FederationError, FingerprintMismatch, WireError
+from mpfl.fed_node import FederationNode, Finished
+from mpfl.inbox import Inbox
+from mpfl.partition import parse_share, partition
+from mpfl.protocol import OFFLINE, Publish
+
+UPLOAD_ACK_TIMEOUT_S = 120.0
+
+
+def load_node_data(
+    dataset: str,
+    data_dir: str | None,
+    share: str | None = None,
+    scheme: str = "iid",
+    seed: int = 0,
+    limit: int | None = None,
+) -> tuple[Dataset, int]:
+    """This node's training data and its partition index (0 without a partition).
+
+    The share is picked on the raw labels before the images are normalised, so a node
+    never holds the whole split as float32.
+    """
+    index, n = parse_share(share) if share is not None else (0, 1)
+
+    def select(labels: np.ndarray) -> np.ndarray:
+        picked = partition(labels, n, scheme, seed)[index] if share is not None else None
+        if picked is None:
+            picked = np.arange(len(labels))
+        return picked[:limit] if limit is not None else picked
+
+    return load_dataset(dataset, data_dir, "train", select=select), index
+
+
+@dataclass
+class AgentOptions:
+    protocol: str = "auto"
+    max_payload: int = DEFAULT_MAX_PAYLOAD
+    state_dir: Path | None = None
+    connect_timeout: float | None = None
+
+
+class EdgeAgent:
+    def __init__(
+        self,
+        node: FederationNode,
+        address: BrokerAddress,
+        options: AgentOptions,
+        echo: Callable[[str], None] = print,
+    ) -> None:
+        self.node = node
+        self.address = address
+        self.options = options
+        self.echo = echo
+        self.inbox = Inbox()
+        self.stop_requested: str | None = None
+        self.transport: MqttTransport | None = None
+        fed, nid = node.federation, node.node_id
+        self.status_topic = topics.node_topic(fed, nid, topics.NODE_STATUS)
+        self.path = state_path(options.state_dir, fed, nid) if options.state_dir else None
+        if self.path is not None and node.finished is None:
+            node.finished = load_finished(self.path, fed, nid)
+        self._saved: tuple[int, str, str] | None = self._key(node.finished)
+
+    @staticmethod
+    def _key(finished: Finished | None) -> tuple[int, str, str] | None:
+        return None if finished is None else (finished.round, finished.session, finished.run)
+
+    def request_stop(self, reason: str) -> None:
+        self.stop_requested = reason
+
+    def run(self) -> str:
+        """Take part until the federation ends; its final phase, or "stopped"."""
+        node = self.node
+        offline = Publish(self.status_topic, OFFLINE, retain=True, qos=1)
+        self.inbox.subscribe(topics.server_filter(node.federation), self._on_message)
+        self.inbox.on_connected = lambda _session_present: self._publish([node.hello()])
+        client_id = f"mpfl-{node.federation}-{node.node_id}"
+        self.transport = MqttTransport(self.address, client_id, self.inbox, will=offline,
+                                       protocol=self.options.protocol,
+                                       max_payload=self.options.max_payload,
+                                       log=self.echo)  # fmt: skip
+        self.echo(f"node {node.node_id}: {len(node.data)} samples; connecting to "
+                  f"{self.address.url}")  # fmt: skip
+        try:
+            self.transport.connect(self.options.connect_timeout)
+            while not node.done and self.stop_requested is None:
+                self.inbox.dispatch(0.5)
+        finally:
+            self.transport.close(final=offline)
+        if self.stop_requested is not None:
+            return "stopped"
+        assert node.state is not None
+        if node.state.get("phase") == "failed":
+            raise FederationError(f"the federation failed: {node.state.get('error')}",
+                                  node=node.node_id)  # fmt: skip
+        return "done"
+
+    def _publish(self, messages: list[Publish]) -> None:
+        assert self.transport is not None
+        for message in messages:
+            self.transport.publish(message)
+
+    def _on_message(self, topic: str, payload: bytes) -> None:
+        trained_before = self.node.last_metrics
+        try:
+            out = self.node.handle(topic, payload)
+        except FingerprintMismatch:
+            raise  # this node cannot take part: stop with the error
+        except WireError as exc:
+            self.echo(f"ignored a bad server message on {topic}: {exc}")
+            return
+        if not out:
+            return
+        self._publish(out)
+        assert self.transport is not None
+        if not self.transport.flush(UPLOAD_ACK_TIMEOUT_S):
+            self.echo("upload not yet acknowledged by the broker; it stays queued")
+            return
+        self._save()
+        metrics = self.node.last_metrics
+        if metrics is trained_before:
+            finished = self.node.finished
+            self.echo(f"resent round {finished.round if finished else '?'} (cached bytes)")
+        else:
+            acc = metrics.get("accuracy")
+            acc_text = f"{acc:.1%}" if isinstance(acc, float) else "-"
+            self.echo(f"round {metrics['round']} {metrics['phase']}: trained "
+                      f"{metrics['train_seconds']:.1f}s, loss {metrics['loss']:.3f}, "
+                      f"acc {acc_text}, sent {metrics['upload_bytes']:,} B")  # fmt: skip
+
+    def _save(self) -> None:
+        key = self._key(self.node.finished)
+        if self.path is None or self.node.finished is None or key == self._saved:
+            return
+        save_finished(self.path, self.node.finished)
+        self._saved = key

@@ -1,0 +1,120 @@
+"""``mpfl-edge``: take part in a federation from a device. Only parses and calls the agent."""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+from pathlib import Path
+from types import FrameType
+
+import click
+
+from mpfl.cli import reports_errors
+
+
+def _default_state_dir() -> str:
+    base = os.environ.get("XDG_STATE_HOME") or os.path.join(os.path.expanduser("~"), ".local",
+                                                             "state")  # fmt: skip
+    return os.path.join(base, "mpfl")
+
+
+@click.group()
+def main() -> None:
+    """The MPFL edge agent: trains locally, sends masks and surviving weights over MQTT."""
+
+
+@main.command()
+@click.option("--broker", required=True, metavar="URL", help="mqtt://host:port or mqtts://...")
+@click.option("--federation", required=True, help="Federation name (topic prefix).")
+@click.option("--node-id", required=True, help="This node's id: letters, digits, - and _.")
+@click.option("--dataset", default="digits", show_default=True,
+              help="digits, mnist, fashion-mnist, cifar10 or npz.")
+@click.option("--data-dir", envvar="MPFL_DATA_DIR", default=None,
+              help="Dataset directory (env MPFL_DATA_DIR).")
+@click.option("--partition", "share", default=None, metavar="I/N",
+              help="Take part I (0-based) of an N-way split of the training set.")
+@click.option("--partition-scheme", default="iid", show_default=True,
+              help="iid, dirichlet:ALPHA or shards:K.")
+@click.option("--seed", default=0, show_default=True,
+              help="Partition seed (the same on every node); training seeds derive from it.")
+@click.option("--limit", type=click.IntRange(min=1), default=None,
+              help="Use at most this many of this node's samples.")
+@click.option("--hardware", default=None,
+              help="Device profile (threads, batch size); `mpfl-edge profiles`-style names.")
+@click.option("--threads", type=click.IntRange(min=1), default=None,
+              help="torch threads (overrides the profile's).")
+@click.option("--state-dir", type=click.Path(file_okay=False), default=None,
+              help="Where the last finished round is kept across restarts.  "
+                   "[default: $XDG_STATE_HOME/mpfl]")
+@click.option("--ca-file", type=click.Path(exists=True, dir_okay=False), default=None,
+              help="CA certificate for an mqtts:// broker.")
+@click.option("--username", envvar="MPFL_USERNAME", default=None, help="Env MPFL_USERNAME.")
+@click.option("--password", envvar="MPFL_PASSWORD", default=None, help="Env MPFL_PASSWORD.")
+@click.option("--mqtt-protocol", type=click.Choice(["auto", "5", "3.1.1"]), default="auto",
+              show_default=True, help="MQTT version; auto tries 5, then 3.1.1.")
+@click.option("--max-payload", type=click.IntRange(min=4096), default=None,
+              help="Split uploads larger than this many bytes.  [default: 1 MiB]")
+@click.option("--connect-timeout", type=float, default=None,
+              help="Give up if the broker is unreachable this long (default: keep trying).")
+@reports_errors
+def start(
+    broker: str, federation: str, node_id: str, dataset: str, data_dir: str | None,
+    share: str | None, partition_scheme: str, seed: int, limit: int | None,
+    hardware: str | None, threads: int | None, state_dir: str | None, ca_file: str | None,
+    username: str | None, password: str | None, mqtt_protocol: str, max_payload: int | None,
+    connect_timeout: float | None,
+) -> None:  # fmt: skip
+    """Join a federation and take part until it is done."""
+    import torch
+
+    from edge_node.agent import AgentOptions, EdgeAgent, load_node_data
+    from edge_node.mqtt import DEFAULT_MAX_PAYLOAD
+    from hardware import apply_threads, detect_profile, get_profile
+    from mpfl import topics
+    from mpfl.endpoint import parse_broker_url
+    from mpfl.errors import HardwareError
+    from mpfl.fed_node import FederationNode
+
+    topics.validate_node_id(node_id)
+    topics.validate_name(federation, what="federation")
+    address = parse_broker_url(broker, ca_file=ca_file, username=username, password=password)
+    batch_size = None
+    if hardware is not None:
+        profile = get_profile(hardware)
+        if not profile.trains:
+            raise HardwareError(f"profile {profile.name} does not train ({profile.role_reason}); "
+                                "run the exported model with mpfl-infer instead",
+                                profile=profile.label)  # fmt: skip
+        apply_threads(profile)
+        batch_size, label = profile.batch_size, profile.label
+    else:
+        detected = detect_profile()
+        label = detected.label if detected is not None else "unknown"
+    if threads is not None:
+        torch.set_num_threads(threads)
+    data, index = load_node_data(dataset, data_dir, share, partition_scheme, seed, limit)
+    node = FederationNode(node_id, federation, data, hardware=label, seed=seed * 1000 + index,
+                          batch_size=batch_size)  # fmt: skip
+    options = AgentOptions(mqtt_protocol, max_payload or DEFAULT_MAX_PAYLOAD,
+                           Path(state_dir or _default_state_dir()), connect_timeout)  # fmt: skip
+    agent = EdgeAgent(node, address, options, echo=_echo)
+
+    def on_signal(signum: int, _frame: FrameType | None) -> None:
+        agent.request_stop(signal.Signals(signum).name)
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    outcome = agent.run()
+    _echo(f"node {node_id}: {outcome}")
+    if agent.stop_requested == "SIGINT":
+        sys.exit(130)
+
+
+def _echo(line: str) -> None:
+    click.echo(line)
+    sys.stdout.flush()
+
+
+if __name__ == "__main__":
+    main()

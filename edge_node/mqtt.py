@@ -1,0 +1,252 @@
+"""The edge node's MQTT client: the only module of ``edge_node`` that imports paho.
+
+The same client as the coordinator's (the two packages never import each other): paho-mqtt
+2.x, callback API version 2, MQTT v5 when the broker offers it else v3.1.1, the network
+loop in paho's thread with reconnects and backoff, incoming messages handed to an
+``Inbox`` that the agent's main thread drains, so training never blocks keepalives.
+
+For a node: a persistent session under a stable client id (clean start off, a long v5
+session expiry), so QoS 1 messages survive a reconnect; a retained last will "offline"
+on ``nodes/<id>/status``; uploads at QoS 1, split into chunks over the chunk limit (the
+smaller of ``max_payload`` and a v5 broker's announced Maximum-Packet-Size).
+"""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+import paho.mqtt.client as paho
+from paho.mqtt.enums import CallbackAPIVersion
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+
+from mpfl.chunks import HEADER_SIZE, split_payload
+from mpfl.endpoint import BrokerAddress
+from mpfl.errors import ConfigError, FederationError
+from mpfl.inbox import Inbox
+from mpfl.protocol import Publish
+
+DEFAULT_MAX_PAYLOAD = 1 << 20  # 1 MiB chunks unless told otherwise: EMQX's default limit
+SESSION_EXPIRY_S = 7 * 24 * 3600
+CONNACK_TIMEOUT_S = 5.0
+PROTOCOLS = {"5": paho.MQTTv5, "3.1.1": paho.MQTTv311}
+_BAD_PROTOCOL = {"Unsupported protocol version", "Unacceptable protocol version"}
+_BAD_AUTH = {"Bad user name or password", "Not authorized", "Banned", "Client identifier not valid"}
+_PACKET_OVERHEAD = 16  # fixed header, topic length, packet id, property length
+
+
+class MqttTransport:
+    """Publish/subscribe over a real broker; incoming messages land on ``inbox``."""
+
+    def __init__(
+        self,
+        address: BrokerAddress,
+        client_id: str,
+        inbox: Inbox,
+        *,
+        will: Publish | None = None,
+        protocol: str = "auto",
+        max_payload: int = DEFAULT_MAX_PAYLOAD,
+        keepalive: int = 30,
+        log: Callable[[str], None] | None = None,
+    ) -> None:
+        if protocol not in ("auto", *PROTOCOLS):
+            raise ConfigError("MQTT protocol must be auto, 5 or 3.1.1", protocol=protocol)
+        self.address = address
+        self.client_id = client_id
+        self.inbox = inbox
+        self.will = will
+        self.protocols = list(PROTOCOLS) if protocol == "auto" else [protocol]
+        self.protocol = self.protocols[0]
+        self.max_payload = max_payload
+        self.broker_max_packet: int | None = None
+        self.keepalive = keepalive
+        self.log = log or (lambda _line: None)
+        self.connected = threading.Event()
+        self._connack = threading.Event()
+        self._connack_reason = ""
+        self._client: paho.Client | None = None
+        # Message ids sent but not yet acknowledged (QoS 1) or written out (QoS 0). The
+        # acknowledgement may come before ``publish`` has recorded its id: ``_early``.
+        self._unacked: set[int] = set()
+        self._early: set[int] = set()
+        self._lock = threading.Lock()
+        self._closing = False
+
+    # -- connection -----------------------------------------------------------------------
+
+    def _make_client(self, protocol: str) -> paho.Client:
+        v5 = protocol == "5"
+        client = paho.Client(CallbackAPIVersion.VERSION2, client_id=self.client_id,
+                             protocol=PROTOCOLS[protocol],
+                             clean_session=None if v5 else False)  # fmt: skip
+        if self.address.tls:
+            client.tls_set(ca_certs=self.address.ca_file)
+        if self.address.username:
+            client.username_pw_set(self.address.username, self.address.password)
+        if self.will is not None:
+            client.will_set(self.will.topic, self.will.payload, self.will.qos, self.will.retain)
+        client.reconnect_delay_set(min_delay=1, max_delay=16)
+        client.max_queued_messages_set(0)
+        client.on_connect = self._on_connect
+        client.on_disconnect = self._on_disconnect
+        client.on_message = self._on_message
+        client.on_publish = self._on_publish
+        return client
+
+    def connect(self, timeout: float | None = 60.0) -> None:
+        """Connect (waiting for the broker to come up), falling back from v5 to v3.1.1.
+
+        A v3.1.1-only broker may answer a v5 CONNECT with "unsupported protocol version",
+        or (amqtt, when the CONNECT carries properties) not at all: both mean "try 3.1.1".
+        """
+        deadline = None if timeout is None else time.monotonic() + timeout
+        index = 0
+        while True:
+            self._wait_reachable(deadline)
+            self.protocol = self.protocols[index]
+            client = self._make_client(self.protocol)
+            self._client = client
+            self._connack.clear()
+            self._connack_reason = ""
+            if self.protocol == "5":
+                properties = Properties(PacketTypes.CONNECT)
+                properties.SessionExpiryInterval = SESSION_EXPIRY_S
+                client.connect_async(self.address.host, self.address.port, self.keepalive,
+                                     clean_start=False, properties=properties)  # fmt: skip
+            else:
+                client.connect_async(self.address.host, self.address.port, self.keepalive)
+            client.loop_start()
+            answered = self._connack.wait(CONNACK_TIMEOUT_S)
+            if self.connected.is_set():
+                self.log(f"connected to {self.address.url} (MQTT {self.protocol})")
+                return
+            self._stop_client(client)
+            reason = self._connack_reason
+            if reason in _BAD_AUTH:
+                raise ConfigError(f"the broker refused the connection: {reason}",
+                                  broker=self.address.url, client_id=self.client_id)  # fmt: skip
+            if (not answered or reason in _BAD_PROTOCOL) and index + 1 < len(self.protocols):
+                index += 1
+                continue
+            if answered:
+                raise FederationError(f"the broker refused the connection: {reason}",
+                                      broker=self.address.url)  # fmt: skip
+            if deadline is not None and time.monotonic() > deadline:
+                raise FederationError("the MQTT broker does not answer", broker=self.address.url)
+
+    def _wait_reachable(self, deadline: float | None) -> None:
+        """Block until the broker's port accepts TCP connections (devices may boot first)."""
+        delay = 0.1
+        while True:
+            try:
+                with socket.create_connection((self.address.host, self.address.port), timeout=2):
+                    return
+            except OSError:
+                pass
+            if deadline is not None and time.monotonic() + delay > deadline:
+                raise FederationError("cannot reach the MQTT broker", broker=self.address.url)
+            time.sleep(delay)
+            delay = min(delay * 2, 5.0)
+
+    def _stop_client(self, client: paho.Client) -> None:
+        client.disconnect()
+        client.loop_stop()
+
+    def _on_connect(
+        self, client: paho.Client, _userdata: Any, flags: Any, reason: Any, properties: Any
+    ) -> None:
+        self._connack_reason = str(reason)
+        if not reason.is_failure:
+            limit = getattr(properties, "MaximumPacketSize", None) if properties else None
+            self.broker_max_packet = int(limit) if limit else None
+            for topic_filter in self.inbox.filters:
+                client.subscribe(topic_filter, qos=1)
+            self.connected.set()
+            self.inbox.put_connected(bool(getattr(flags, "session_present", False)))
+        self._connack.set()
+
+    def _on_disconnect(
+        self, _client: paho.Client, _userdata: Any, _flags: Any, reason: Any, _props: Any
+    ) -> None:
+        was_connected = self.connected.is_set()
+        self.connected.clear()
+        if was_connected and not self._closing:
+            self.log(f"lost the broker ({reason}); reconnecting")
+
+    def _on_message(self, _client: paho.Client, _userdata: Any, message: Any) -> None:
+        self.inbox.put(message.topic, bytes(message.payload))
+
+    def _on_publish(
+        self, _client: paho.Client, _userdata: Any, mid: int, _reason: Any, _props: Any
+    ) -> None:
+        with self._lock:
+            if mid in self._unacked:
+                self._unacked.discard(mid)
+            else:
+                self._early.add(mid)
+
+    # -- messages -------------------------------------------------------------------------
+
+    @property
+    def chunk_limit(self) -> int:
+        """Largest payload sent unsplit (the broker's packet limit less the packet overhead)."""
+        if self.broker_max_packet is None:
+            return self.max_payload
+        return min(self.max_payload, self.broker_max_packet - _PACKET_OVERHEAD - 2 * 256)
+
+    def subscribe(self, topic_filter: str, handler: Callable[[str, bytes], None]) -> None:
+        self.inbox.subscribe(topic_filter, handler)
+        if self._client is not None and self.connected.is_set():
+            self._client.subscribe(topic_filter, qos=1)
+
+    def publish(self, message: Publish) -> None:
+        if self._client is None:
+            raise FederationError("publish before connect", topic=message.topic)
+        if message.retain:
+            limit = self.broker_max_packet
+            if limit is not None and len(message.payload) + len(message.topic) + 16 > limit:
+                raise ConfigError("a retained message exceeds the broker's maximum packet "
+                                  "size; raise the broker's max_packet_size",
+                                  topic=message.topic, size=len(message.payload),
+                                  limit=limit)  # fmt: skip
+            parts = [message.payload]
+        else:
+            parts = split_payload(message.payload, max(self.chunk_limit, HEADER_SIZE + 1024))
+        for part in parts:
+            # While disconnected, paho queues a QoS 1 message and sends it on reconnect.
+            info = self._client.publish(message.topic, part, message.qos, message.retain)
+            self.inbox.ledger.record_sent(message.topic, len(part))
+            if message.qos == 0 and info.rc != paho.MQTT_ERR_SUCCESS:
+                continue  # QoS 0 while disconnected is dropped: nothing to wait for
+            with self._lock:
+                if info.mid in self._early:
+                    self._early.discard(info.mid)
+                else:
+                    self._unacked.add(info.mid)
+
+    def flush(self, timeout: float = 10.0) -> bool:
+        """Wait until every publish so far is acknowledged (QoS 1) or sent; False on timeout."""
+        deadline = time.monotonic() + timeout
+        while True:
+            with self._lock:
+                if not self._unacked:
+                    return True
+            if time.monotonic() > deadline:
+                return False
+            time.sleep(0.01)
+
+    def close(self, final: Publish | None = None, timeout: float = 5.0) -> None:
+        """Optionally publish a last message (e.g. an explicit "offline"), then disconnect."""
+        if self._client is None:
+            return
+        self._closing = True
+        if final is not None and self.connected.is_set():
+            self.publish(final)
+        self.flush(timeout)
+        self._stop_client(self._client)
+        self._client = None

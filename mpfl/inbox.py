@@ -1,0 +1,120 @@
+"""The hand-over from a network thread to a service's main thread, and byte accounting.
+
+The MQTT client runs its network loop in a thread of its own and only ``put``s what
+arrives here; the service's main thread calls ``dispatch``, which reassembles chunked
+payloads and calls the subscribed handlers. Training or aggregation in a handler
+therefore never stalls the network loop (keepalives, acknowledgements, reconnects).
+
+``ByteLedger`` counts the exact bytes each side sends and receives, by message kind
+(``server/model``, ``nodes/update``, ...), as they cross the wire: chunk headers included.
+"""
+
+from __future__ import annotations
+
+import queue
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from mpfl.chunks import Reassembler
+from mpfl.errors import WireError
+from mpfl.transport import Handler, topic_matches
+
+
+def message_kind(topic: str) -> str:
+    """``server/<name>`` or ``nodes/<name>`` for a protocol topic, else ``other``."""
+    levels = topic.split("/")
+    if len(levels) >= 5 and levels[3] == "server":
+        return "server/" + "/".join(levels[4:])
+    if len(levels) >= 6 and levels[3] == "nodes":
+        return "nodes/" + "/".join(levels[5:])
+    return "other"
+
+
+@dataclass
+class ByteLedger:
+    sent: Counter[str] = field(default_factory=Counter)
+    received: Counter[str] = field(default_factory=Counter)
+    sent_messages: Counter[str] = field(default_factory=Counter)
+    received_messages: Counter[str] = field(default_factory=Counter)
+
+    def record_sent(self, topic: str, size: int) -> None:
+        kind = message_kind(topic)
+        self.sent[kind] += size
+        self.sent_messages[kind] += 1
+
+    def record_received(self, topic: str, size: int) -> None:
+        kind = message_kind(topic)
+        self.received[kind] += size
+        self.received_messages[kind] += 1
+
+    def as_dict(self) -> dict[str, dict[str, int]]:
+        return {
+            "sent_bytes": dict(sorted(self.sent.items())),
+            "received_bytes": dict(sorted(self.received.items())),
+            "sent_messages": dict(sorted(self.sent_messages.items())),
+            "received_messages": dict(sorted(self.received_messages.items())),
+        }
+
+
+@dataclass(frozen=True)
+class _Connected:
+    session_present: bool
+
+
+class Inbox:
+    """Thread-safe queue of incoming messages and connection events, drained by ``dispatch``."""
+
+    def __init__(self, ledger: ByteLedger | None = None) -> None:
+        self.ledger = ledger if ledger is not None else ByteLedger()
+        self.reassembler = Reassembler()
+        self.bad_chunks = 0
+        self.on_connected: Callable[[bool], None] | None = None
+        self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self._subs: list[tuple[str, Handler]] = []
+
+    # -- any thread -----------------------------------------------------------------------
+
+    def put(self, topic: str, payload: bytes) -> None:
+        self._queue.put((topic, payload))
+
+    def put_connected(self, session_present: bool) -> None:
+        self._queue.put(_Connected(session_present))
+
+    # -- the main thread ------------------------------------------------------------------
+
+    @property
+    def filters(self) -> list[str]:
+        return [f for f, _ in self._subs]
+
+    def subscribe(self, topic_filter: str, handler: Handler) -> None:
+        self._subs.append((topic_filter, handler))
+
+    def dispatch(self, timeout: float = 0.0) -> int:
+        """Wait up to ``timeout`` s for something, then handle all that is queued; how many."""
+        handled = 0
+        block = timeout > 0
+        while True:
+            try:
+                item = self._queue.get(block=block, timeout=timeout if block else None)
+            except queue.Empty:
+                return handled
+            block = False
+            handled += 1
+            if isinstance(item, _Connected):
+                if self.on_connected is not None:
+                    self.on_connected(item.session_present)
+                continue
+            topic, payload = item
+            self.ledger.record_received(topic, len(payload))
+            try:
+                whole = self.reassembler.feed(topic, payload)
+            except WireError:
+                self.bad_chunks += 1
+                continue
+            if whole is None:
+                continue
+            for topic_filter, handler in self._subs:
+                if topic_matches(topic_filter, topic):
+                    handler(topic, whole)
