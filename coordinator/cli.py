@@ -52,10 +52,10 @@ def main() -> None:
 @reports_errors
 def run(**kwargs: Any) -> None:
     """Run (or resume) a federation until it is done or fails."""
-    from coordinator.mqtt import DEFAULT_MAX_PAYLOAD
     from coordinator.service import CoordinatorService, ServiceOptions, load_eval_data
     from mpfl.config import load_config
     from mpfl.endpoint import parse_broker_url
+    from mpfl.mqtt import DEFAULT_MAX_PAYLOAD
 
     overrides = pop_config_overrides(kwargs)
     cfg = load_config(kwargs["config_path"], overrides)

@@ -16,7 +16,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from coordinator.broker import EmbeddedBroker, start_embedded_broker
-from coordinator.mqtt import DEFAULT_MAX_PAYLOAD, MqttTransport
 from coordinator.runstore import RunStore
 from mpfl import topics
 from mpfl.config import FederationConfig
@@ -25,6 +24,7 @@ from mpfl.endpoint import BrokerAddress, parse_broker_url
 from mpfl.errors import MpflError
 from mpfl.fed_server import FederationServer, RoundLog
 from mpfl.inbox import Inbox
+from mpfl.mqtt import DEFAULT_MAX_PAYLOAD, MqttTransport
 from mpfl.protocol import Hello, Publish, decode_json
 
 TICK_S = 0.2

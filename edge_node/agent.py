@@ -15,7 +15,6 @@ from pathlib import Path
 
 import numpy as np
 
-from edge_node.mqtt import DEFAULT_MAX_PAYLOAD, MqttTransport
 from edge_node.state import load_finished, save_finished, state_path
 from mpfl import topics
 from mpfl.data import Dataset, load_dataset
@@ -23,6 +22,7 @@ from mpfl.endpoint import BrokerAddress
 from mpfl.errors import FederationError, FingerprintMismatch, WireError
 from mpfl.fed_node import FederationNode, Finished
 from mpfl.inbox import Inbox
+from mpfl.mqtt import DEFAULT_MAX_PAYLOAD, MqttTransport
 from mpfl.partition import parse_share, partition
 from mpfl.protocol import OFFLINE, Publish
 

@@ -69,12 +69,12 @@ def start(
     import torch
 
     from edge_node.agent import AgentOptions, EdgeAgent, load_node_data
-    from edge_node.mqtt import DEFAULT_MAX_PAYLOAD
     from hardware import apply_threads, detect_profile, get_profile
     from mpfl import topics
     from mpfl.endpoint import parse_broker_url
     from mpfl.errors import HardwareError
     from mpfl.fed_node import FederationNode
+    from mpfl.mqtt import DEFAULT_MAX_PAYLOAD
 
     topics.validate_node_id(node_id)
     topics.validate_name(federation, what="federation")

@@ -12,11 +12,10 @@ import pytest
 from brokers import require_mosquitto, start_mosquitto
 
 from coordinator.broker import AmqttBroker, MosquittoBroker, mosquitto_binary
-from coordinator.mqtt import MqttTransport as CoordinatorTransport
-from edge_node.mqtt import MqttTransport as EdgeTransport
 from mpfl.endpoint import parse_broker_url
 from mpfl.errors import ConfigError
 from mpfl.inbox import Inbox
+from mpfl.mqtt import MqttTransport
 from mpfl.protocol import Publish
 
 pytestmark = pytest.mark.integration
@@ -32,15 +31,15 @@ def _wait(inbox: Inbox, done: Callable[[], bool], timeout: float = 30.0) -> None
         inbox.dispatch(0.1)
 
 
-def _pair(url: str, **kwargs: object) -> tuple[EdgeTransport, CoordinatorTransport, Inbox,
+def _pair(url: str, **kwargs: object) -> tuple[MqttTransport, MqttTransport, Inbox,
                                                 list[bytes]]:  # fmt: skip
     address = parse_broker_url(url)
     got: list[bytes] = []
     rx_inbox = Inbox()
     rx_inbox.subscribe("mpfl/v1/f/nodes/#", lambda _t, p: got.append(p))
-    rx = CoordinatorTransport(address, "rx", rx_inbox)
+    rx = MqttTransport(address, "rx", rx_inbox)
     rx.connect(20)
-    tx = EdgeTransport(address, "tx", Inbox(), **kwargs)  # type: ignore[arg-type]
+    tx = MqttTransport(address, "tx", Inbox(), **kwargs)  # type: ignore[arg-type]
     tx.connect(20)
     return tx, rx, rx_inbox, got
 

@@ -1,4 +1,8 @@
-"""The coordinator's MQTT client: the only module of ``coordinator`` that imports paho.
+"""The MQTT client of both services: the only module of the project that imports paho.
+
+The coordinator and the edge agent must not import each other, and their clients would be
+line for line the same, so the one client lives here, behind the ``Transport`` seam; the
+rest of ``mpfl`` stays free of network I/O and is tested without a broker.
 
 paho-mqtt 2.x with callback API version 2. MQTT v5 when the broker offers it, else
 v3.1.1 (the embedded amqtt broker speaks only 3.1.1 and refuses a v5 CONNECT with
@@ -7,7 +11,8 @@ v3.1.1 (the embedded amqtt broker speaks only 3.1.1 and refuses a v5 CONNECT wit
 ``Inbox`` that the service drains on its main thread. The session is persistent
 (clean start off, a long session expiry under v5), so QoS 1 uploads queued by the broker
 while the coordinator was away are delivered when it is back; subscriptions are renewed
-on every connect anyway, since a restarted broker forgets them.
+on every connect anyway, since a restarted broker forgets them. A node's client also sets
+a retained last will "offline" on its status topic.
 
 Payloads over the chunk limit are split (``mpfl.chunks``); the limit is the smaller of
 ``max_payload`` and the Maximum-Packet-Size a v5 broker announces in its CONNACK.
