@@ -69,7 +69,7 @@ def start(
     import torch
 
     from edge_node.agent import AgentOptions, EdgeAgent, load_node_data
-    from hardware import apply_threads, detect_profile, get_profile
+    from hardware import apply_threads, detect_profile, get_profile, memory_guard
     from mpfl import topics
     from mpfl.endpoint import parse_broker_url
     from mpfl.errors import HardwareError
@@ -94,8 +94,18 @@ def start(
     if threads is not None:
         torch.set_num_threads(threads)
     data, index = load_node_data(dataset, data_dir, share, partition_scheme, seed, limit)
+    fit_batch = None
+    if hardware is not None:
+        def fit_batch(parameters: int, wanted: int) -> int:
+            fitted = memory_guard(profile, parameters, data.shape, wanted,
+                                  dataset_bytes=data.x.nbytes)
+            if fitted < wanted:
+                _echo(f"node {node_id}: batch size {wanted} lowered to {fitted} to fit "
+                      f"{profile.train_memory_budget_mb} MB on {profile.label}")
+            return fitted
+
     node = FederationNode(node_id, federation, data, hardware=label, seed=seed * 1000 + index,
-                          batch_size=batch_size)  # fmt: skip
+                          batch_size=batch_size, fit_batch=fit_batch)
     options = AgentOptions(mqtt_protocol, max_payload or DEFAULT_MAX_PAYLOAD,
                            Path(state_dir or _default_state_dir()), connect_timeout)  # fmt: skip
     agent = EdgeAgent(node, address, options, echo=_echo)

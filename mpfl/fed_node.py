@@ -10,6 +10,7 @@ only resent when a restarted coordinator (new session) asks for the same round a
 from __future__ import annotations
 
 import resource
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -17,7 +18,7 @@ from mpfl import topics
 from mpfl.data import Dataset
 from mpfl.errors import FingerprintMismatch, WireError
 from mpfl.masks import local_mask, unit_scores
-from mpfl.models import ModelSpec, ZooModel, build_model
+from mpfl.models import ModelSpec, ZooModel, build_model, parameter_count
 from mpfl.protocol import PROTOCOL_VERSION, Hello, Publish, decode_json, encode_json, encode_update
 from mpfl.train import MaskEnforcer, TrainConfig, load_state, train_local
 from mpfl.units import UnitMap, build_unit_map, model_state
@@ -57,7 +58,10 @@ class FederationNode:
         seed: int = 0,
         batch_size: int | None = None,
         finished: Finished | None = None,
+        fit_batch: Callable[[int, int], int] | None = None,
     ) -> None:
+        """``fit_batch(parameters, batch_size)`` is the device's memory guard: the batch
+        size it can afford for a model of that many parameters, or HardwareError."""
         self.node_id = topics.validate_node_id(node_id)
         self.federation = federation
         self.data = data
@@ -65,6 +69,7 @@ class FederationNode:
         self.seed = seed
         self.batch_size = batch_size  # a hardware profile's override, else the server's
         self.finished = finished
+        self.fit_batch = fit_batch
         self.state: dict[str, Any] | None = None
         self._model_env: Envelope | None = None
         self._mask_env: Envelope | None = None
@@ -121,6 +126,9 @@ class FederationNode:
         if unit_map.fingerprint.hex() != doc.get("fingerprint"):
             raise FingerprintMismatch("this node builds a different model than the coordinator",
                                       node=self.node_id)
+        if self.fit_batch is not None:
+            wanted = self.batch_size or int((doc.get("train") or {}).get("batch_size", 32))
+            self.batch_size = self.fit_batch(parameter_count(model), wanted)
         self._model, self._unit_map, self._spec_key = model, unit_map, key
 
     # -- the round's work ----------------------------------------------------------------
