@@ -51,7 +51,7 @@ def models() -> None:
 
 
 def _print_partition(dataset: str, data_dir: str | None, nodes: int, scheme: str, seed: int,
-                     limit: int | None) -> None:  # fmt: skip
+                     limit: int | None) -> None:
     from mpfl.data import load_dataset
     from mpfl.partition import label_histogram, partition
 
@@ -77,14 +77,15 @@ def _print_table(run_dir: Path) -> None:
     up = sum(log.uplink_bytes for log in logs)
     dense = sum(log.dense_uplink_bytes for log in logs)
     click.echo(f"total uplink {up:,} B vs dense FedAvg {dense:,} B "
-               f"({dense / max(up, 1):.1f}x less); run directory {run_dir}")  # fmt: skip
+               f"({dense / max(up, 1):.1f}x less); run directory {run_dir}")
 
 
 def _simulate(
     nodes: int, dataset: str, data_dir: str | None, scheme: str, limit: int | None,
     config_path: str | None, overrides: dict[str, Any], run_dir: str | None,
     broker: str | None, threads: int, evaluate: bool,
-) -> None:  # fmt: skip
+    hardware: str | None = None, links: tuple[str, ...] = (),
+) -> Path:
     import time
 
     from mpfl.config import load_config
@@ -100,11 +101,18 @@ def _simulate(
     path = Path(run_dir or Path("runs") / f"{cfg.federation}-{stamp}")
     _print_partition(dataset, data_dir, nodes, scheme, cfg.seed, limit)
     plan = SimulationPlan(cfg, nodes, dataset, path, data_dir, scheme, cfg.seed, limit, broker,
-                          threads, dataset if evaluate else None)  # fmt: skip
+                          threads, dataset if evaluate else None)
     code = run_simulation(plan, echo=lambda line: click.echo(line))
     _print_table(path)
     if code != 0:
         raise FederationError("the coordinator exited with an error", exit_code=code)
+    if hardware is not None or links:
+        from hardware import get_profile
+        from hardware.plan import plan_from_run_dir
+
+        profile = get_profile(hardware) if hardware is not None else None
+        click.echo(plan_from_run_dir(path, list(links), profile))
+    return path
 
 
 @main.command()
@@ -124,6 +132,11 @@ def _simulate(
 @click.option("--threads", default=1, show_default=True, help="torch threads per node.")
 @click.option("--eval/--no-eval", "evaluate", default=True, show_default=True,
               help="Evaluate the global model on the dataset's test split.")
+@click.option("--hardware", default=None, metavar="PROFILE",
+              help="Plan for this device profile (see `mpfl hardware list`).")
+@click.option("--link", "links", multiple=True, metavar="LINK",
+              help="Estimate wall-clock on this link (repeat for a per-node mix), "
+                   "MPFL against dense FedAvg.")
 @config_options(skip=("eval_dataset", "eval_data_dir"))
 @reports_errors
 def simulate(**kwargs: Any) -> None:
@@ -132,13 +145,13 @@ def simulate(**kwargs: Any) -> None:
     _simulate(kwargs["nodes"], kwargs["dataset"], kwargs["data_dir"], kwargs["partition_scheme"],
               kwargs["limit"], kwargs["config_path"], overrides,
               kwargs["run_dir"], kwargs["broker"], kwargs["threads"],
-              kwargs["evaluate"])  # fmt: skip
+              kwargs["evaluate"], kwargs["hardware"], tuple(kwargs["links"]))
 
 
 @main.command()
 @click.option("--nodes", default=4, show_default=True, help="Edge nodes to simulate.")
 @click.option("--rounds", default=(3, 8), type=(int, int), show_default=True,
-              help="Mask rounds, then training rounds.")  # fmt: skip
+              help="Mask rounds, then training rounds.")
 @click.option("--run-dir", default=None, help="[default: runs/demo-<time>]")
 @click.option("--in-process", is_flag=True,
               help="Run everything in this process over an in-memory broker (no MQTT).")
@@ -152,8 +165,16 @@ def demo(nodes: int, rounds: tuple[int, int], run_dir: str | None, in_process: b
         return
     overrides = {"mask_rounds": rounds[0], "train_rounds": rounds[1]}
     _simulate(nodes, "digits", None, "dirichlet:0.5", None, None, overrides, run_dir, None, 1,
-              True)  # fmt: skip
+              True)
 
+
+def _add_hardware_commands() -> None:
+    from hardware.cli import hardware_group
+
+    main.add_command(hardware_group)
+
+
+_add_hardware_commands()
 
 if __name__ == "__main__":
     main()
