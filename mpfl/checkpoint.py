@@ -27,20 +27,28 @@ from mpfl.units import State, UnitMap, build_unit_map
 MASK_KEY = "__mask__"
 
 
-def atomic_write(path: Path, write: Callable[[IO[bytes]], object]) -> None:
-    """Write through ``write`` into a temp file beside ``path``, fsync, then rename."""
+def atomic_write(
+    path: Path, write: Callable[[IO[bytes]], object], durable: bool = True
+) -> None:
+    """Write through ``write`` into a temp file beside ``path``, fsync, then rename.
+
+    ``durable=False`` skips the fsyncs (still never half-written): for files derived from
+    a checkpoint, which a crash can only leave one round behind.
+    """
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
     try:
         with os.fdopen(fd, "wb") as f:
             write(f)
             f.flush()
-            os.fsync(f.fileno())
+            if durable:
+                os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
-    _fsync_directory(path.parent)
+    if durable:
+        _fsync_directory(path.parent)
 
 
 def _fsync_directory(directory: Path) -> None:
@@ -58,9 +66,9 @@ def _fsync_directory(directory: Path) -> None:
         os.close(fd)
 
 
-def write_json(path: Path, doc: Any) -> None:
+def write_json(path: Path, doc: Any, durable: bool = True) -> None:
     data = json.dumps(doc, indent=2, sort_keys=True).encode()
-    atomic_write(path, lambda f: f.write(data))
+    atomic_write(path, lambda f: f.write(data), durable)
 
 
 def write_npz(path: Path, arrays: Mapping[str, np.ndarray]) -> None:
