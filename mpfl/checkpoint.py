@@ -38,6 +38,7 @@ def atomic_write(
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
     try:
+        os.fchmod(fd, 0o644)  # mkstemp's 0600 would hide models and metrics from other users
         with os.fdopen(fd, "wb") as f:
             write(f)
             f.flush()
