@@ -11,7 +11,7 @@ from typing import Any, TypeVar
 import click
 
 from mpfl.cli_config import config_options, pop_config_overrides
-from mpfl.errors import MpflError
+from mpfl.errors import ExportError, MpflError
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -164,8 +164,22 @@ def demo(nodes: int, rounds: tuple[int, int], run_dir: str | None, in_process: b
         run_demo(nodes=nodes, mask_rounds=rounds[0], train_rounds=rounds[1], echo=click.echo)
         return
     overrides = {"mask_rounds": rounds[0], "train_rounds": rounds[1]}
-    _simulate(nodes, "digits", None, "dirichlet:0.5", None, None, overrides, run_dir, None, 1,
-              True)
+    path = _simulate(nodes, "digits", None, "dirichlet:0.5", None, None, overrides, run_dir,
+                     None, 1, True)
+    _export(path)
+
+
+def _export(run_dir: Path) -> None:
+    """Export the run's final model and verify it, as ``mpfl-export`` does (its own process:
+    the core does not import the export package)."""
+    import subprocess
+
+    out = run_dir / "model.onnx"
+    click.echo(f"\nmpfl-export {run_dir} --out {out}")
+    code = subprocess.call([sys.executable, "-m", "export.cli", str(run_dir), "--out", str(out)])
+    if code != 0:
+        raise ExportError("the export of the demo's model failed", exit_code=code)
+    click.echo(f"on a device, with onnxruntime alone: mpfl-infer {out} --input IMAGES")
 
 
 def _add_hardware_commands() -> None:

@@ -154,6 +154,15 @@ def test_end_to_end_on_mnist(tmp_path: Path, fleet: Fleet, mnist_dir: Path) -> N
         assert r["dense_uplink_bytes"] == 3 * 4 * 61_706
     final = load_model(fleet.run_dir / "final")
     assert final.meta["dataset"] == "mnist" and final.meta["accuracy"] == rounds[-1]["accuracy"]
+    # The federated result exports to ONNX and verifies against torch on the MNIST test set.
+    out = tmp_path / "model.onnx"
+    export = subprocess.run([sys.executable, "-m", "export.cli", str(fleet.run_dir), "--out",
+                             str(out), "--limit", "2000", "--latency-runs", "2"],
+                            capture_output=True, text=True, timeout=300)
+    assert export.returncode == 0, export.stdout + export.stderr
+    report = json.loads((tmp_path / "model.verify.json").read_text())
+    assert report["passed"] and report["format"] == "pruned"
+    assert report["accuracy_onnx"] == pytest.approx(report["accuracy_torch"], abs=1e-9)
 
 
 def test_node_killed_mid_round_and_hostile_messages(
