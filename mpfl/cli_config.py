@@ -14,7 +14,7 @@ from typing import Any, TypeVar
 
 import click
 
-from mpfl.config import FederationConfig
+from mpfl.config import KEY_HELP, FederationConfig
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -30,7 +30,7 @@ _CHOICES = {
 def _option(f: dataclasses.Field[Any]) -> Callable[[F], F]:
     flag = "--" + f.name.replace("_", "-")
     default = f.default
-    help_text = f"Config key {f.name} (env MPFL_{f.name.upper()})."
+    help_text = f"{KEY_HELP[f.name]} (env MPFL_{f.name.upper()})"
     if isinstance(default, bool):
         return click.option(f"{flag}/--no-{flag[2:]}", f.name, default=None, help=help_text)
     if default is dataclasses.MISSING:  # model_args: a JSON object

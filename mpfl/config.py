@@ -23,6 +23,37 @@ from mpfl.schedules import SCHEDULES
 from mpfl.topics import validate_name
 from mpfl.train import OPTIMIZERS
 
+KEY_HELP = {
+    "federation": "Federation name: the MQTT topic prefix is mpfl/v1/<federation>.",
+    "model": "Zoo model (see `mpfl models`).",
+    "model_args": "Model arguments as JSON, e.g. '{\"image_size\": 8}'.",
+    "granularity": "Prunable unit: a whole filter/neuron or a single weight.",
+    "final_sparsity": "Fraction of units pruned after the last mask round.",
+    "schedule": "Sparsity per mask round: linear, geometric or cubic.",
+    "consensus": "Rule turning the nodes' votes into the global mask.",
+    "vote_weighting": "Weigh each node's vote equally or by its sample count.",
+    "mask_rounds": "Rounds of mask consensus (phase M).",
+    "train_rounds": "Rounds of masked federated training (phase T).",
+    "mode": "rewind: every mask round restarts from w0 (the reference code).",
+    "local_epochs": "Local epochs per round on each node.",
+    "batch_size": "Local batch size (a node's hardware profile may lower it).",
+    "lr": "Local learning rate.",
+    "momentum": "SGD momentum.",
+    "weight_decay": "L2 weight decay.",
+    "optimizer": "sgd or adam.",
+    "value_codec": "How nodes send alive values: fp32, fp16 or int8 per-layer scale.",
+    "delta": "Send values as deltas from the global model.",
+    "aggregator": "fedavg (streaming), median or trimmed-mean.",
+    "min_nodes": "Nodes to wait for before round 1.",
+    "quorum": "Fewest answers with which a round may close at its deadline.",
+    "round_timeout": "Seconds a round waits for answers before its deadline.",
+    "start_timeout": "Seconds to wait for min_nodes; then start with a quorum or fail.",
+    "retries": "Times a round below quorum is extended before the run fails.",
+    "seed": "Seed of the initial weights w0 (and of simulated partitions).",
+    "eval_dataset": "Dataset whose test split the coordinator evaluates on.",
+    "eval_data_dir": "Directory of that dataset.",
+}
+
 
 @dataclass(frozen=True)
 class FederationConfig:
