@@ -41,7 +41,8 @@ def main() -> None:
 @click.option("--limit", type=click.IntRange(min=1), default=None,
               help="Use at most this many of this node's samples.")
 @click.option("--hardware", default=None,
-              help="Device profile (threads, batch size); `mpfl-edge profiles`-style names.")
+              help="Device profile (threads, batch size, memory guard): see `mpfl hardware "
+                   "list`. Default: the board detected on a Pi or Jetson.")
 @click.option("--threads", type=click.IntRange(min=1), default=None,
               help="torch threads (overrides the profile's).")
 @click.option("--state-dir", type=click.Path(file_okay=False), default=None,
@@ -80,28 +81,30 @@ def start(
     topics.validate_name(federation, what="federation")
     address = parse_broker_url(broker, ca_file=ca_file, username=username, password=password)
     batch_size = None
-    if hardware is not None:
-        profile = get_profile(hardware)
+    profile = get_profile(hardware) if hardware is not None else detect_profile()
+    label = profile.label if profile is not None else "unknown"
+    if profile is not None and hardware is None and profile.name == "x86":
+        profile = None  # a generic host: keep the coordinator's settings, only label it
+    if profile is not None:
         if not profile.trains:
             raise HardwareError(f"profile {profile.name} does not train ({profile.role_reason}); "
                                 "run the exported model with mpfl-infer instead",
                                 profile=profile.label)  # fmt: skip
         apply_threads(profile)
-        batch_size, label = profile.batch_size, profile.label
-    else:
-        detected = detect_profile()
-        label = detected.label if detected is not None else "unknown"
+        batch_size = profile.batch_size
     if threads is not None:
         torch.set_num_threads(threads)
     data, index = load_node_data(dataset, data_dir, share, partition_scheme, seed, limit)
     fit_batch = None
-    if hardware is not None:
+    if profile is not None:
+        guarded = profile
+
         def fit_batch(parameters: int, wanted: int) -> int:
-            fitted = memory_guard(profile, parameters, data.shape, wanted,
+            fitted = memory_guard(guarded, parameters, data.shape, wanted,
                                   dataset_bytes=data.x.nbytes)
             if fitted < wanted:
                 _echo(f"node {node_id}: batch size {wanted} lowered to {fitted} to fit "
-                      f"{profile.train_memory_budget_mb} MB on {profile.label}")
+                      f"{guarded.train_memory_budget_mb} MB on {guarded.label}")
             return fitted
 
     node = FederationNode(node_id, federation, data, hardware=label, seed=seed * 1000 + index,
