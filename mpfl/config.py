@@ -34,7 +34,7 @@ KEY_HELP = {
     "vote_weighting": "Weigh each node's vote equally or by its sample count.",
     "mask_rounds": "Rounds of mask consensus (phase M).",
     "train_rounds": "Rounds of masked federated training (phase T).",
-    "mode": "rewind: every mask round restarts from w0 (the reference code).",
+    "mode": "rewind: mask rounds restart from w0 (reference); joint: they also average.",
     "local_epochs": "Local epochs per round on each node.",
     "batch_size": "Local batch size (a node's hardware profile may lower it).",
     "lr": "Local learning rate.",

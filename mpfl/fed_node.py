@@ -182,29 +182,50 @@ class FederationNode:
         cfg = TrainConfig(**train)
         result = train_local(model, self.data, cfg, enforcer, seed=self.seed * 100_003 + t)
         trained = model_state(model)
+        uploads: list[tuple[Kind, int, bytes]] = []
         if doc["phase"] == "mask":
             local = local_mask(unit_scores(trained, unit_map), mask, unit_map.slices,
                                float(doc["target_sparsity"]))
             mask_codec, payload = encode_mask(local, scope=mask)
-            codec, kind, topic = int(mask_codec), Kind.LOCAL_MASK, topics.NODE_MASK
-        else:
+            uploads.append((Kind.LOCAL_MASK, int(mask_codec), payload))
+        if doc["phase"] == "train" or doc.get("mode") == "joint":
+            # Alive under the mask in force (in joint mask rounds the coordinator re-scopes
+            # the average to the new consensus itself).
             alive = unit_map.alive_values(trained, mask)
             base = values if doc.get("delta") else None
             value_codec, body = encode_values(alive, unit_map.layer_sizes(mask),
                                               str(doc.get("value_codec", "fp32")), base)
-            codec = int(value_codec)
-            payload = encode_update(len(self.data), body)
-            kind, topic = Kind.UPDATE, topics.NODE_UPDATE
-        env = Envelope(kind, t, unit_map.fingerprint, self.node_id, codec, payload)
-        upload = Publish(self._topic(topic), encode_envelope(env), qos=1)
-        self.sent_bytes += len(upload.payload)
+            uploads.append((Kind.UPDATE, int(value_codec), encode_update(len(self.data), body)))
+        messages = [
+            Publish(self._topic(_UPLOAD_TOPIC[kind]),
+                    encode_envelope(Envelope(kind, t, unit_map.fingerprint, self.node_id, codec,
+                                             payload)), qos=1)
+            for kind, codec, payload in uploads
+        ]
+        upload_bytes = sum(len(m.payload) for m in messages)
+        self.sent_bytes += upload_bytes
         self.last_metrics = {
             "round": t, "phase": doc["phase"], "loss": result.loss, "accuracy": result.accuracy,
             "samples": result.samples, "train_seconds": result.seconds,
-            "upload_bytes": len(upload.payload), "sent_bytes": self.sent_bytes,
-            "received_bytes": self.received_bytes,
-            "max_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+            "upload_bytes": upload_bytes, "sent_bytes": self.sent_bytes,
+            "received_bytes": self.received_bytes, "max_rss_mb": peak_rss_mb(),
         }
         metrics = Publish(self._topic(topics.NODE_METRICS), encode_json(self.last_metrics), qos=0)
-        return [upload, metrics]
+        return [*messages, metrics]
+
+
+_UPLOAD_TOPIC = {Kind.LOCAL_MASK: topics.NODE_MASK, Kind.UPDATE: topics.NODE_UPDATE}
+
+
+def peak_rss_mb() -> float:
+    """This process's own peak resident memory (VmHWM: unlike ru_maxrss, not inherited
+    from whatever process started this one)."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 

@@ -114,6 +114,7 @@ class FederationServer:
         self.nodes: dict[str, NodeInfo] = {}
         self.expected: set[str] = set()
         self.answered: set[str] = set()
+        self._seen: dict[str, set[Kind]] = {}  # what each node sent this round
         self.deadline = 0.0
         self.attempts = 0
         self.started_waiting = clock()
@@ -171,6 +172,7 @@ class FederationServer:
                       "momentum": cfg.momentum, "weight_decay": cfg.weight_decay,
                       "optimizer": cfg.optimizer},
             "value_codec": cfg.value_codec,
+            "mode": cfg.mode,
             "delta": cfg.delta,
             "error": self.error,
         }
@@ -262,9 +264,11 @@ class FederationServer:
             return "late"
         if env.round != self.round:
             return "stale-round" if env.round < self.round else "future-round"
-        if (want is Kind.LOCAL_MASK) != (self.phase == "mask"):
+        expected = self._expected_kinds()
+        if want not in expected:
             return "wrong-phase"
-        if node_id in self.answered:
+        seen = self._seen.setdefault(node_id, set())
+        if want in seen:
             return "duplicate"
         if want is Kind.LOCAL_MASK:
             local = decode_mask(env.codec, env.payload, self.unit_map.n_units, scope=self.mask)
@@ -272,14 +276,28 @@ class FederationServer:
             self._votes.add(local, self._vote_weight(node_id))
         else:
             samples, body = decode_update(env.payload)
-            base = self.global_values if self.cfg.delta else None
+            base = self._published_values() if self.cfg.delta else None
             values = decode_values(env.codec, body, self.unit_map.layer_sizes(self.mask), base)
             if not np.all(np.isfinite(values)):
                 return "malformed"
             self._add_update(values, float(samples))
-        self.answered.add(node_id)
+        seen.add(want)
+        if seen == expected:
+            self.answered.add(node_id)
         self.uplink += len(payload)
         return None
+
+    def _expected_kinds(self) -> set[Kind]:
+        """What a node sends in this round: its mask, its values, or both (joint mode)."""
+        if self.phase == "train":
+            return {Kind.UPDATE}
+        return {Kind.LOCAL_MASK, Kind.UPDATE} if self.cfg.mode == "joint" else {Kind.LOCAL_MASK}
+
+    def _published_values(self) -> np.ndarray:
+        """The alive values of the model the current round started from."""
+        if self.global_values is not None:
+            return self.global_values
+        return self.unit_map.alive_values(self.w0, self.unit_map.full_mask())
 
     def _vote_weight(self, node_id: str) -> float:
         return float(self.nodes[node_id].samples) if self.cfg.vote_weighting == "samples" else 1.0
@@ -339,6 +357,7 @@ class FederationServer:
             self.global_values = self.unit_map.alive_values(self.w0, self.mask)
             out.append(self.publish_model(t - 1))
         self.answered = set()
+        self._seen = {}
         self.expected = self.active_nodes()
         self.attempts = 0
         self.round_dropped = Counter()
@@ -357,17 +376,20 @@ class FederationServer:
         if self.phase == "mask":
             assert self._votes is not None
             tally = self._votes.tally()
+            previous = self.mask
             self.mask = consensus_mask(tally, self.mask, self.unit_map.slices, self.target(),
                                        self.cfg.consensus, self.history)
             self.history = self.history + tally.share
             out.append(self.publish_mask(self.round))
+            if self.cfg.mode == "joint":
+                # The average is over the units alive before this round's consensus; the
+                # next round starts from it under the new mask.
+                state = self.unit_map.state_from_values(self._average(), previous)
+                self.global_values = self.unit_map.alive_values(state, self.mask)
+                loss, accuracy = self.evaluate()
+                out.append(self.publish_model(self.round))
         else:
-            if self.cfg.aggregator == "fedavg":
-                assert self._avg is not None
-                self.global_values = self._avg.result()
-            else:
-                vals, weights = zip(*self._updates, strict=True)
-                self.global_values = aggregate(self.cfg.aggregator, list(vals), list(weights))
+            self.global_values = self._average()
             loss, accuracy = self.evaluate()
             out.append(self.publish_model(self.round))
         participants = sorted(self.answered)
@@ -382,6 +404,13 @@ class FederationServer:
             out.append(self.publish_state())
             return out
         return out + self._open_round(self.round + 1)
+
+    def _average(self) -> np.ndarray:
+        if self.cfg.aggregator == "fedavg":
+            assert self._avg is not None
+            return self._avg.result()
+        vals, weights = zip(*self._updates, strict=True)
+        return aggregate(self.cfg.aggregator, list(vals), list(weights))
 
     # -- results -------------------------------------------------------------------------
 
