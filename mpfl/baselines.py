@@ -7,7 +7,8 @@
   ranking a node uses, then evaluated without fine-tuning.
 - Centralised iterative pruning (the reference code's "Center Model"): one trainer on the
   pooled data follows the federation's schedule, rewinding to w0 each mask round like a
-  node does, then trains the final mask for as many epochs as the federation has rounds.
+  node does, then trains the final mask for as many epochs as the federation has
+  training rounds.
 """
 
 from __future__ import annotations

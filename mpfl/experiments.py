@@ -62,6 +62,9 @@ class ExperimentSettings:
     batch_size: int = 32
     lr: float = 0.05
     momentum: float = 0.9
+    # The centralised baseline's own learning rate (None: the nodes' ``lr``). One trainer
+    # on the pooled data takes ``nodes`` times more steps per round than any node.
+    central_lr: float | None = None
     train_limit: int | None = None  # a seeded random subset of the training split
     test_limit: int | None = None
     noise_nodes: tuple[int, ...] = ()
@@ -319,6 +322,8 @@ class Experiments:
                  ) -> ExperimentResult:
         data = self.data(dataset, s)
         cfg = federation_config(f"central-{dataset}", model, data.model_args, sparsity, s)
+        if s.central_lr is not None:
+            cfg = dataclasses.replace(cfg, lr=s.central_lr).validate()
         pooled = _pool(data.node_data)
         result = centralised_pruning(cfg, pooled, data.test, eval_every_round=s.eval_every_round)
         return ExperimentResult(
