@@ -146,7 +146,11 @@ class CoordinatorService:
         return server
 
     def _publish(self, messages: list[Publish]) -> None:
-        assert self.transport is not None
+        assert self.transport is not None and self.server is not None
+        if len(self.server.log) > self._reported:
+            # A round just closed: make it durable before the next one is announced, so a
+            # crash can never leave nodes a round ahead of the checkpoint they resume from.
+            self._after_rounds()
         for message in messages:
             self.transport.publish(message)
 
