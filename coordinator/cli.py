@@ -12,8 +12,8 @@ from typing import Any
 import click
 
 from coordinator.provision import provision_command
-from mpfl.cli import reports_errors
 from mpfl.cli_config import config_options, pop_config_overrides
+from mpfl.errors import reports_errors
 
 
 @click.group()

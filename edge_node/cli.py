@@ -10,7 +10,7 @@ from types import FrameType
 
 import click
 
-from mpfl.cli import reports_errors
+from mpfl.errors import reports_errors
 
 
 def _default_state_dir() -> str:

@@ -11,10 +11,9 @@ from pathlib import Path
 
 import click
 
-from export.cli_errors import reports_errors
 from export.options import COMPRESSIONS, DEFAULT_OPSET, FORMATS, ExportOptions
 from mpfl.data import DATASETS
-from mpfl.errors import ExportError, MpflError
+from mpfl.errors import ExportError, MpflError, reports_errors
 
 PROG = "mpfl-export"
 
@@ -53,7 +52,7 @@ def _verification_source(
               help="onnxruntime threads while timing.")
 @click.option("--latency-runs", type=click.IntRange(min=0), default=20, show_default=True,
               help="Timed runs per batch size (0: skip timing).")
-@reports_errors(PROG)
+@reports_errors
 def main(
     source: Path, out: Path, fmt: str, int8: bool, compress: str, opset: int,
     dataset: str | None, data_dir: Path | None, limit: int | None, threads: int,

@@ -16,12 +16,10 @@ from pathlib import Path
 import click
 import numpy as np
 
-from export.cli_errors import reports_errors
 from export.runner import Runner
 from mpfl.data import DATASETS, load_dataset
-from mpfl.errors import ConfigError, DataError
+from mpfl.errors import ConfigError, DataError, reports_errors
 
-PROG = "mpfl-infer"
 
 
 @dataclass(frozen=True)
@@ -86,7 +84,7 @@ def load_images(path: Path | None, dataset: str | None, split: str) -> Images:
 @click.option("--show", type=click.IntRange(min=0), default=10, show_default=True,
               help="Predictions to print.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON document instead.")
-@reports_errors(PROG)
+@reports_errors
 def main(
     model: Path, input_path: Path | None, dataset: str | None, split: str, limit: int | None,
     batch_size: int, threads: int | None, show: int, as_json: bool,

@@ -6,11 +6,7 @@ unknown profile, a broken profile file) is one line on stderr and the error's ex
 
 from __future__ import annotations
 
-import sys
-from collections.abc import Callable
-from functools import wraps
 from pathlib import Path
-from typing import Any, TypeVar
 
 import click
 
@@ -22,9 +18,7 @@ from hardware.profiles import (
     get_profile,
     load_catalog,
 )
-from mpfl.errors import HardwareError, MpflError
-
-F = TypeVar("F", bound=Callable[..., Any])
+from mpfl.errors import HardwareError, reports_errors
 
 _PROFILES_OPTION = click.option(
     "--profiles",
@@ -36,18 +30,6 @@ _PROFILES_OPTION = click.option(
 )
 
 
-def _one_line_errors(func: F) -> F:
-    """An MpflError becomes ``error: ...`` on stderr and its exit code, never a traceback."""
-
-    @wraps(func)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        try:
-            return func(*args, **kwargs)
-        except MpflError as exc:
-            click.echo(f"error: {exc}", err=True)
-            sys.exit(exc.exit_code)
-
-    return wrapper  # type: ignore[return-value]
 
 
 @click.group("hardware")
@@ -57,7 +39,7 @@ def hardware_group() -> None:
 
 @hardware_group.command("list")
 @_PROFILES_OPTION
-@_one_line_errors
+@reports_errors
 def list_command(profiles_path: Path | None) -> None:
     """Every profile, the links used for planning, and the short aliases."""
     catalog = load_catalog(profiles_path)
@@ -73,7 +55,7 @@ def list_command(profiles_path: Path | None) -> None:
 @hardware_group.command("show")
 @click.argument("name")
 @_PROFILES_OPTION
-@_one_line_errors
+@reports_errors
 def show_command(name: str, profiles_path: Path | None) -> None:
     """One profile in full (NAME may be an alias such as rpi4)."""
     profile = get_profile(name, profiles_path)
@@ -82,7 +64,7 @@ def show_command(name: str, profiles_path: Path | None) -> None:
 
 @hardware_group.command("detect")
 @_PROFILES_OPTION
-@_one_line_errors
+@reports_errors
 def detect_command(profiles_path: Path | None) -> None:
     """The profile `mpfl-edge start` would pick on this machine without --hardware."""
     catalog = load_catalog(profiles_path)

@@ -16,7 +16,12 @@ one line, so a command-line tool can print ``str(err)`` and exit with ``err.exit
 
 from __future__ import annotations
 
-from typing import Any
+import sys
+from collections.abc import Callable
+from functools import wraps
+from typing import Any, TypeVar
+
+F = TypeVar("F", bound=Callable[..., Any])
 
 
 class MpflError(Exception):
@@ -64,3 +69,23 @@ class ExportError(MpflError):
 
 class HardwareError(MpflError):
     exit_code = 8
+
+
+def reports_errors(command: F) -> F:
+    """A command-line entry point that turns an MpflError into one line on stderr,
+    ``PROG: error: what (where)``, and exits with the error's code: never a traceback
+    for a user's mistake."""
+
+    @wraps(command)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return command(*args, **kwargs)
+        except MpflError as exc:
+            import click
+
+            ctx = click.get_current_context(silent=True)
+            prog = ctx.find_root().info_name if ctx is not None else None
+            click.echo(f"{prog}: error: {exc}" if prog else f"error: {exc}", err=True)
+            sys.exit(exc.exit_code)
+
+    return wrapper  # type: ignore[return-value]

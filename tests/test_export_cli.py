@@ -38,7 +38,7 @@ def _checkpoint(directory: Path, granularity: str, meta: dict | None = None) -> 
 
 
 def _invoke(*args: str) -> Result:
-    return CliRunner().invoke(main, [*args, "--latency-runs", "2"])
+    return CliRunner().invoke(main, [*args, "--latency-runs", "2"], prog_name="mpfl-export")
 
 
 def test_export_from_a_run_directory(tmp_path: Path) -> None:

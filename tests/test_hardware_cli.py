@@ -74,7 +74,7 @@ def test_unknown_profile_is_one_line_and_the_hardware_exit_code() -> None:
     assert code == HardwareError.exit_code
     assert out == ""
     lines = err.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: unknown hardware profile 'rpi9'")
+    assert len(lines) == 1 and lines[0].startswith("hardware: error: unknown hardware profile 'rpi9'")
     for known in ("rpi4-4gb", "rpi-zero2w", "jetson-nano", "x86", "rpi4"):
         assert known in lines[0]
     assert "Traceback" not in err
@@ -114,7 +114,7 @@ def test_detect_prints_the_detected_profile(monkeypatch: pytest.MonkeyPatch) -> 
     monkeypatch.setattr(hardware.cli, "detect_profile", lambda **_: None)
     code, out, err = _run("detect")
     assert code == HardwareError.exit_code and out == ""
-    assert err.startswith("error: no profile matches this machine") and "rpi4-8gb" in err
+    assert err.startswith("hardware: error: no profile matches this machine") and "rpi4-8gb" in err
 
 
 def test_other_mpfl_errors_keep_their_exit_code(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -123,4 +123,4 @@ def test_other_mpfl_errors_keep_their_exit_code(monkeypatch: pytest.MonkeyPatch)
 
     monkeypatch.setattr(hardware.cli, "load_catalog", broken)
     code, _, err = _run("list")
-    assert code == ConfigError.exit_code and err == "error: bad flag (flag=--x)\n"
+    assert code == ConfigError.exit_code and err == "hardware: error: bad flag (flag=--x)\n"
