@@ -73,7 +73,7 @@ FULL = Profile(
     weight_sparsities=(0.5, 0.9, 0.95),
     filter_sparsities=(0.25, 0.5, 0.75),
     latency_runs=20,
-)  # fmt: skip
+)
 QUICK = Profile(
     cases=(Case("lenet5", "mnist", 500, 200, 200), Case("cnn-cifar", "cifar10", 300, 100, 100)),
     weight_sparsities=(0.9,),
@@ -103,7 +103,7 @@ def masked_model(
     unit_map = build_unit_map(model, spec, granularity)
     state = model_state(model)
     mask = local_mask(unit_scores(state, unit_map), unit_map.full_mask(), unit_map.slices,
-                      sparsity)  # fmt: skip
+                      sparsity)
     train_local(model, tune, FINETUNE, MaskEnforcer(model, unit_map, mask), seed=1)
     return SavedModel(spec, granularity, unit_map.apply(model_state(model), mask), mask, {})
 
@@ -122,7 +122,7 @@ _LAUNCHER = (
 def peak_rss(command: Sequence[str]) -> float:
     """Peak RSS (MiB) of ``command``, measured by os.wait4 in a small launcher process."""
     done = subprocess.run([sys.executable, "-c", _LAUNCHER, *command], capture_output=True,
-                          text=True, check=True)  # fmt: skip
+                          text=True, check=True)
     maxrss, code = done.stdout.split()
     if int(code) != 0:
         raise RuntimeError(f"{command[2:4]} failed: {done.stderr[-500:]}")
@@ -133,7 +133,7 @@ def runner_peak_rss(model_path: Path, images: Path, batch: int) -> float:
     """Peak RSS (MiB) of an `mpfl-infer` process classifying ``images``, one thread."""
     return peak_rss([sys.executable, "-m", "export.infer_cli", str(model_path),
                      "--input", str(images), "--threads", "1", "--batch-size", str(batch),
-                     "--json"])  # fmt: skip
+                     "--json"])
 
 
 def import_floor_rss() -> float:
@@ -150,7 +150,7 @@ def run_case(case: Case, profile: Profile, data_dir: Path, work: Path) -> list[d
     train_local(dense, subset(train, case.train_samples, seed=0), TRAIN, seed=0)
     _, dense_acc = evaluate(dense, test)
     say(f"{case.model}: dense trained in {time.perf_counter() - start:.0f} s, "
-        f"test accuracy {dense_acc:.2%}")  # fmt: skip
+        f"test accuracy {dense_acc:.2%}")
     tune = subset(train, case.finetune_samples, seed=1)
     images = work / f"{case.model}-images.npy"
     np.save(images, test.x[:64])
@@ -172,7 +172,7 @@ def run_case(case: Case, profile: Profile, data_dir: Path, work: Path) -> list[d
                     dense_path.write_bytes(baseline.data)
                 # Timed in alternation with the dense fp32 export of the same mask.
                 report = verify_export(result, reference, data, mask_sparsity, dense_path,
-                                       latency_runs=profile.latency_runs)  # fmt: skip
+                                       latency_runs=profile.latency_runs)
                 rows.append({
                     "model": case.model, "dataset": case.dataset, "granularity": granularity,
                     "sparsity": sparsity, "format": fmt, "precision": result.precision,
@@ -188,7 +188,7 @@ def run_case(case: Case, profile: Profile, data_dir: Path, work: Path) -> list[d
                     report.accuracy_torch, "accuracy_dense": dense_acc,
                     "rel_diff": report.rel_diff, "top1_agreement": report.top1_agreement,
                     "verified": report.passed, "failures": list(report.failures),
-                })  # fmt: skip
+                })
                 say(f"  {granularity} {sparsity:.0%} {fmt:<6} {result.precision}: "
                     f"{result.model_bytes / KB:8.1f} KiB, b64 {report.latency_b64_ms or 0:.2f} ms, "
                     f"acc {report.accuracy_onnx or 0:.2%}, "
@@ -210,7 +210,7 @@ def _add_ratios(rows: list[dict[str, Any]]) -> None:
 def markdown(rows: Sequence[dict[str, Any]]) -> str:
     header = ["model", "mask", "format", "prec", "size KiB", "x dense", "zstd x dense",
               "b1 ms", "b1 speed-up", "b64 ms", "b64 speed-up", "RSS b1/b64 MiB", "acc",
-              "Δacc vs dense", "verified"]  # fmt: skip
+              "Δacc vs dense", "verified"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for r in rows:
         cells = [
@@ -221,7 +221,7 @@ def markdown(rows: Sequence[dict[str, Any]]) -> str:
             f"{r['runner_peak_rss_b1_mib']:.0f}/{r['runner_peak_rss_mib']:.0f}",
             f"{r['accuracy_onnx']:.2%}",
             f"{r['accuracy_delta'] * 100:+.2f} pt", "yes" if r["verified"] else "NO",
-        ]  # fmt: skip
+        ]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -235,7 +235,7 @@ def goals(rows: Sequence[dict[str, Any]], floor_rss: float) -> list[str]:
         def pick(gran: str, sparsity: float, fmt: str, prec: str, rows: list = mine) -> Any:
             return next((r for r in rows if (r["granularity"], r["sparsity"], r["format"],
                                              r["precision"]) == (gran, sparsity, fmt, prec)),
-                        None)  # fmt: skip
+                        None)
 
         packed = pick("weight", 0.9, "packed", "fp32")
         packed8 = pick("weight", 0.9, "packed", "int8")
@@ -256,7 +256,7 @@ def goals(rows: Sequence[dict[str, Any]], floor_rss: float) -> list[str]:
         peak = max(rows, key=lambda r: r[key])
         out.append(f"runner peak RSS at {label}: at most {peak[key]:.1f} MiB ({peak['model']} "
                    f"{peak['granularity']} {peak['sparsity']:.0%} {peak['format']} "
-                   f"{peak['precision']}; goal <= 80)")  # fmt: skip
+                   f"{peak['precision']}; goal <= 80)")
     out.append(f"a Python importing only numpy + onnxruntime peaks at {floor_rss:.1f} MiB")
     return out
 
@@ -286,12 +286,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         "machine": {"platform": platform.platform(), "python": platform.python_version(),
                     "cpus": os.cpu_count(), "threads": 1},
         "import_floor_rss_mib": floor, "goals": summary, "rows": rows,
-    }  # fmt: skip
+    }
     args.out.mkdir(parents=True, exist_ok=True)
     name = "export-quick" if args.quick else "export"
     (args.out / f"{name}.json").write_text(json.dumps(doc, indent=2))
     (args.out / f"{name}.md").write_text(f"{table}\n\n" + "\n".join(f"- {g}" for g in summary)
-                                         + f"\n\nCommand: `{command}`\n")  # fmt: skip
+                                         + f"\n\nCommand: `{command}`\n")
     print(table)
     print()
     print("\n".join(f"- {g}" for g in summary))

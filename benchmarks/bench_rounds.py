@@ -75,7 +75,7 @@ def worker(url: str, federation: str, ids: list[str], codec_name: str) -> None:
         answered: set[tuple[int, str]] = set()
 
         def on_message(c: paho.Client, _u: Any, msg: Any, node_id: str = node_id,
-                       answered: set[tuple[int, str]] = answered) -> None:  # fmt: skip
+                       answered: set[tuple[int, str]] = answered) -> None:
             if msg.topic == TRIGGER:
                 c.publish(f"bench/raw/{node_id}", body, qos=1)
                 return
@@ -92,7 +92,7 @@ def worker(url: str, federation: str, ids: list[str], codec_name: str) -> None:
         client.subscribe([(topics.server_topic(federation, "state"), 1), (TRIGGER, 1)])
         client.loop_start()
         client.publish(topics.node_topic(federation, node_id, "status"),
-                       Hello(node_id, 100, "virtual").encode(), qos=1, retain=True)  # fmt: skip
+                       Hello(node_id, 100, "virtual").encode(), qos=1, retain=True)
         clients.append(client)
     sys.stdout.write("ready\n")
     sys.stdout.flush()
@@ -106,7 +106,7 @@ def _start_workers(url: str, federation: str, n: int, codec: str) -> list[subpro
         mine = ids[w::WORKERS]
         procs.append(subprocess.Popen(
             [sys.executable, __file__, "--worker", url, federation, codec, ",".join(mine)],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=_env()))  # fmt: skip
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=_env()))
     for proc in procs:
         assert proc.stdout is not None and proc.stdout.readline().strip() == "ready"
     return procs
@@ -144,10 +144,10 @@ def coordinator_rounds(url: str, n: int, rounds: int, codec: str, tmp: Path) -> 
            "--federation", federation, "--run-dir", str(run_dir), "--model", "lenet5",
            "--granularity", "weight", "--mask-rounds", "0", "--train-rounds", str(rounds),
            "--value-codec", codec, "--min-nodes", str(n), "--quorum", str(n),
-           "--round-timeout", "120", "--start-timeout", "120"]  # fmt: skip
+           "--round-timeout", "120", "--start-timeout", "120"]
     started = time.monotonic()
     coord = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT, env=_env(),
-                             cwd=ROOT)  # fmt: skip
+                             cwd=ROOT)
     stop, peak = threading.Event(), []  # type: ignore[var-annotated]
     watcher = threading.Thread(target=_peak_rss_mb, args=(coord.pid, stop, peak))
     watcher.start()
@@ -162,7 +162,7 @@ def coordinator_rounds(url: str, n: int, rounds: int, codec: str, tmp: Path) -> 
     seconds = [r["seconds"] for r in logs[1:]]  # round 1 includes the joins
     return {"nodes": n, "rounds": rounds, "round_seconds_median": statistics.median(seconds),
             "round_seconds": seconds, "uplink_bytes_per_round": logs[-1]["uplink_bytes"],
-            "peak_rss_mb": peak[0] if peak else None, "wall_seconds": wall}  # fmt: skip
+            "peak_rss_mb": peak[0] if peak else None, "wall_seconds": wall}
 
 
 def raw_transfer(url: str, n: int, repeats: int, codec: str) -> dict[str, Any]:
@@ -205,7 +205,7 @@ def raw_transfer(url: str, n: int, repeats: int, codec: str) -> dict[str, Any]:
         c.loop_stop()
     _stop(procs)
     return {"nodes": n, "seconds_median": statistics.median(times), "seconds": times,
-            "bytes_per_round": bytes_per_round}  # fmt: skip
+            "bytes_per_round": bytes_per_round}
 
 
 def headline(data_dir: str, tmp: Path) -> dict[str, Any]:
@@ -215,7 +215,7 @@ def headline(data_dir: str, tmp: Path) -> dict[str, Any]:
            str(run_dir), "--federation", "headline", "--model", "lenet5", "--granularity",
            "weight", "--final-sparsity", "0.9", "--mask-rounds", "5", "--train-rounds", "15",
            "--value-codec", "int8", "--local-epochs", "1", "--batch-size", "32",
-           "--round-timeout", "600"]  # fmt: skip
+           "--round-timeout", "600"]
     started = time.monotonic()
     done = subprocess.run(cmd, capture_output=True, text=True, env=_env(), cwd=ROOT, check=False)
     wall = time.monotonic() - started
@@ -227,7 +227,7 @@ def headline(data_dir: str, tmp: Path) -> dict[str, Any]:
             "uplink_bytes": sum(r["uplink_bytes"] for r in logs),
             "dense_uplink_bytes": sum(r["dense_uplink_bytes"] for r in logs),
             "round_seconds": [r["seconds"] for r in logs],
-            "command": " ".join(["mpfl", *cmd[3:]])}  # fmt: skip
+            "command": " ".join(["mpfl", *cmd[3:]])}
 
 
 def main() -> None:
@@ -261,7 +261,7 @@ def main() -> None:
         "command": "python benchmarks/bench_rounds.py" + (" --quick" if args.quick else ""),
         "overhead_50": overhead, "raw_50": raw, "overhead_ratio": ratio,
         "memory_200": memory, "headline": head,
-    }  # fmt: skip
+    }
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(json.dumps(result, indent=2) + "\n")
     rows = [
@@ -275,14 +275,14 @@ def main() -> None:
         ("coordinator peak RSS, 200 nodes", f"{memory['peak_rss_mb']:.0f} MB"),
         ("coordinator round, 200 virtual nodes (median)",
          f"{memory['round_seconds_median'] * 1000:.0f} ms"),
-    ]  # fmt: skip
+    ]
     if head is not None:
         rows += [
             ("MNIST 20 rounds, 10 mpfl-edge processes: wall time", f"{head['wall_seconds']:.0f} s"),
             ("... final accuracy / sparsity", f"{head['accuracy']:.2%} / {head['sparsity']:.1%}"),
             ("... uplink vs dense FedAvg",
              f"{head['uplink_bytes']:,} B vs {head['dense_uplink_bytes']:,} B"),
-        ]  # fmt: skip
+        ]
     print(f"`{result['command']}` ({os.cpu_count()} CPUs, Mosquitto, {args.codec} uploads)\n")
     print("| measure | value |\n|---|---|")
     for name, value in rows:

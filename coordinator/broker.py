@@ -103,7 +103,7 @@ class MosquittoBroker:
             log = (self.workdir / "mosquitto.log").open("wb")
             self._proc = subprocess.Popen([self.binary, "-c", str(conf)], stdout=log,
                                           stderr=subprocess.STDOUT,
-                                          preexec_fn=_die_with_parent)  # fmt: skip
+                                          preexec_fn=_die_with_parent)
             deadline = time.monotonic() + START_TIMEOUT_S
             while time.monotonic() < deadline and self._proc.poll() is None:
                 if _listening(self.host, self.port):

@@ -65,7 +65,7 @@ def run(**kwargs: Any) -> None:
                                   username=kwargs["username"], password=kwargs["password"])
     run_dir = Path(kwargs["run_dir"] or os.path.join("runs", cfg.federation))
     options = ServiceOptions(run_dir, broker, kwargs["embedded_broker"], kwargs["mqtt_protocol"],
-                             kwargs["max_payload"] or DEFAULT_MAX_PAYLOAD)  # fmt: skip
+                             kwargs["max_payload"] or DEFAULT_MAX_PAYLOAD)
     echo = _echo
     service = CoordinatorService(cfg, options, echo, load_eval_data(cfg))
 

@@ -52,14 +52,14 @@ class RunStore:
             stored = json.loads(path.read_text())
         except (OSError, ValueError) as exc:
             raise ConfigError(f"unreadable config.json in the run directory: {exc}",
-                              path=str(path)) from exc  # fmt: skip
+                              path=str(path)) from exc
         current = cfg.to_dict()
         changed = sorted(k for k in current if k not in OPERATIONAL_KEYS
-                         and k in stored and stored[k] != current[k])  # fmt: skip
+                         and k in stored and stored[k] != current[k])
         if changed:
             raise ConfigError("the run directory holds a run with another config; use a new "
                               f"--run-dir or the same settings (differs: {', '.join(changed)})",
-                              path=str(self.root))  # fmt: skip
+                              path=str(self.root))
 
     def write_config(self, cfg: FederationConfig) -> None:
         write_json(self.root / "config.json", cfg.to_dict())
@@ -125,6 +125,6 @@ class RunStore:
             "federation": cfg.federation,
             "rounds": server.closed_round,
             **meta,
-        })  # fmt: skip
+        })
         save_model(self.root / "final", saved)
         return self.root / "final"

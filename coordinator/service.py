@@ -92,7 +92,7 @@ class CoordinatorService:
             arrays, meta = self.store.load()
             server = FederationServer.restore(self.cfg, arrays, meta, self.eval_data)
             self.echo(f"resuming {self.options.run_dir}: {server.closed_round} of "
-                      f"{server.total_rounds} rounds closed, phase {server.phase}")  # fmt: skip
+                      f"{server.total_rounds} rounds closed, phase {server.phase}")
         else:
             self.store.check_config(self.cfg)
             server = FederationServer(self.cfg, self.eval_data)
@@ -111,7 +111,7 @@ class CoordinatorService:
         client_id = f"mpfl-coordinator-{self.cfg.federation}"
         transport = MqttTransport(address, client_id, self.inbox, protocol=protocol,
                                   max_payload=self.options.max_payload,
-                                  log=self.echo)  # fmt: skip
+                                  log=self.echo)
         self.inbox.subscribe(topics.nodes_filter(self.cfg.federation), self._on_message)
         self.inbox.on_connected = self._on_connected
         transport.connect(self.options.connect_timeout)
@@ -127,7 +127,7 @@ class CoordinatorService:
             cfg = self.cfg
             self.echo(f"federation '{cfg.federation}': {server.total_rounds} rounds "
                       f"({cfg.mask_rounds} mask + {cfg.train_rounds} train), waiting for "
-                      f"{cfg.min_nodes} node(s); run dir {self.options.run_dir}")  # fmt: skip
+                      f"{cfg.min_nodes} node(s); run dir {self.options.run_dir}")
             while not server.finished and self.stop_requested is None:
                 self.inbox.dispatch(TICK_S)
                 self._publish(server.tick())
@@ -227,7 +227,7 @@ class CoordinatorService:
             last = server.log[-1] if server.log else None
             acc = f"{last.accuracy:.2%}" if last and last.accuracy is not None else "n/a"
             self.echo(f"done: {server.closed_round} rounds, sparsity {server.sparsity():.1%}, "
-                      f"accuracy {acc}; final model in {path}")  # fmt: skip
+                      f"accuracy {acc}; final model in {path}")
         else:
             self.echo(f"failed: {server.error}")
         self.transport.flush()

@@ -100,9 +100,9 @@ class EdgeAgent:
         self.transport = MqttTransport(self.address, client_id, self.inbox, will=offline,
                                        protocol=self.options.protocol,
                                        max_payload=self.options.max_payload,
-                                       log=self.echo)  # fmt: skip
+                                       log=self.echo)
         self.echo(f"node {node.node_id}: {len(node.data)} samples; connecting to "
-                  f"{self.address.url}")  # fmt: skip
+                  f"{self.address.url}")
         try:
             self.transport.connect(self.options.connect_timeout)
             while not node.done and self.stop_requested is None:
@@ -114,7 +114,7 @@ class EdgeAgent:
         assert node.state is not None
         if node.state.get("phase") == "failed":
             raise FederationError(f"the federation failed: {node.state.get('error')}",
-                                  node=node.node_id)  # fmt: skip
+                                  node=node.node_id)
         return "done"
 
     def _publish(self, messages: list[Publish]) -> None:
@@ -148,7 +148,7 @@ class EdgeAgent:
             acc_text = f"{acc:.1%}" if isinstance(acc, float) else "-"
             self.echo(f"round {metrics['round']} {metrics['phase']}: trained "
                       f"{metrics['train_seconds']:.1f}s, loss {metrics['loss']:.3f}, "
-                      f"acc {acc_text}, sent {metrics['upload_bytes']:,} B")  # fmt: skip
+                      f"acc {acc_text}, sent {metrics['upload_bytes']:,} B")
 
     def _save(self) -> None:
         key = self._key(self.node.finished)

@@ -15,7 +15,7 @@ from mpfl.errors import reports_errors
 
 def _default_state_dir() -> str:
     base = os.environ.get("XDG_STATE_HOME") or os.path.join(os.path.expanduser("~"), ".local",
-                                                             "state")  # fmt: skip
+                                                             "state")
     return os.path.join(base, "mpfl")
 
 
@@ -65,7 +65,7 @@ def start(
     hardware: str | None, threads: int | None, state_dir: str | None, ca_file: str | None,
     username: str | None, password: str | None, mqtt_protocol: str, max_payload: int | None,
     connect_timeout: float | None,
-) -> None:  # fmt: skip
+) -> None:
     """Join a federation and take part until it is done."""
     import torch
 
@@ -89,7 +89,7 @@ def start(
         if not profile.trains:
             raise HardwareError(f"profile {profile.name} does not train ({profile.role_reason}); "
                                 "run the exported model with mpfl-infer instead",
-                                profile=profile.label)  # fmt: skip
+                                profile=profile.label)
         apply_threads(profile)
         batch_size = profile.batch_size
     if threads is not None:
@@ -110,7 +110,7 @@ def start(
     node = FederationNode(node_id, federation, data, hardware=label, seed=seed * 1000 + index,
                           batch_size=batch_size, fit_batch=fit_batch)
     options = AgentOptions(mqtt_protocol, max_payload or DEFAULT_MAX_PAYLOAD,
-                           Path(state_dir or _default_state_dir()), connect_timeout)  # fmt: skip
+                           Path(state_dir or _default_state_dir()), connect_timeout)
     agent = EdgeAgent(node, address, options, echo=_echo)
 
     def on_signal(signum: int, _frame: FrameType | None) -> None:

@@ -48,9 +48,9 @@ def load_finished(path: Path, federation: str, node_id: str) -> Finished | None:
             Publish(topic, arrays[f"payload_{i}"].astype(np.uint8).tobytes(),
                     bool(arrays["retain"][i]), int(arrays["qos"][i]))
             for i, topic in enumerate(names)
-        ]  # fmt: skip
+        ]
         finished = Finished(int(arrays["round"]), str(arrays["session"]), messages,
-                            str(arrays["run"]))  # fmt: skip
+                            str(arrays["run"]))
     except (KeyError, IndexError, ValueError, TypeError) as exc:
         raise ModelError(f"unreadable node state: {exc}", path=str(path)) from exc
     own = topics.node_filter(federation, node_id)[:-1]

@@ -57,7 +57,7 @@ def main(
     source: Path, out: Path, fmt: str, int8: bool, compress: str, opset: int,
     dataset: str | None, data_dir: Path | None, limit: int | None, threads: int,
     latency_runs: int,
-) -> None:  # fmt: skip
+) -> None:
     """Export the model of SOURCE (a run directory or checkpoint) to ONNX and verify it."""
     # torch loads here, not at import: a spawned verification worker re-imports this
     # module as its __main__ and needs none of it.
@@ -73,11 +73,11 @@ def main(
         if explicit:
             raise
         click.echo(f"{PROG}: note: the run's test set is not available ({exc}); "
-                   "verifying on synthetic inputs", err=True)  # fmt: skip
+                   "verifying on synthetic inputs", err=True)
         name = None
         data = verification_data(saved.spec, None, None, limit)
     result, report = export_and_verify(saved, out, options, data, dataset=name,
-                                       threads=threads, latency_runs=latency_runs)  # fmt: skip
+                                       threads=threads, latency_runs=latency_runs)
     click.echo(report.table())
     if result.candidates:
         weighed = ", ".join(f"{f} {n / 1024:.1f} KiB" for f, n in result.candidates)

@@ -149,7 +149,7 @@ def _decode(p: str, code: _Code, dtype: np.dtype) -> _Block:
             # alive -> its 1-based rank among survivors; pruned -> 0 -> values[0] = 0
             helper.make_node("Mul", [f"{p}c", f"{p}mi"], [f"{p}r"]),
             helper.make_node("Gather", [f"{p}values", f"{p}r"], [f"{p}d"]),
-        ], inits  # fmt: skip
+        ], inits
     nodes: list[onnx.NodeProto] = []
     gaps = f"{p}index"
     if code.kind == "gaps4":
@@ -158,7 +158,7 @@ def _decode(p: str, code: _Code, dtype: np.dtype) -> _Block:
                              direction="RIGHT"),
             helper.make_node("Mod", [f"{p}s", "pk_sixteen"], [f"{p}n2"]),
             helper.make_node("Reshape", [f"{p}n2", "pk_flat"], [f"{p}n"]),
-        ]  # fmt: skip
+        ]
         gaps = f"{p}n"
         if code.index.size * 2 != len(code.values):  # drop the odd count's padding nibble
             inits.append(_const(f"{p}count", np.array([len(code.values)], dtype=np.int64)))

@@ -43,7 +43,7 @@ _DEFAULTS: dict[str, dict[str, Any]] = {
     "Flatten": {"axis": 1},
     "Gemm": {"alpha": 1.0, "beta": 1.0, "transA": 0, "transB": 0},
     "Split": {"axis": 0},
-}  # fmt: skip
+}
 
 
 def _is_default(attr: onnx.AttributeProto, default: Any) -> bool:
@@ -58,7 +58,7 @@ def _drop_default_attributes(node: onnx.NodeProto) -> None:
     if not defaults:
         return
     keep = [a for a in node.attribute
-            if not (a.name in defaults and _is_default(a, defaults[a.name]))]  # fmt: skip
+            if not (a.name in defaults and _is_default(a, defaults[a.name]))]
     del node.attribute[:]
     node.attribute.extend(keep)
 

@@ -21,7 +21,6 @@ from mpfl.data import DATASETS, load_dataset
 from mpfl.errors import ConfigError, DataError, reports_errors
 
 
-
 @dataclass(frozen=True)
 class Images:
     x: np.ndarray
@@ -59,7 +58,7 @@ def load_images(path: Path | None, dataset: str | None, split: str) -> Images:
         return _read_array_file(path)
     if dataset is None:
         raise ConfigError("cannot tell the input format: pass --dataset "
-                          f"({', '.join(DATASETS)}) or an .npy / .npz file")  # fmt: skip
+                          f"({', '.join(DATASETS)}) or an .npy / .npz file")
     if dataset == "npz":
         if path is None:
             raise ConfigError("--dataset npz needs --input FILE.npz")
@@ -88,7 +87,7 @@ def load_images(path: Path | None, dataset: str | None, split: str) -> Images:
 def main(
     model: Path, input_path: Path | None, dataset: str | None, split: str, limit: int | None,
     batch_size: int, threads: int | None, show: int, as_json: bool,
-) -> None:  # fmt: skip
+) -> None:
     """Classify images with MODEL (.onnx or .onnx.zst) using onnxruntime only."""
     runner = Runner(model, threads=threads)
     is_array_file = input_path is not None and input_path.suffix in (".npy", ".npz")
@@ -108,7 +107,7 @@ def main(
         "accuracy": accuracy, "seconds": seconds, "batch_size": batch_size,
         "ms_per_batch": seconds / batches * 1e3, "ms_per_image": seconds / max(len(x), 1) * 1e3,
         "predictions": predictions[:show].tolist(),
-    }  # fmt: skip
+    }
     if as_json:
         click.echo(json.dumps(doc))
         return
@@ -119,7 +118,7 @@ def main(
     if accuracy is not None:
         click.echo(f"accuracy  {accuracy:.2%}")
     click.echo(f"latency   {doc['ms_per_batch']:.3f} ms per batch of {batch_size}, "
-               f"{doc['ms_per_image']:.4f} ms per image")  # fmt: skip
+               f"{doc['ms_per_image']:.4f} ms per image")
 
 
 if __name__ == "__main__":

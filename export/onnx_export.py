@@ -101,7 +101,7 @@ def torch_to_onnx(model: nn.Module, shape: tuple[int, int, int], opset: int) -> 
                 dynamo=False, opset_version=opset,
                 input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
                 dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}},
-            )  # fmt: skip
+            )
     except Exception as exc:  # the exporter raises many types; all mean the same here
         raise ExportError(f"torch.onnx.export failed: {exc}", opset=opset) from exc
     return onnx.load_from_string(buffer.getvalue())
@@ -179,7 +179,7 @@ def export_model(
         model_bytes=artifact.size, file_bytes=len(payload), zstd_bytes=len(packed),
         dense_bytes=baseline.size, dense_zstd_bytes=len(zstd(baseline.data)),
         candidates=candidates,
-    )  # fmt: skip
+    )
     return result, baseline
 
 

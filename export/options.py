@@ -26,4 +26,4 @@ class ExportOptions:
             raise ConfigError(f"unknown compression '{self.compress}' (known: none, zstd)")
         if not MIN_OPSET <= self.opset <= MAX_OPSET:
             raise ConfigError(f"opset must be between {MIN_OPSET} and {MAX_OPSET}",
-                              opset=self.opset)  # fmt: skip
+                              opset=self.opset)

@@ -32,7 +32,7 @@ def kept_indices(unit_map: UnitMap, mask: np.ndarray) -> dict[str, np.ndarray]:
     """
     if unit_map.granularity != "filter":
         raise ExportError("the pruned format needs a filter-granularity mask",
-                          granularity=unit_map.granularity)  # fmt: skip
+                          granularity=unit_map.granularity)
     mask = unit_map.check_mask(mask)
     out = {}
     for layer in unit_map.layers:
@@ -85,7 +85,7 @@ def _shrink_conv(m: nn.Conv2d, name: str, rows: _Index, cols: _Index) -> nn.Conv
     weight = _take(m.weight, r, c)
     geometry: dict[str, Any] = {"kernel_size": m.kernel_size, "stride": m.stride,
                                 "padding": m.padding, "dilation": m.dilation,
-                                "padding_mode": m.padding_mode}  # fmt: skip
+                                "padding_mode": m.padding_mode}
     new = nn.Conv2d(weight.shape[1], weight.shape[0], bias=m.bias is not None, **geometry)
     new.weight.data.copy_(weight)
     if m.bias is not None and new.bias is not None:
@@ -111,7 +111,7 @@ def _shrink_norm(m: nn.modules.batchnorm._BatchNorm, name: str, rows: _Index) ->
     new.load_state_dict({
         key: _take(value, r, None) if value.ndim == 1 else value.clone()
         for key, value in m.state_dict().items()
-    })  # fmt: skip
+    })
     return new
 
 

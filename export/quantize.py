@@ -41,7 +41,7 @@ def quantize_linear_layers(model: onnx.ModelProto) -> onnx.ModelProto:
             warnings.simplefilter("ignore")
             out = Path(tmp) / "int8.onnx"
             quantize_dynamic(model, out, op_types_to_quantize=["MatMul"],
-                             weight_type=QuantType.QInt8)  # fmt: skip
+                             weight_type=QuantType.QInt8)
             return onnx.load(out)
     except Exception as exc:  # noqa: BLE001 - any quantizer failure is one export error
         raise ExportError(f"int8 quantization failed: {exc}") from exc
@@ -78,12 +78,12 @@ def store_conv_weights_int8(model: onnx.ModelProto) -> onnx.ModelProto:
             continue
         q, scale = quantize_weight(numpy_helper.to_array(init))
         added += [numpy_helper.from_array(q, f"{init.name}_q8"),
-                  numpy_helper.from_array(scale, f"{init.name}_scale")]  # fmt: skip
+                  numpy_helper.from_array(scale, f"{init.name}_scale")]
         nodes += [
             helper.make_node("Cast", [f"{init.name}_q8"], [f"{init.name}_f"],
                              to=TensorProto.FLOAT),
             helper.make_node("Mul", [f"{init.name}_f", f"{init.name}_scale"], [init.name]),
-        ]  # fmt: skip
+        ]
     if not nodes:
         return out
     del graph.initializer[:]

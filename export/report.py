@@ -29,7 +29,7 @@ TOLERANCES: dict[str, Tolerance] = {
     # Dynamic int8 rounds weights to 1/127 of their range and activations per batch.
     "int8": Tolerance(max_rel_diff=0.1, tie_margin=0.0, min_top1_agreement=0.9,
                       max_accuracy_drop=0.02),
-}  # fmt: skip
+}
 
 # The share of the mask's zeros a format may still store. ``None``: not checked (dense
 # stores everything; sparse initializers only pay above ~67% sparsity per tensor).
@@ -115,7 +115,7 @@ class VerifyReport:
             ("latency batch 1 (best)", _latency(self.latency_b1_ms, self.dense_latency_b1_ms)),
             ("latency batch 64 (best)", _latency(self.latency_b64_ms,
                                                  self.dense_latency_b64_ms)),
-        ]  # fmt: skip
+        ]
         width = max(len(k) for k, _ in rows)
         lines = [f"{k.ljust(width)}  {v}" for k, v in rows]
         verdict = "PASS" if self.passed else "FAIL"

@@ -75,10 +75,10 @@ class Runner:
             source = read_model_bytes(self.path)
         try:
             self.session = ort.InferenceSession(source, options,
-                                                providers=["CPUExecutionProvider"])  # fmt: skip
+                                                providers=["CPUExecutionProvider"])
         except _ORT_ERRORS as exc:
             raise ModelError(f"onnxruntime cannot load the model: {exc}",
-                             path=str(self.path)) from exc  # fmt: skip
+                             path=str(self.path)) from exc
         first = self.session.get_inputs()[0]
         self.input_name: str = first.name
         dims = first.shape[1:]
@@ -93,7 +93,7 @@ class Runner:
         x = np.ascontiguousarray(x, dtype=np.float32)
         if self.input_shape is not None and tuple(x.shape[1:]) != self.input_shape:
             raise DataError("inputs do not fit the model", expected=self.input_shape,
-                            got=tuple(x.shape[1:]))  # fmt: skip
+                            got=tuple(x.shape[1:]))
         return x
 
     def predict(self, x: np.ndarray, batch_size: int = 256) -> np.ndarray:
@@ -106,7 +106,7 @@ class Runner:
             ]
         except _ORT_ERRORS as exc:
             raise ModelError(f"onnxruntime failed to run the model: {exc}",
-                             path=str(self.path)) from exc  # fmt: skip
+                             path=str(self.path)) from exc
         if not parts:
             return np.zeros((0, 0), dtype=np.float32)
         return np.concatenate(parts).astype(np.float32, copy=False)

@@ -64,7 +64,7 @@ def verification_data(
     data = load_dataset(dataset, data_dir, "test")
     if data.shape != shape:
         raise DataError("the dataset does not fit the model", dataset=dataset,
-                        expected=shape, got=data.shape)  # fmt: skip
+                        expected=shape, got=data.shape)
     x, y = data.x, data.y
     if limit is not None:
         x, y = x[:limit], y[:limit]
@@ -75,7 +75,7 @@ def verification_data(
 def torch_outputs(model: nn.Module, x: np.ndarray, batch_size: int = 500) -> np.ndarray:
     model.eval()
     parts = [model(torch.from_numpy(x[i : i + batch_size])).numpy()
-             for i in range(0, len(x), batch_size)]  # fmt: skip
+             for i in range(0, len(x), batch_size)]
     return np.concatenate(parts).astype(np.float32)
 
 
@@ -97,7 +97,7 @@ def run_isolated(
         np.save(inputs, np.ascontiguousarray(x, dtype=np.float32), allow_pickle=False)
         job = {"model": str(model_path), "inputs": str(inputs), "out_dir": tmp,
                "threads": threads, "latency_runs": latency_runs,
-               "dense": str(dense_path) if dense_path else None}  # fmt: skip
+               "dense": str(dense_path) if dense_path else None}
         process = ctx.Process(target=verification_worker, args=(job,), daemon=True)
         process.start()
         process.join(timeout)
@@ -144,7 +144,7 @@ def compare_outputs(
     rel = max_abs / scale if scale > 0 else max_abs
     if not rel <= tol.max_rel_diff:
         failures.append(f"max abs diff {max_abs:.3g} is {rel:.3g} of the output scale "
-                        f"(limit {tol.max_rel_diff:g})")  # fmt: skip
+                        f"(limit {tol.max_rel_diff:g})")
     ref_top = reference.argmax(axis=1)
     out_top = outputs.argmax(axis=1)
     differ = ref_top != out_top
@@ -156,16 +156,16 @@ def compare_outputs(
     kept = 1.0 - float(decisive.mean()) if len(differ) else 1.0
     if kept < tol.min_top1_agreement:
         failures.append(f"{int(decisive.sum())} top-1 predictions differ from torch "
-                        f"(agreement {kept:.2%}, limit {tol.min_top1_agreement:.0%})")  # fmt: skip
+                        f"(agreement {kept:.2%}, limit {tol.min_top1_agreement:.0%})")
     acc_torch = acc_onnx = None
     if labels is not None and len(labels):
         acc_torch = float((ref_top == labels).mean())
         acc_onnx = float((out_top == labels).mean())
         if acc_torch - acc_onnx > tol.max_accuracy_drop:
             failures.append(f"test accuracy drops {acc_torch - acc_onnx:.2%} "
-                            f"(limit {tol.max_accuracy_drop:.1%})")  # fmt: skip
+                            f"(limit {tol.max_accuracy_drop:.1%})")
     return Comparison(max_abs, scale, rel, agreement, int(differ.sum()), int(near_tie.sum()),
-                      acc_torch, acc_onnx, tuple(failures))  # fmt: skip
+                      acc_torch, acc_onnx, tuple(failures))
 
 
 def _stored_sparsity(path: Path, total_weights: int) -> float:
@@ -190,7 +190,7 @@ def verify_export(
     if outputs is None:
         failures.append(f"onnxruntime could not run the export: {run.get('error')}")
         comparison = Comparison(float("nan"), float("nan"), float("nan"), 0.0, len(data.x), 0,
-                                None, None, ())  # fmt: skip
+                                None, None, ())
     else:
         comparison = compare_outputs(expected, outputs, data.y, tol)
         failures += comparison.failures
@@ -203,7 +203,7 @@ def verify_export(
     slack = SPARSITY_SLACK.get(result.format)
     if slack is not None and stored < weight_sparsity - slack:
         failures.append(f"the file stores {1 - stored:.1%} of the weights, but only "
-                        f"{1 - weight_sparsity:.1%} are non-zero")  # fmt: skip
+                        f"{1 - weight_sparsity:.1%} are non-zero")
     if result.format != "dense" and result.model_bytes > result.dense_bytes * 1.01 + 1024:
         failures.append("the export is larger than the dense model")
     return VerifyReport(
@@ -221,7 +221,7 @@ def verify_export(
         dense_latency_b1_ms=run.get("dense_latency_b1_ms"),
         dense_latency_b64_ms=run.get("dense_latency_b64_ms"),
         failures=tuple(failures),
-    )  # fmt: skip
+    )
 
 
 def report_path(model_path: Path) -> Path:
@@ -252,7 +252,7 @@ def export_and_verify(
             dense_path = Path(tmp) / "dense.onnx"
             dense_path.write_bytes(baseline.data)
         report = verify_export(result, reference, data, mask_sparsity, dense_path, threads,
-                               latency_runs)  # fmt: skip
+                               latency_runs)
     report.write_json(report_path(result.path))
     return result, report
 
@@ -260,7 +260,7 @@ def export_and_verify(
 def require_pass(report: VerifyReport) -> None:
     if not report.passed:
         raise ExportError("verification failed: " + "; ".join(report.failures),
-                          model=report.model)  # fmt: skip
+                          model=report.model)
 
 
 __all__ = [

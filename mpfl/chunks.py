@@ -57,7 +57,7 @@ class ChunkHeader:
 
     def encode(self) -> bytes:
         return _HEADER.pack(MAGIC, VERSION, b"\0\0\0", self.message_id, self.index,
-                            self.count, self.total, self.crc)  # fmt: skip
+                            self.count, self.total, self.crc)
 
 
 def is_chunk(payload: bytes) -> bool:
@@ -145,10 +145,10 @@ class Reassembler:
             entry = self._open(key, header)
         elif (header.count, header.total, header.crc) != (
             entry.header.count, entry.header.total, entry.header.crc
-        ):  # fmt: skip
+        ):
             self._discard(key)
             raise WireError("chunks of one message disagree on its size or checksum",
-                            topic=topic)  # fmt: skip
+                            topic=topic)
         if header.index in entry.parts:
             return None  # a QoS 1 redelivery
         if entry.size + len(data) > header.total:

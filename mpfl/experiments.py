@@ -5,6 +5,7 @@ its final test accuracy and the exact uplink/downlink bytes of every round. Meth
 
 - ``mpfl``: mask rounds then masked training rounds, through the coordinator and node
   logic of the MQTT path over the in-memory transport (bytes are the real messages).
+- ``mpfl-joint``: the same in joint mode: mask rounds also average the masked weights.
 - ``fedavg``: the same federation with no mask phase (dense; ``sparsity`` is ignored).
 - ``fedavg-prune``: that dense run's final model pruned once to ``sparsity``.
 - ``central``: the federation's schedule on the pooled data; no bytes travel.
@@ -40,7 +41,7 @@ from mpfl.robustness import corrupt_nodes
 from mpfl.simulation import run_in_process
 from mpfl.units import State
 
-METHODS = ("mpfl", "fedavg", "fedavg-prune", "central")
+METHODS = ("mpfl", "mpfl-joint", "fedavg", "fedavg-prune", "central")
 # The CIFAR-10 split: two training batches (20k images) and the test batch.
 CIFAR_TRAIN_BATCHES = ("data_batch_1", "data_batch_2")
 
@@ -247,7 +248,9 @@ class Experiments:
         elif method == "central":
             result = self._central(dataset, model, sparsity, s)
         else:
-            result = self._mpfl(dataset, model, sparsity, s)
+            result = self._mpfl(dataset, model, sparsity, s,
+                                "joint" if method == "mpfl-joint" else "rewind")
+            result.method = method
         result.name = name
         result.seconds = time.perf_counter() - start
         return dataclasses.replace(result, train_samples=n_train, test_samples=n_test)
@@ -284,11 +287,13 @@ class Experiments:
             final_state=server.final_state(), final_mask=server.mask.copy(),
         )
 
-    def _mpfl(self, dataset: str, model: str, sparsity: float, s: ExperimentSettings
-              ) -> ExperimentResult:
+    def _mpfl(self, dataset: str, model: str, sparsity: float, s: ExperimentSettings,
+              mode: str = "rewind") -> ExperimentResult:
         data = self.data(dataset, s)
-        cfg = federation_config(f"mpfl-{dataset}", model, data.model_args, sparsity, s)
-        server, loss, acc = self._federate(cfg, data, s, f"mpfl {dataset} {sparsity:.0%}")
+        cfg = dataclasses.replace(
+            federation_config(f"mpfl-{dataset}", model, data.model_args, sparsity, s), mode=mode)
+        label = f"mpfl {mode} {dataset} {sparsity:.0%}"
+        server, loss, acc = self._federate(cfg, data, s, label)
         return self._result("mpfl", dataset, cfg, server, loss, acc, s, sparsity)
 
     def _fedavg(self, dataset: str, model: str, s: ExperimentSettings) -> ExperimentResult:

@@ -485,7 +485,7 @@ class FederationServer:
             raise ModelError("unsupported checkpoint version", version=meta.get("version"))
         if meta.get("fingerprint") != server.unit_map.fingerprint.hex():
             raise ModelError("checkpoint is for another model or granularity",
-                             fingerprint=meta.get("fingerprint"))  # fmt: skip
+                             fingerprint=meta.get("fingerprint"))
         try:
             mask = np.asarray(arrays["mask"]).astype(bool)
             history = np.asarray(arrays["history"], dtype=np.float64)
@@ -501,7 +501,7 @@ class FederationServer:
                 server.global_values = values
             server.nodes = {str(n): NodeInfo(int(d["samples"]), str(d.get("hardware", "unknown")),
                                              bool(d.get("online", True)))
-                            for n, d in dict(meta.get("nodes", {})).items()}  # fmt: skip
+                            for n, d in dict(meta.get("nodes", {})).items()}
             server.dropped = Counter({str(k): int(v) for k, v in meta["dropped"].items()})
             server.uplink, server.downlink = int(meta["uplink"]), int(meta["downlink"])
             server.log = [RoundLog.from_dict(d) for d in meta["log"]]

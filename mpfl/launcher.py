@@ -48,7 +48,7 @@ class SimulationPlan:
 
     def coordinator_command(self) -> list[str]:
         cmd = [sys.executable, "-m", "coordinator.cli", "run", "--run-dir", str(self.run_dir),
-               *config_to_args(self.cfg, skip=("eval_dataset", "eval_data_dir"))]  # fmt: skip
+               *config_to_args(self.cfg, skip=("eval_dataset", "eval_data_dir"))]
         if self.eval_dataset:
             cmd += ["--eval-data", self.eval_dataset]
             if self.data_dir:
@@ -63,7 +63,7 @@ class SimulationPlan:
                "--dataset", self.dataset, "--partition", f"{index}/{self.nodes}",
                "--partition-scheme", self.scheme, "--seed", str(self.seed),
                "--threads", str(self.threads),
-               "--state-dir", str(self.run_dir / "node-state"), *self.extra_node_args]  # fmt: skip
+               "--state-dir", str(self.run_dir / "node-state"), *self.extra_node_args]
         if self.data_dir:
             cmd += ["--data-dir", self.data_dir]
         if self.limit:
@@ -80,7 +80,7 @@ def child_env() -> dict[str, str]:
 
 
 def _relay(stream: IO[str], echo: Callable[[str], None], found: list[str],
-           ready: threading.Event) -> None:  # fmt: skip
+           ready: threading.Event) -> None:
     for line in stream:
         line = line.rstrip("\n")
         match = _URL.search(line)
@@ -96,7 +96,7 @@ def read_metrics(run_dir: Path) -> list[RoundLog]:
     if not path.is_file():
         return []
     return [RoundLog.from_dict(json.loads(line)) for line in path.read_text().splitlines()
-            if line.strip()]  # fmt: skip
+            if line.strip()]
 
 
 def run_simulation(plan: SimulationPlan, echo: Callable[[str], None] = print) -> int:
@@ -106,12 +106,12 @@ def run_simulation(plan: SimulationPlan, echo: Callable[[str], None] = print) ->
     logs.mkdir(exist_ok=True)
     env = child_env()
     coordinator = subprocess.Popen(plan.coordinator_command(), stdout=subprocess.PIPE,
-                                   stderr=subprocess.STDOUT, text=True, env=env)  # fmt: skip
+                                   stderr=subprocess.STDOUT, text=True, env=env)
     found: list[str] = []
     ready = threading.Event()
     assert coordinator.stdout is not None
     relay = threading.Thread(target=_relay, args=(coordinator.stdout, echo, found, ready),
-                             daemon=True)  # fmt: skip
+                             daemon=True)
     relay.start()
     nodes: list[subprocess.Popen[bytes]] = []
     try:
@@ -126,7 +126,7 @@ def run_simulation(plan: SimulationPlan, echo: Callable[[str], None] = print) ->
         for i in range(plan.nodes):
             with (logs / f"node-{i}.log").open("wb") as log:
                 nodes.append(subprocess.Popen(plan.node_command(i, url), stdout=log,
-                                              stderr=subprocess.STDOUT, env=env))  # fmt: skip
+                                              stderr=subprocess.STDOUT, env=env))
         code = coordinator.wait()
         relay.join(timeout=5)
         deadline = time.monotonic() + NODE_EXIT_WAIT_S
@@ -138,7 +138,7 @@ def run_simulation(plan: SimulationPlan, echo: Callable[[str], None] = print) ->
         failed = [i for i, p in enumerate(nodes) if p.wait(timeout=10) not in (0, -15)]
         if failed and code == 0:
             echo(f"warning: node(s) {', '.join(map(str, failed))} exited with an error; "
-                 f"see {logs}")  # fmt: skip
+                 f"see {logs}")
         return code
     finally:
         everyone: list[subprocess.Popen[Any]] = [*nodes, coordinator]

@@ -91,7 +91,7 @@ class MqttTransport:
         v5 = protocol == "5"
         client = paho.Client(CallbackAPIVersion.VERSION2, client_id=self.client_id,
                              protocol=PROTOCOLS[protocol],
-                             clean_session=None if v5 else False)  # fmt: skip
+                             clean_session=None if v5 else False)
         if self.address.tls:
             client.tls_set(ca_certs=self.address.ca_file)
         if self.address.username:
@@ -125,7 +125,7 @@ class MqttTransport:
                 properties = Properties(PacketTypes.CONNECT)
                 properties.SessionExpiryInterval = SESSION_EXPIRY_S
                 client.connect_async(self.address.host, self.address.port, self.keepalive,
-                                     clean_start=False, properties=properties)  # fmt: skip
+                                     clean_start=False, properties=properties)
             else:
                 client.connect_async(self.address.host, self.address.port, self.keepalive)
             client.loop_start()
@@ -137,13 +137,13 @@ class MqttTransport:
             reason = self._connack_reason
             if reason in _BAD_AUTH:
                 raise ConfigError(f"the broker refused the connection: {reason}",
-                                  broker=self.address.url, client_id=self.client_id)  # fmt: skip
+                                  broker=self.address.url, client_id=self.client_id)
             if (not answered or reason in _BAD_PROTOCOL) and index + 1 < len(self.protocols):
                 index += 1
                 continue
             if answered:
                 raise FederationError(f"the broker refused the connection: {reason}",
-                                      broker=self.address.url)  # fmt: skip
+                                      broker=self.address.url)
             if deadline is not None and time.monotonic() > deadline:
                 raise FederationError("the MQTT broker does not answer", broker=self.address.url)
 
@@ -221,7 +221,7 @@ class MqttTransport:
                 raise ConfigError("a retained message exceeds the broker's maximum packet "
                                   "size; raise the broker's max_packet_size",
                                   topic=message.topic, size=len(message.payload),
-                                  limit=limit)  # fmt: skip
+                                  limit=limit)
             parts = [message.payload]
         else:
             parts = split_payload(message.payload, max(self.chunk_limit, HEADER_SIZE + 1024))

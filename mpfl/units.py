@@ -154,7 +154,7 @@ def _state_tensor(state: Mapping[str, np.ndarray], name: str, shape: tuple[int, 
     tensor = np.asarray(state[name], dtype=np.float32)
     if tensor.shape != shape:
         raise ModelError("state tensor has the wrong shape", tensor=name, expected=shape,
-                         got=tensor.shape)  # fmt: skip
+                         got=tensor.shape)
     return tensor
 
 

@@ -109,7 +109,7 @@ def make_test_pki(directory: Path, hosts: tuple[str, ...] = ("127.0.0.1", "local
         [openssl, "x509", "-req", "-in", str(directory / "server.csr"),
          "-CA", str(files.cafile), "-CAkey", str(directory / "ca.key"), "-CAcreateserial",
          "-out", str(files.certfile), "-days", "2", "-extfile", str(server_ext)],
-    ]  # fmt: skip
+    ]
     for command in commands:
         done = subprocess.run(command, capture_output=True, text=True, timeout=30, check=False)
         if done.returncode != 0:

@@ -98,7 +98,7 @@ def test_failed_verification_exits_non_zero(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     impossible = Tolerance(max_rel_diff=-1.0, tie_margin=0.0, min_top1_agreement=1.0,
-                           max_accuracy_drop=0.0)  # fmt: skip
+                           max_accuracy_drop=0.0)
     monkeypatch.setitem(report_module.TOLERANCES, "fp32", impossible)
     ckpt = _checkpoint(tmp_path / "ckpt", "weight")
     result = _invoke(str(ckpt), "--out", str(tmp_path / "m.onnx"))
@@ -113,7 +113,7 @@ def test_console_script_runs_as_a_real_process(tmp_path: Path) -> None:
     done = subprocess.run(
         [str(script), str(ckpt), "--out", str(tmp_path / "m.onnx"), "--latency-runs", "0"],
         capture_output=True, text=True, timeout=300,
-    )  # fmt: skip
+    )
     assert done.returncode == 0, done.stderr
     assert "PASS" in done.stdout
     assert np.isfinite(json.loads((tmp_path / "m.verify.json").read_text())["max_abs_diff"])

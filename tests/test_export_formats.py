@@ -107,7 +107,7 @@ def _weight_model(weight: np.ndarray, opset: int = 17) -> onnx.ModelProto:
         [helper.make_node("Identity", ["w"], ["out"])], "g", [],
         [helper.make_tensor_value_info("out", dtype, list(weight.shape))],
         [numpy_helper.from_array(weight, "w")],
-    )  # fmt: skip
+    )
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
 
 

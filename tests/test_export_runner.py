@@ -82,7 +82,7 @@ def test_runner_and_cli_never_import_torch(lenet: Lenet) -> None:
     done = subprocess.run(
         [sys.executable, "-c", _TORCH_FREE, str(packed), str(packed.with_name("x.npy"))],
         capture_output=True, text=True, timeout=120,
-    )  # fmt: skip
+    )
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip().endswith("torch-free")
     assert "latency" in done.stdout
@@ -94,7 +94,7 @@ def test_infer_cli_on_labelled_npz(tmp_path: Path, lenet: Lenet) -> None:
     labels = expected.argmax(1)
     np.savez(tmp_path / "set.npz", x=x, y=labels)
     result = CliRunner().invoke(main, [str(packed), "--input", str(tmp_path / "set.npz"),
-                                       "--json", "--show", "20"])  # fmt: skip
+                                       "--json", "--show", "20"])
     assert result.exit_code == 0, result.output
     doc = json.loads(result.stdout)
     assert doc["accuracy"] == 1.0 and doc["images"] == 20

@@ -34,7 +34,7 @@ pytestmark = pytest.mark.integration
 
 RUN_TIMEOUT_S = 150.0
 LENET = ["--model", "lenet5", "--granularity", "filter", "--final-sparsity", "0.5",
-         "--min-nodes", "3", "--quorum", "2", "--round-timeout", "60", "--lr", "0.05"]  # fmt: skip
+         "--min-nodes", "3", "--quorum", "2", "--round-timeout", "60", "--lr", "0.05"]
 
 
 def _env() -> dict[str, str]:
@@ -54,14 +54,14 @@ class Fleet:
     def _spawn(self, args: list[str], log: Path) -> subprocess.Popen[bytes]:
         with log.open("ab") as f:
             proc = subprocess.Popen([sys.executable, "-m", *args], stdout=f,
-                                    stderr=subprocess.STDOUT, env=_env())  # fmt: skip
+                                    stderr=subprocess.STDOUT, env=_env())
         self.procs.append(proc)
         return proc
 
     def start_coordinator(self, url: str, *flags: str) -> subprocess.Popen[bytes]:
         self.coordinator = self._spawn(
             ["coordinator.cli", "run", "--broker", url, "--federation", self.federation,
-             "--run-dir", str(self.run_dir), *flags], self.tmp / "coordinator.log")  # fmt: skip
+             "--run-dir", str(self.run_dir), *flags], self.tmp / "coordinator.log")
         return self.coordinator
 
     def start_edge(self, url: str, i: int, n: int, data_dir: Path, limit: int) -> Any:
@@ -70,7 +70,7 @@ class Fleet:
              "--node-id", f"node-{i}", "--dataset", "mnist", "--data-dir", str(data_dir),
              "--partition", f"{i}/{n}", "--partition-scheme", "iid", "--limit", str(limit),
              "--threads", "1", "--state-dir", str(self.tmp / "state")],
-            self.tmp / f"node-{i}.log")  # fmt: skip
+            self.tmp / f"node-{i}.log")
 
     def log(self, name: str = "coordinator") -> str:
         path = self.tmp / f"{name}.log"
@@ -177,7 +177,7 @@ def test_node_killed_mid_round_and_hostile_messages(
 
         def fast_nodes_answered() -> bool:
             return {(m["node"], m["round"]) for m in fleet.node_metrics()} >= {
-                ("node-0", 1), ("node-1", 1)}  # fmt: skip
+                ("node-0", 1), ("node-1", 1)}
 
         fleet.wait_for("the fast nodes' round 1", fast_nodes_answered)
         slow.send_signal(signal.SIGKILL)  # mid-round: node-2 is still training round 1
@@ -200,7 +200,7 @@ def _publish_hostile(host: str, port: int, federation: str) -> None:
     client.connect(host, port)
     client.loop_start()
     infos = [client.publish(topic, payload, qos=1)
-             for payload in (b"\x00garbage\xff" * 10, wrong[:-5], wrong)]  # fmt: skip
+             for payload in (b"\x00garbage\xff" * 10, wrong[:-5], wrong)]
     for info in infos:
         info.wait_for_publish(10)
     client.disconnect()
@@ -209,7 +209,7 @@ def _publish_hostile(host: str, port: int, federation: str) -> None:
 
 def _trained_rounds(log: str) -> Counter[int]:
     return Counter(int(line.split()[1]) for line in log.splitlines()
-                   if line.startswith("round ") and ": trained" in line)  # fmt: skip
+                   if line.startswith("round ") and ": trained" in line)
 
 
 def test_coordinator_killed_and_restarted_resumes(
@@ -259,7 +259,7 @@ def test_simulate_through_the_embedded_broker(tmp_path: Path) -> None:
         [sys.executable, "-m", "mpfl.cli", "simulate", "--nodes", "3", "--run-dir", str(run_dir),
          "--mask-rounds", "2", "--train-rounds", "3"],
         capture_output=True, text=True, env=_env(), timeout=RUN_TIMEOUT_S, check=False,
-    )  # fmt: skip
+    )
     assert done.returncode == 0, done.stdout + done.stderr
     assert "embedded broker" in done.stdout and "listening on mqtt://127.0.0.1:" in done.stdout
     assert "node-2:" in done.stdout  # the label histogram

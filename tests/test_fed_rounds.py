@@ -26,7 +26,7 @@ CFG = FederationConfig(
     federation="t", model="mlp", model_args={"image_size": 8, "hidden": [16]},
     granularity="weight", final_sparsity=0.5, mask_rounds=2, train_rounds=2,
     min_nodes=3, quorum=2, round_timeout=10.0, start_timeout=30.0, retries=1,
-)  # fmt: skip
+)
 
 
 class Clock:
@@ -47,12 +47,12 @@ class Federation:
         self.muted: set[str] = set()
         train = load_dataset("digits", None, "train")
         self.nodes = [FederationNode(f"n{i}", cfg.federation, train.subset(np.arange(i, 300, n)),
-                                     seed=i) for i in range(n)]  # fmt: skip
+                                     seed=i) for i in range(n)]
         self.trained = {node.node_id: 0 for node in self.nodes}
         self.broker.subscribe(topics.nodes_filter(cfg.federation), self._to_server)
         for node in self.nodes:
             self.broker.subscribe(topics.server_filter(cfg.federation),
-                                  lambda t, p, node=node: self._to_node(node, t, p))  # fmt: skip
+                                  lambda t, p, node=node: self._to_node(node, t, p))
 
     def _send(self, messages: list[Publish]) -> None:
         for message in messages:
@@ -100,7 +100,7 @@ def test_rounds_close_when_all_answered_and_follow_the_schedule() -> None:
         assert entry.participants == ["n0", "n1", "n2"]
     assert server.log[1].target_sparsity == pytest.approx(CFG.final_sparsity)
     assert all(e.uplink_bytes > 0 and e.dense_uplink_bytes == 3 * 4 * server.unit_map.n_values
-               for e in server.log)  # fmt: skip
+               for e in server.log)
     assert sum(n.sent_bytes for n in fed.nodes) == sum(e.uplink_bytes for e in server.log)
 
 
@@ -143,7 +143,7 @@ def test_waiting_times_out_without_enough_nodes() -> None:
 
 
 def _mask_upload(server: FederationServer, node: str, t: int, fingerprint: bytes | None = None,
-                 kind: Kind = Kind.LOCAL_MASK) -> bytes:  # fmt: skip
+                 kind: Kind = Kind.LOCAL_MASK) -> bytes:
     codec, payload = encode_mask(server.mask, scope=server.mask)
     fp = server.unit_map.fingerprint if fingerprint is None else fingerprint
     return encode_envelope(Envelope(kind, t, fp, node, codec, payload))
@@ -172,7 +172,7 @@ def test_bad_messages_are_counted_by_reason_and_never_aggregated() -> None:
     server.handle(topic, good)
     assert server.answered == {"n0"}
     assert server.dropped == {"malformed": 4, "fingerprint": 1, "stale-round": 1,
-                              "unknown-node": 1, "duplicate": 1}  # fmt: skip
+                              "unknown-node": 1, "duplicate": 1}
     assert server.uplink == len(good)
 
 
@@ -186,7 +186,7 @@ def test_updates_out_of_phase_or_non_finite_are_dropped() -> None:
     values = np.full(sum(sizes), np.nan, dtype=np.float32)
     codec, body = encode_values(values, sizes, "fp32")
     env = Envelope(Kind.UPDATE, 1, server.unit_map.fingerprint, "n0", codec,
-                   encode_update(10, body))  # fmt: skip
+                   encode_update(10, body))
     server.handle(topics.node_topic("t", "n0", "update"), encode_envelope(env))
     server.handle(topics.node_topic("t", "n0", "mask"), _mask_upload(server, "n0", 1))
     assert server.dropped == {"malformed": 1, "wrong-phase": 1}
@@ -234,7 +234,7 @@ def test_restore_refuses_another_model_and_resumes_a_finished_run_as_done() -> N
     assert done.phase == "done" and done.closed_round == 4
     with pytest.raises(ModelError):
         FederationServer.restore(CFG, {"mask": arrays["mask"][:-1], "history": arrays["history"]},
-                                 meta)  # fmt: skip
+                                 meta)
 
 
 def test_new_session_asks_nodes_to_resend_without_retraining() -> None:

@@ -29,7 +29,7 @@ def test_header_golden_bytes() -> None:
     assert header.encode() == (
         b"MPCK" + b"\x01" + b"\0\0\0" + bytes(range(8)) + b"\x01\0\0\0" + b"\x03\0\0\0"
         + b"\x02\x01\0\0\0\0\0\0" + b"\xdd\xcc\xbb\xaa"
-    )  # fmt: skip
+    )
     assert len(header.encode()) == HEADER_SIZE == 36
 
 

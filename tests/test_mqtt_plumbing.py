@@ -29,7 +29,7 @@ from mpfl.protocol import Publish
      ("mqtts://10.0.0.2", "10.0.0.2", 8883, True),
      ("127.0.0.1", "127.0.0.1", 1883, False),
      ("mqtt://[::1]:1999", "::1", 1999, False)],
-)  # fmt: skip
+)
 def test_broker_urls(url: str, host: str, port: int, tls: bool) -> None:
     address = parse_broker_url(url, environ={"MPFL_USERNAME": "u", "MPFL_PASSWORD": "secret"})
     assert (address.host, address.port, address.tls) == (host, port, tls)
@@ -37,7 +37,7 @@ def test_broker_urls(url: str, host: str, port: int, tls: bool) -> None:
 
 
 @pytest.mark.parametrize("url", ["http://x", "mqtt://", "mqtt://u:p@host", "mqtt://h:99999",
-                                 "mqtt://h/path"])  # fmt: skip
+                                 "mqtt://h/path"])
 def test_bad_broker_urls(url: str) -> None:
     with pytest.raises(ConfigError):
         parse_broker_url(url)
@@ -81,10 +81,10 @@ def test_message_kinds() -> None:
        round_=st.integers(1, 10_000), session=st.text("0123456789abcdef", min_size=1, max_size=8))
 def test_finished_round_survives_a_restart(
     tmp_path_factory: pytest.TempPathFactory, payloads: list[bytes], round_: int, session: str
-) -> None:  # fmt: skip
+) -> None:
     directory = tmp_path_factory.mktemp("state")
     messages = [Publish(f"mpfl/v1/f/nodes/pi-1/{i}", p, retain=i == 0, qos=i % 2)
-                for i, p in enumerate(payloads)]  # fmt: skip
+                for i, p in enumerate(payloads)]
     path = state_path(directory, "f", "pi-1")
     save_finished(path, Finished(round_, session, messages, "run-a"))
     assert load_finished(path, "f", "pi-1") == Finished(round_, session, messages, "run-a")
@@ -101,7 +101,7 @@ def test_every_config_key_has_a_flag_and_round_trips() -> None:
         seen.update(pop_config_overrides(dict(kwargs)))
 
     cfg = FederationConfig(federation="x", model_args={"hidden": [8]}, delta=True,
-                           final_sparsity=0.75, eval_dataset="digits")  # fmt: skip
+                           final_sparsity=0.75, eval_dataset="digits")
     result = CliRunner().invoke(cmd, config_to_args(cfg))
     assert result.exit_code == 0, result.output
     assert load_config(None, seen, environ={}) == cfg

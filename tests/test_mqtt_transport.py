@@ -32,7 +32,7 @@ def _wait(inbox: Inbox, done: Callable[[], bool], timeout: float = 30.0) -> None
 
 
 def _pair(url: str, **kwargs: object) -> tuple[MqttTransport, MqttTransport, Inbox,
-                                                list[bytes]]:  # fmt: skip
+                                                list[bytes]]:
     address = parse_broker_url(url)
     got: list[bytes] = []
     rx_inbox = Inbox()

@@ -186,7 +186,7 @@ def test_compare_mpfl_against_dense_on_a_slow_link() -> None:
                messages=3),
         _round(3, "train", up=100_000, down=100_000, accuracy=0.8, train=5.0, n_params=n,
                messages=3),
-    ]  # fmt: skip
+    ]
     c = compare(rounds, MBIT)
     assert c.target_accuracy == 0.8 and c.dense_assumed
     setup = (dense_model_bytes(n) + STATE_MESSAGE_BYTES) * 8 / 1e6 + 0.1
@@ -275,7 +275,7 @@ def test_bad_metrics_are_data_errors(tmp_path: Path, text: str, where: str) -> N
 def test_bad_metrics_values_and_missing_file(tmp_path: Path) -> None:
     good = dataclasses.asdict(_log(1, "train", ["a"]))
     for key, value in [("accuracy", 1.5), ("uplink_bytes", -1), ("participants", [3]),
-                       ("seconds", "fast"), ("round", True)]:  # fmt: skip
+                       ("seconds", "fast"), ("round", True)]:
         line = json.dumps({**good, key: value})
         (tmp_path / "metrics.jsonl").write_text(json.dumps(good) + "\n" + line + "\n")
         with pytest.raises(DataError, match="line=2"):
@@ -311,7 +311,7 @@ def test_format_duration(seconds: float, text: str) -> None:
 def test_format_bytes() -> None:
     assert [format_bytes(n) for n in (999, 1200, 3_400_000, 5e9)] == [
         "999 B", "1.2 kB", "3.4 MB", "5.0 GB",
-    ]  # fmt: skip
+    ]
 
 
 def test_plan_from_run_dir_prints_both_side_by_side(tmp_path: Path) -> None:
@@ -320,7 +320,7 @@ def test_plan_from_run_dir_prints_both_side_by_side(tmp_path: Path) -> None:
         _log(t, "train", fleet, uplink_bytes=4000, downlink_bytes=4500, accuracy=0.5 + t / 20,
              dense_uplink_bytes=2 * 4 * 60_000)
         for t in (2, 3, 4)
-    ]  # fmt: skip
+    ]
     run = _write_metrics(tmp_path / "run", logs)
     text = plan_from_run_dir(run, ["lte-m"], "rpi4", per_round=True)
     first = text.splitlines()[0]
@@ -356,7 +356,7 @@ def test_node_metrics_give_the_slowest_nodes_training_time(tmp_path: Path) -> No
     run = _write_metrics(tmp_path / "run", [
         _log(1, "mask", ["a", "b"], seconds=9.0),
         _log(2, "train", ["a", "b"], seconds=9.0, accuracy=0.6),
-    ])  # fmt: skip
+    ])
     reports = [
         {"node": "a", "round": 1, "train_seconds": 1.5},
         {"node": "b", "round": 1, "train_seconds": 2.5},

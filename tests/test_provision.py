@@ -81,12 +81,12 @@ def test_kit_layout_credentials_and_modes(tmp_path: Path, hasher: str) -> None:
     result = provision(
         ["pi-01", "pi-02"], out, federation="lab", broker_host="gw.example", port=8884,
         hasher=hasher,  # type: ignore[arg-type]
-    )  # fmt: skip
+    )
     assert result.password_tool == hasher
     assert result.broker_url == "mqtts://gw.example:8884"
     for name in ["passwd", "acl", "mosquitto.conf", "coordinator.env", "README.txt",
                  "nodes/pi-01.env", "nodes/pi-02.env", "systemd/mpfl-edge.service",
-                 "systemd/mpfl-coordinator.service"]:  # fmt: skip
+                 "systemd/mpfl-coordinator.service"]:
         assert (out / name) in result.files and (out / name).is_file(), name
     assert (out / "certs").is_dir()
 
@@ -144,7 +144,7 @@ def test_broker_config_points_into_the_broker_dir(tmp_path: Path) -> None:
     provision(
         ["pi-01"], tmp_path / "kit", port=9999, broker_dir="/srv/mq/", persistence_dir="/var/mq",
         hasher="builtin",
-    )  # fmt: skip
+    )
     conf = (tmp_path / "kit" / "mosquitto.conf").read_text()
     settings_ = {
         line.split(" ", 1)[0]: line.split(" ", 1)[1]
@@ -237,7 +237,7 @@ def test_cli_writes_a_kit_without_printing_secrets(tmp_path: Path) -> None:
         provision_command,
         ["--nodes", "pi-01, pi-02", "--out", str(out), "--federation", "lab",
          "--broker-host", "10.0.0.2", "--port", "8883"],
-    )  # fmt: skip
+    )
     assert result.exit_code == 0, result.output
     assert "2 nodes" in result.output and "mqtts://10.0.0.2:8883" in result.output
     for env in (out / "nodes").glob("*.env"):
