@@ -161,7 +161,7 @@ def _export(run_dir: Path) -> None:
     code = subprocess.call([sys.executable, "-m", "export.cli", str(run_dir), "--out", str(out)])
     if code != 0:
         raise ExportError("the export of the demo's model failed", exit_code=code)
-    click.echo(f"on a device, with onnxruntime alone: mpfl-infer {out} --input IMAGES")
+    click.echo(f"on a device, with onnxruntime alone: mpfl-infer {out} --dataset digits")
 
 
 def _add_hardware_commands() -> None:
