@@ -92,7 +92,8 @@ def full_profile() -> Profile:
         f"(a) full MNIST / Fashion-MNIST (60k train, 10k test), {part_a.rounds} rounds each: "
         f"MPFL {_rounds(part_a)}, {part_a.schedule} schedule to 90%, weight masks, "
         f"{part_a.value_codec} values, {part_a.consensus} consensus; FedAvg "
-        f"{part_a.rounds} dense fp32 rounds.",
+        f"{part_a.rounds} dense fp32 rounds. MPFL (joint): the same with mode = joint, "
+        "whose mask rounds also send and average the masked weights.",
         *(f"(b) {sw.dataset}: {_samples(sw.settings, 'the training set')}"
           + (" (data_batch_1 + data_batch_2)" if sw.dataset == "cifar10" else "")
           + f", full test set, {_rounds(sw.settings)}, SGD lr {sw.settings.lr} on the "
@@ -150,7 +151,8 @@ class Job:
 
     @property
     def key(self) -> str:
-        point = f":{round(100 * self.sparsities[0])}" if self.method in ("mpfl", "central") else ""
+        per_point = self.method in ("mpfl", "mpfl-joint", "central")
+        point = f":{round(100 * self.sparsities[0])}" if per_point else ""
         return f"{self.part}:{self.dataset}:{self.method}{point}"
 
 
@@ -166,7 +168,7 @@ def jobs(profile: Profile) -> list[Job]:
     """Every job of a profile, most important first: part (a), the dense runs, then the
     sweep points by :func:`_by_priority`, CIFAR-10 (the longest) before the others."""
     out = [Job("a", d, "lenet5", m, (0.9,), profile.part_a)
-           for d in profile.part_a_datasets for m in ("fedavg", "mpfl")]
+           for d in profile.part_a_datasets for m in ("fedavg", "mpfl", "mpfl-joint")]
     sweeps = sorted(profile.sweeps, key=lambda sw: sw.dataset != "cifar10")
     out += [Job("b", sw.dataset, sw.model, "fedavg-prune", sw.sparsities, sw.settings)
             for sw in sweeps]
@@ -265,6 +267,13 @@ def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
     return "\n".join(lines)
 
 
+def _method_label(r: ExperimentResult) -> str:
+    if r.method == "fedavg":
+        return "dense FedAvg"
+    mode = " (joint)" if r.method == "mpfl-joint" else ""
+    return f"MPFL{mode} weights {r.sparsity:.0%}"
+
+
 def table_a(results: Sequence[ExperimentResult]) -> str:
     rows = []
     dense = {r.dataset: r for r in results if r.method == "fedavg"}
@@ -276,9 +285,8 @@ def table_a(results: Sequence[ExperimentResult]) -> str:
         if base is not None and base is not r and r.uplink_bytes:
             ratio = f"1/{base.uplink_bytes / r.uplink_bytes:.1f}"
             delta = f"{100 * (r.accuracy - base.accuracy):+.2f}"
-        label = ("MPFL weights " + f"{r.sparsity:.0%}" if r.method == "mpfl"
-                 else "dense FedAvg")
-        values = s.value_codec if r.method == "mpfl" else "fp32"
+        label = _method_label(r)
+        values = "fp32" if r.method == "fedavg" else s.value_codec
         rows.append([r.dataset, label, values, str(s.rounds), f"{100 * r.accuracy:.2f}%",
                      delta, f"{r.uplink_bytes / MB:.3f}", f"{per_node_round:,.0f}", ratio])
     header = ["dataset", "method", "values", "rounds", "accuracy", "Δ pt", "uplink MB (all)",
@@ -330,8 +338,8 @@ def plot_uplink(results: Sequence[ExperimentResult], path: Path) -> None:
                 continue
             points = [(x.cumulative_uplink_bytes / MB, 100 * x.accuracy) for x in r.rounds
                       if x.accuracy is not None]
-            label = (f"MPFL weights {r.sparsity:.0%}, {r.settings.value_codec}"
-                     if r.method == "mpfl" else "dense FedAvg, fp32")
+            label = _method_label(r) + (", fp32" if r.method == "fedavg"
+                                        else f", {r.settings.value_codec}")
             ax.plot(*zip(*points, strict=True), marker="o", markersize=3, label=label)
         ax.set_xscale("log")
         ax.set_xlabel("cumulative uplink, all nodes (MB, log scale)")
