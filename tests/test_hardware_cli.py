@@ -74,7 +74,8 @@ def test_unknown_profile_is_one_line_and_the_hardware_exit_code() -> None:
     assert code == HardwareError.exit_code
     assert out == ""
     lines = err.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("hardware: error: unknown hardware profile 'rpi9'")
+    assert len(lines) == 1
+    assert lines[0].startswith("hardware: error: unknown hardware profile 'rpi9'")
     for known in ("rpi4-4gb", "rpi-zero2w", "jetson-nano", "x86", "rpi4"):
         assert known in lines[0]
     assert "Traceback" not in err
