@@ -312,7 +312,8 @@ def test_bench_quick_smoke(
     saved = json.loads((tmp_path / "learning.json").read_text())
     assert saved["profile"] == "quick" and saved["command"] == report["command"]
     methods = {(r["dataset"], r["method"]) for r in saved["part_a"]}
-    assert methods == {(d, m) for d in ("mnist", "fashion-mnist") for m in ("fedavg", "mpfl")}
+    assert methods == {(d, m) for d in ("mnist", "fashion-mnist")
+                       for m in ("fedavg", "mpfl", "mpfl-joint")}
     for r in saved["part_a"]:
         assert r["uplink_bytes"] == sum(x["uplink_bytes"] for x in r["rounds"]) > 0
     assert {r["method"] for r in saved["part_b"]} == {"fedavg", "fedavg-prune", "mpfl",
