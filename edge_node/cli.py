@@ -40,6 +40,9 @@ def main() -> None:
               help="Partition seed (the same on every node); training seeds derive from it.")
 @click.option("--limit", type=click.IntRange(min=1), default=None,
               help="Use at most this many of this node's samples.")
+@click.option("--corrupt", type=click.Choice(["noise", "permuted-labels"]), default=None,
+              help="Robustness experiments: train on pixel-shuffled noise, or with labels "
+                   "permuted, as the reference code's faulty nodes do.")
 @click.option("--hardware", default=None,
               help="Device profile (threads, batch size, memory guard): see `mpfl hardware "
                    "list`. Default: the board detected on a Pi or Jetson.")
@@ -62,7 +65,8 @@ def main() -> None:
 def start(
     broker: str, federation: str, node_id: str, dataset: str, data_dir: str | None,
     share: str | None, partition_scheme: str, seed: int, limit: int | None,
-    hardware: str | None, threads: int | None, state_dir: str | None, ca_file: str | None,
+    corrupt: str | None, hardware: str | None, threads: int | None, state_dir: str | None,
+    ca_file: str | None,
     username: str | None, password: str | None, mqtt_protocol: str, max_payload: int | None,
     connect_timeout: float | None,
 ) -> None:
@@ -95,6 +99,11 @@ def start(
     if threads is not None:
         torch.set_num_threads(threads)
     data, index = load_node_data(dataset, data_dir, share, partition_scheme, seed, limit)
+    if corrupt is not None:
+        from mpfl.robustness import permute_labels, shuffle_pixels
+
+        spoil = shuffle_pixels if corrupt == "noise" else permute_labels
+        data = spoil(data, seed * 1000 + index)
     fit_batch = None
     if profile is not None:
         guarded = profile

@@ -9,7 +9,7 @@ from typing import Any
 import click
 
 from mpfl.cli_config import config_options, pop_config_overrides
-from mpfl.errors import ExportError, reports_errors
+from mpfl.errors import ConfigError, ExportError, reports_errors
 
 
 @click.group()
@@ -67,6 +67,7 @@ def _simulate(
     config_path: str | None, overrides: dict[str, Any], run_dir: str | None,
     broker: str | None, threads: int, evaluate: bool,
     hardware: str | None = None, links: tuple[str, ...] = (),
+    corrupt: dict[int, str] | None = None,
 ) -> Path:
     import time
 
@@ -83,7 +84,9 @@ def _simulate(
     path = Path(run_dir or Path("runs") / f"{cfg.federation}-{stamp}")
     _print_partition(dataset, data_dir, nodes, scheme, cfg.seed, limit)
     plan = SimulationPlan(cfg, nodes, dataset, path, data_dir, scheme, cfg.seed, limit, broker,
-                          threads, dataset if evaluate else None)
+                          threads, dataset if evaluate else None, corrupt=corrupt or {})
+    for index, kind in sorted((corrupt or {}).items()):
+        click.echo(f"  node-{index} trains on {kind}")
     code = run_simulation(plan, echo=lambda line: click.echo(line))
     _print_table(path)
     if code != 0:
@@ -119,6 +122,10 @@ def _simulate(
 @click.option("--link", "links", multiple=True, metavar="LINK",
               help="Estimate wall-clock on this link (repeat for a per-node mix), "
                    "MPFL against dense FedAvg.")
+@click.option("--noise-nodes", type=click.IntRange(min=0), default=0, show_default=True,
+              help="The first K nodes train on pixel-shuffled noise (robustness check).")
+@click.option("--permuted-nodes", type=click.IntRange(min=0), default=0, show_default=True,
+              help="The next K nodes train with permuted labels (robustness check).")
 @config_options(skip=("eval_dataset", "eval_data_dir"))
 @reports_errors
 def simulate(**kwargs: Any) -> None:
@@ -127,7 +134,15 @@ def simulate(**kwargs: Any) -> None:
     _simulate(kwargs["nodes"], kwargs["dataset"], kwargs["data_dir"], kwargs["partition_scheme"],
               kwargs["limit"], kwargs["config_path"], overrides,
               kwargs["run_dir"], kwargs["broker"], kwargs["threads"],
-              kwargs["evaluate"], kwargs["hardware"], tuple(kwargs["links"]))
+              kwargs["evaluate"], kwargs["hardware"], tuple(kwargs["links"]),
+              _faulty_nodes(kwargs["nodes"], kwargs["noise_nodes"], kwargs["permuted_nodes"]))
+
+
+def _faulty_nodes(nodes: int, noise: int, permuted: int) -> dict[int, str]:
+    if noise + permuted > nodes:
+        raise ConfigError("more faulty nodes than nodes", nodes=nodes, faulty=noise + permuted)
+    kinds = ["noise"] * noise + ["permuted-labels"] * permuted
+    return dict(enumerate(kinds))
 
 
 @main.command()

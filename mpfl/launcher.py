@@ -45,6 +45,7 @@ class SimulationPlan:
     threads: int = 1
     eval_dataset: str | None = None
     extra_node_args: list[str] = field(default_factory=list)
+    corrupt: dict[int, str] = field(default_factory=dict)  # node index -> --corrupt kind
 
     def coordinator_command(self) -> list[str]:
         cmd = [sys.executable, "-m", "coordinator.cli", "run", "--run-dir", str(self.run_dir),
@@ -68,6 +69,8 @@ class SimulationPlan:
             cmd += ["--data-dir", self.data_dir]
         if self.limit:
             cmd += ["--limit", str(self.limit)]
+        if index in self.corrupt:
+            cmd += ["--corrupt", self.corrupt[index]]
         return cmd
 
 
