@@ -33,8 +33,7 @@ from mpfl.aggregate import WeightedAverager, aggregate
 from mpfl.config import FederationConfig
 from mpfl.consensus import VoteAccumulator, consensus_mask
 from mpfl.data import Dataset
-from mpfl.errors import FederationError, ModelError, MpflError, WireError
-from mpfl.masks import keep_count
+from mpfl.errors import FederationError, FingerprintMismatch, ModelError, MpflError, WireError
 from mpfl.models import build_model
 from mpfl.protocol import PROTOCOL_VERSION, Hello, Publish, decode_update, encode_json
 from mpfl.schedules import get_schedule
@@ -106,6 +105,9 @@ class FederationServer:
         self.model = build_model(cfg.model_spec, seed=cfg.seed)
         self.unit_map = build_unit_map(self.model, cfg.model_spec, cfg.granularity)
         self.w0: State = model_state(self.model)
+        full = self.unit_map.full_mask()
+        self._w0_values = self.unit_map.alive_values(self.w0, full)
+        self._w0_sizes = self.unit_map.layer_sizes(full)
         self.mask = self.unit_map.full_mask()
         self.history = np.zeros(self.unit_map.n_units)
         self.global_values: np.ndarray | None = None  # alive values once training starts
@@ -128,6 +130,7 @@ class FederationServer:
         self._votes: VoteAccumulator | None = None
         self._avg: WeightedAverager | None = None
         self._updates: list[tuple[np.ndarray, float]] = []
+        self._sizes: list[int] = []  # alive values per tensor under this round's mask
 
     # -- what the coordinator publishes -------------------------------------------------
 
@@ -142,12 +145,10 @@ class FederationServer:
     def _topic(self, name: str) -> str:
         return topics.server_topic(self.cfg.federation, name)
 
-    def target(self, t: int | None = None) -> float:
-        t = self.round if t is None else t
-        if self.cfg.mask_rounds == 0:
-            return 0.0
-        t = min(max(t, 0), self.cfg.mask_rounds)
-        if t == 0:
+    def target(self) -> float:
+        """This round's target sparsity (the final one once the mask rounds are over)."""
+        t = min(self.round, self.cfg.mask_rounds)
+        if t <= 0:
             return 0.0
         return get_schedule(self.cfg.schedule)(t, self.cfg.mask_rounds, self.cfg.final_sparsity)
 
@@ -191,9 +192,7 @@ class FederationServer:
     def publish_model(self, t: int) -> Publish:
         """The weights that round ``t + 1`` starts from."""
         if self.global_values is None:  # dense w0: the whole state, scope "all ones"
-            full = self.unit_map.full_mask()
-            values = self.unit_map.alive_values(self.w0, full)
-            sizes = self.unit_map.layer_sizes(full)
+            values, sizes = self._w0_values, self._w0_sizes
         else:
             values, sizes = self.global_values, self.unit_map.layer_sizes(self.mask)
         codec, payload = encode_values(values, sizes, "fp32")
@@ -227,9 +226,10 @@ class FederationServer:
                 reason = self._on_upload(node_id, name, payload)
                 if reason is not None:
                     self._drop(reason)
-        except MpflError as exc:
-            self._drop("fingerprint" if "fingerprint" in type(exc).__name__.lower() else
-                       "malformed")
+        except FingerprintMismatch:
+            self._drop("fingerprint")
+        except MpflError:
+            self._drop("malformed")
         return self.tick()
 
     def _drop(self, reason: str, count: int = 1) -> None:
@@ -277,7 +277,7 @@ class FederationServer:
         else:
             samples, body = decode_update(env.payload)
             base = self._published_values() if self.cfg.delta else None
-            values = decode_values(env.codec, body, self.unit_map.layer_sizes(self.mask), base)
+            values = decode_values(env.codec, body, self._sizes, base)
             if not np.all(np.isfinite(values)):
                 return "malformed"
             self._add_update(values, float(samples))
@@ -295,9 +295,7 @@ class FederationServer:
 
     def _published_values(self) -> np.ndarray:
         """The alive values of the model the current round started from."""
-        if self.global_values is not None:
-            return self.global_values
-        return self.unit_map.alive_values(self.w0, self.unit_map.full_mask())
+        return self._w0_values if self.global_values is None else self.global_values
 
     def _vote_weight(self, node_id: str) -> float:
         return float(self.nodes[node_id].samples) if self.cfg.vote_weighting == "samples" else 1.0
@@ -364,7 +362,8 @@ class FederationServer:
         self.round_started = self.clock()
         self.deadline = self.round_started + self.cfg.round_timeout
         self._votes = VoteAccumulator(self.unit_map.n_units, self.cfg.vote_weighting == "samples")
-        self._avg = WeightedAverager(len(self.unit_map.alive_values(self.w0, self.mask)))
+        self._sizes = self.unit_map.layer_sizes(self.mask)
+        self._avg = WeightedAverager(sum(self._sizes))
         self._updates = []
         self._uplink_at_open, self._downlink_at_open = self.uplink, self.downlink
         out.append(self.publish_state())
@@ -417,9 +416,6 @@ class FederationServer:
     def sparsity(self) -> float:
         """Fraction of prunable units pruned in the consensus."""
         return 1.0 - float(self.mask.mean()) if self.mask.size else 0.0
-
-    def expected_keep(self) -> list[int]:
-        return [keep_count(s.stop - s.start, self.target()) for s in self.unit_map.slices]
 
     def final_state(self) -> State:
         if self.global_values is None:
