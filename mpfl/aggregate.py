@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-from mpfl.errors import ConfigError, FederationError, ModelError
+from mpfl.errors import ConfigError, FederationError, ModelError, lookup
 
 Values = NDArray[np.float32]
 
@@ -213,13 +213,7 @@ DEFAULT_AGGREGATOR = "fedavg"
 
 def get_aggregator(name: str) -> Aggregator:
     """Look an aggregator up by its config name."""
-    try:
-        return AGGREGATORS[name]
-    except KeyError:
-        raise ConfigError(
-            f"unknown aggregator {name!r}; known: {', '.join(sorted(AGGREGATORS))}",
-            aggregator=name,
-        ) from None
+    return lookup(AGGREGATORS, name, "aggregator", "aggregator")
 
 
 def aggregate(

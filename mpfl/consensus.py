@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-from mpfl.errors import ConfigError, FederationError, ModelError
+from mpfl.errors import ConfigError, FederationError, ModelError, lookup
 from mpfl.schedules import keep_count
 
 BoolArray = NDArray[np.bool_]
@@ -431,12 +431,7 @@ RULES: Mapping[str, ConsensusRule] = MappingProxyType(
 
 def get_rule(name: str) -> ConsensusRule:
     """Look a consensus rule up by its config name."""
-    try:
-        return RULES[name]
-    except KeyError:
-        raise ConfigError(
-            f"unknown consensus rule {name!r}; known: {', '.join(sorted(RULES))}", rule=name
-        ) from None
+    return lookup(RULES, name, "consensus rule", "rule")
 
 
 def consensus_mask(

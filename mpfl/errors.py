@@ -17,11 +17,12 @@ one line, so a command-line tool can print ``str(err)`` and exit with ``err.exit
 from __future__ import annotations
 
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from functools import wraps
 from typing import Any, TypeVar
 
 F = TypeVar("F", bound=Callable[..., Any])
+T = TypeVar("T")
 
 
 class MpflError(Exception):
@@ -69,6 +70,15 @@ class ExportError(MpflError):
 
 class HardwareError(MpflError):
     exit_code = 8
+
+
+def lookup(registry: Mapping[str, T], name: str, what: str, key: str) -> T:
+    """``registry[name]``, or a ConfigError that lists the known names (context ``key``)."""
+    try:
+        return registry[name]
+    except KeyError:
+        known = ", ".join(sorted(registry))
+        raise ConfigError(f"unknown {what} {name!r}; known: {known}", **{key: name}) from None
 
 
 def reports_errors(command: F) -> F:

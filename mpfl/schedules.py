@@ -12,7 +12,7 @@ import math
 from collections.abc import Callable, Mapping
 from types import MappingProxyType
 
-from mpfl.errors import ConfigError
+from mpfl.errors import ConfigError, lookup
 
 Schedule = Callable[[int, int, float], float]
 
@@ -62,13 +62,7 @@ SCHEDULES: Mapping[str, Schedule] = MappingProxyType(
 
 def get_schedule(name: str) -> Schedule:
     """Look a schedule up by its config name."""
-    try:
-        return SCHEDULES[name]
-    except KeyError:
-        raise ConfigError(
-            f"unknown sparsity schedule {name!r}; known: {', '.join(sorted(SCHEDULES))}",
-            schedule=name,
-        ) from None
+    return lookup(SCHEDULES, name, "sparsity schedule", "schedule")
 
 
 def keep_count(n_units: int, sparsity: float) -> int:
