@@ -19,7 +19,7 @@ import dataclasses
 import json
 import math
 import textwrap
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -580,40 +580,19 @@ def _side_by_side(c: Comparison) -> str:
         return f"{format_duration(t.seconds_to_target)} (round {t.rounds_to_target})"
 
     label = "time to target" if c.target_accuracy is None else f"time to {_pct(c.target_accuracy)}"
+    def both(name: str, cell: Callable[[Timeline], str]) -> tuple[str, str, str]:
+        return name, cell(c.mpfl), cell(c.dense)
+
     rows = [
         ("", c.mpfl.label, c.dense.label),
-        ("rounds", _phase_counts(c.mpfl), _phase_counts(c.dense)),
-        (
-            "sent, all nodes",
-            format_bytes(c.mpfl.uplink_bytes),
-            format_bytes(c.dense.uplink_bytes),
-        ),
-        (
-            "received, all nodes",
-            format_bytes(c.mpfl.downlink_bytes),
-            format_bytes(c.dense.downlink_bytes),
-        ),
-        (
-            "communication per round",
-            format_duration(c.mpfl.mean_comm_seconds),
-            format_duration(c.dense.mean_comm_seconds),
-        ),
-        (
-            "training per round",
-            format_duration(c.mpfl.mean_train_seconds),
-            format_duration(c.dense.mean_train_seconds),
-        ),
-        (
-            "setup (initial model)",
-            format_duration(c.mpfl.setup_seconds),
-            format_duration(c.dense.setup_seconds),
-        ),
-        (label, reach(c.mpfl), reach(c.dense)),
-        (
-            "total wall-clock",
-            format_duration(c.mpfl.total_seconds),
-            format_duration(c.dense.total_seconds),
-        ),
+        both("rounds", _phase_counts),
+        both("sent, all nodes", lambda t: format_bytes(t.uplink_bytes)),
+        both("received, all nodes", lambda t: format_bytes(t.downlink_bytes)),
+        both("communication per round", lambda t: format_duration(t.mean_comm_seconds)),
+        both("training per round", lambda t: format_duration(t.mean_train_seconds)),
+        both("setup (initial model)", lambda t: format_duration(t.setup_seconds)),
+        both(label, reach),
+        both("total wall-clock", lambda t: format_duration(t.total_seconds)),
     ]
     widths = [max(len(row[i]) for row in rows) for i in range(3)]
     return "\n".join(
