@@ -87,8 +87,8 @@ def start(
     batch_size = None
     profile = get_profile(hardware) if hardware is not None else detect_profile()
     label = profile.label if profile is not None else "unknown"
-    if profile is not None and hardware is None and profile.name == "x86":
-        profile = None  # a generic host: keep the coordinator's settings, only label it
+    if profile is not None and hardware is None and profile.generic:
+        profile = None  # not a known board: keep the coordinator's settings, only label it
     if profile is not None:
         if not profile.trains:
             raise HardwareError(f"profile {profile.name} does not train ({profile.role_reason}); "

@@ -86,6 +86,11 @@ class Profile:
     detect_models: tuple[str, ...] = ()
     detect_machines: tuple[str, ...] = ()
 
+    @property
+    def generic(self) -> bool:
+        """A class of host recognised by its CPU architecture alone, not a known board."""
+        return not self.detect_models
+
     def __post_init__(self) -> None:
         if self.role not in ROLES:
             raise HardwareError(

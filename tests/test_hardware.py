@@ -394,3 +394,8 @@ def test_link_time_rejects_negative_input() -> None:
 def test_links_reject_nonsense_figures() -> None:
     with pytest.raises(HardwareError):
         Link("x", "x", uplink_kbps=0, downlink_kbps=1, latency_ms=1, source="s")
+
+
+def test_only_hosts_recognised_by_architecture_alone_are_generic() -> None:
+    assert get_profile("x86").generic
+    assert not get_profile("rpi4").generic and not get_profile("jetson-nano").generic
