@@ -34,20 +34,21 @@ def models() -> None:
 
 def _print_partition(dataset: str, data_dir: str | None, nodes: int, scheme: str, seed: int,
                      limit: int | None) -> None:
-    from mpfl.data import load_dataset
-    from mpfl.partition import label_histogram, partition
+    from mpfl.data import load_labels
+    from mpfl.demo import partition_lines
+    from mpfl.partition import partition
 
-    train = load_dataset(dataset, data_dir, "train")
-    parts = partition(train.y, nodes, scheme, seed)
+    labels = load_labels(dataset, data_dir, "train")
+    parts = partition(labels, nodes, scheme, seed)
     if limit is not None:
         parts = [p[:limit] for p in parts]
     click.echo(f"{dataset}, {scheme} over {nodes} nodes (samples per label 0..9):")
-    for i, row in enumerate(label_histogram(train.y, parts, train.num_classes)):
-        click.echo(f"  node-{i}: {len(parts[i]):>6} samples, labels {' '.join(map(str, row))}")
+    for line in partition_lines(labels, parts, int(labels.max()) + 1):
+        click.echo(line)
 
 
 def _print_table(run_dir: Path) -> None:
-    from mpfl.demo import HEADER, format_round
+    from mpfl.demo import HEADER, format_round, totals_line
     from mpfl.launcher import read_metrics
 
     logs = read_metrics(run_dir)
@@ -56,10 +57,7 @@ def _print_table(run_dir: Path) -> None:
     click.echo(HEADER)
     for log in logs:
         click.echo(format_round(log))
-    up = sum(log.uplink_bytes for log in logs)
-    dense = sum(log.dense_uplink_bytes for log in logs)
-    click.echo(f"total uplink {up:,} B vs dense FedAvg {dense:,} B "
-               f"({dense / max(up, 1):.1f}x less); run directory {run_dir}")
+    click.echo(f"{totals_line(logs)}; run directory {run_dir}")
 
 
 def _simulate(

@@ -197,6 +197,18 @@ def load_npz(path: Path) -> Dataset:
     return Dataset("npz", x, y, int(y.max()) + 1)
 
 
+def load_labels(name: str, data_dir: str | Path | None, split: str = "train") -> np.ndarray:
+    """Only a split's labels: partitioning needs no normalised pixels."""
+    seen: list[np.ndarray] = []
+
+    def keep_none(labels: np.ndarray) -> np.ndarray:
+        seen.append(labels)
+        return labels[:0]
+
+    load_dataset(name, data_dir, split, select=keep_none)
+    return seen[0]
+
+
 def load_dataset(
     name: str, data_dir: str | Path | None, split: str = "train", select: Select | None = None
 ) -> Dataset:

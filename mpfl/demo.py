@@ -8,7 +8,9 @@ FedAvg would have sent.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+
+import numpy as np
 
 from mpfl.config import FederationConfig
 from mpfl.data import load_dataset
@@ -42,6 +44,19 @@ HEADER = (f"{'round':>5} {'phase':>6} {'target':>7} {'sparsity':>9} {'accuracy':
           f"{'uplink B':>10} {'dense B':>11} {'saved':>7}")
 
 
+def totals_line(logs: Sequence[RoundLog]) -> str:
+    up = sum(log.uplink_bytes for log in logs)
+    dense = sum(log.dense_uplink_bytes for log in logs)
+    return f"total uplink {up:,} B vs dense FedAvg {dense:,} B ({dense / max(up, 1):.1f}x less)"
+
+
+def partition_lines(labels: np.ndarray, parts: Sequence[np.ndarray], classes: int) -> list[str]:
+    """One line per node: its sample count and label histogram."""
+    return [f"  node-{i}: {len(part):>6} samples, labels {' '.join(map(str, row))}"
+            for i, (part, row) in enumerate(zip(parts, label_histogram(labels, parts, classes),
+                                                strict=True))]
+
+
 def run_demo(
     nodes: int = 4, mask_rounds: int = 3, train_rounds: int = 8,
     echo: Callable[[str], None] = print,
@@ -53,12 +68,10 @@ def run_demo(
     parts = partition(train.y, nodes, "dirichlet:0.5", seed=cfg.seed)
     echo(f"MPFL demo: {nodes} nodes, {cfg.model} on 8x8 digits, {cfg.granularity} masks "
          f"to {cfg.final_sparsity:.0%}, {cfg.value_codec} values")
-    for i, row in enumerate(label_histogram(train.y, parts, train.num_classes)):
-        echo(f"  node-{i}: {len(parts[i]):>4} samples, labels {' '.join(map(str, row))}")
+    for line in partition_lines(train.y, parts, train.num_classes):
+        echo(line)
     echo(HEADER)
     server = run_in_process(cfg, [train.subset(p) for p in parts], test,
                             on_round=lambda log: echo(format_round(log)))
-    up = sum(log.uplink_bytes for log in server.log)
-    dense = sum(log.dense_uplink_bytes for log in server.log)
-    echo(f"total uplink {up:,} B vs dense FedAvg {dense:,} B ({dense / max(up, 1):.1f}x less)")
+    echo(totals_line(server.log))
     return server

@@ -7,6 +7,7 @@ split on every machine, so a node can compute its own share from ``--partition i
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -103,5 +104,7 @@ def parse_share(text: str) -> tuple[int, int]:
     return i, n
 
 
-def label_histogram(labels: np.ndarray, parts: list[np.ndarray], num_classes: int) -> np.ndarray:
+def label_histogram(
+    labels: np.ndarray, parts: Sequence[np.ndarray], num_classes: int
+) -> np.ndarray:
     return np.stack([np.bincount(labels[p], minlength=num_classes) for p in parts])

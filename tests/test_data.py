@@ -17,6 +17,7 @@ from mpfl.data import (
     load_dataset,
     load_digits,
     load_idx_dataset,
+    load_labels,
     load_npz,
     read_idx,
 )
@@ -284,3 +285,8 @@ def test_real_fashion_mnist(fashion_dir: Path) -> None:
 def test_real_cifar10(cifar_dir: Path) -> None:
     # The local copy may lack a few images or batches: at most the official sizes.
     _check_images(load_dataset("cifar10", cifar_dir, "test"), (3, 32, 32), 9_900, 10_000)
+
+
+def test_load_labels_gives_the_split_labels_without_pixels() -> None:
+    labels = load_labels("digits", None, "train")
+    assert np.array_equal(labels, load_dataset("digits", None, "train").y)
