@@ -22,8 +22,9 @@ from mpfl.config import FederationConfig
 from mpfl.data import Dataset, load_dataset
 from mpfl.endpoint import BrokerAddress, parse_broker_url
 from mpfl.errors import MpflError
-from mpfl.fed_server import FederationServer, RoundLog
+from mpfl.fed_server import FederationServer
 from mpfl.inbox import Inbox
+from mpfl.metrics import RoundLog
 from mpfl.mqtt import DEFAULT_MAX_PAYLOAD, MqttTransport
 from mpfl.protocol import Hello, Publish, decode_json
 

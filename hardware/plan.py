@@ -22,10 +22,10 @@ import textwrap
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
 
 from hardware.profiles import Link, Profile, get_link, get_profile, link_time
 from mpfl.errors import ConfigError, DataError
+from mpfl.metrics import RoundLog, read_metrics
 from mpfl.wire import MIN_MESSAGE_SIZE
 
 BYTES_PER_FP32 = 4
@@ -80,39 +80,6 @@ class RoundBytes:
         return len(self.uplink)
 
 
-class RoundLogLike(Protocol):
-    """The attributes of ``mpfl.fed_server.RoundLog`` that planning reads."""
-
-    @property
-    def round(self) -> int: ...
-    @property
-    def phase(self) -> str: ...
-    @property
-    def participants(self) -> Sequence[str]: ...
-    @property
-    def uplink_bytes(self) -> int: ...
-    @property
-    def downlink_bytes(self) -> int: ...
-    @property
-    def dense_uplink_bytes(self) -> int: ...
-    @property
-    def accuracy(self) -> float | None: ...
-    @property
-    def seconds(self) -> float: ...
-
-
-@dataclass(frozen=True)
-class _Log:
-    round: int
-    phase: str
-    participants: Sequence[str]
-    uplink_bytes: int
-    downlink_bytes: int
-    dense_uplink_bytes: int
-    accuracy: float | None
-    seconds: float
-
-
 # ------------------------------------------------------------------------------ inputs
 
 
@@ -123,7 +90,7 @@ def _split(total: int, parts: int) -> list[int]:
 
 
 def rounds_from_logs(
-    logs: Iterable[RoundLogLike], *, nodes_train_sequentially: bool = True
+    logs: Iterable[RoundLog], *, nodes_train_sequentially: bool = True
 ) -> list[RoundBytes]:
     """Per-node records from the coordinator's round logs (totals over nodes).
 
@@ -154,45 +121,6 @@ def rounds_from_logs(
             )
         )
     return out
-
-
-_REQUIRED_KEYS: dict[str, type | tuple[type, ...]] = {
-    "round": int,
-    "phase": str,
-    "participants": list,
-    "uplink_bytes": int,
-    "downlink_bytes": int,
-    "dense_uplink_bytes": int,
-    "accuracy": (int, float, type(None)),
-    "seconds": (int, float),
-}
-
-
-def _log_from_json(doc: Any, *, path: str, line: int) -> _Log:
-    if not isinstance(doc, dict):
-        raise DataError("metrics line is not a JSON object", path=path, line=line)
-    for key, kind in _REQUIRED_KEYS.items():
-        value = doc.get(key)
-        if key not in doc or isinstance(value, bool) or not isinstance(value, kind):
-            raise DataError(f"metrics line lacks a valid {key!r}", path=path, line=line)
-    participants = doc["participants"]
-    if not all(isinstance(p, str) for p in participants):
-        raise DataError("participants must be node id strings", path=path, line=line)
-    accuracy = doc["accuracy"]
-    if not (accuracy is None or 0.0 <= accuracy <= 1.0) or not math.isfinite(doc["seconds"]):
-        raise DataError("accuracy or seconds out of range", path=path, line=line)
-    if min(doc["uplink_bytes"], doc["downlink_bytes"], doc["dense_uplink_bytes"]) < 0:
-        raise DataError("byte counts must not be negative", path=path, line=line)
-    return _Log(
-        round=doc["round"],
-        phase=doc["phase"],
-        participants=tuple(participants),
-        uplink_bytes=doc["uplink_bytes"],
-        downlink_bytes=doc["downlink_bytes"],
-        dense_uplink_bytes=doc["dense_uplink_bytes"],
-        accuracy=None if accuracy is None else float(accuracy),
-        seconds=float(doc["seconds"]),
-    )
 
 
 def node_train_seconds(path: str | Path) -> dict[int, float]:
@@ -239,25 +167,12 @@ def rounds_from_metrics(
     from the round's wall time (see ``rounds_from_logs``).
     """
     path = Path(path)
-    if path.is_dir():
-        path = path / "metrics.jsonl"
-    try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise DataError(f"cannot read metrics: {exc.strerror or exc}", path=str(path)) from exc
-    logs: list[_Log] = []
-    for number, line in enumerate(text.splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            doc = json.loads(line)
-        except ValueError as exc:
-            raise DataError("metrics line is not JSON", path=str(path), line=number) from exc
-        logs.append(_log_from_json(doc, path=str(path), line=number))
+    logs = read_metrics(path)
     if not logs:
         raise DataError("metrics file holds no rounds", path=str(path))
     rounds = rounds_from_logs(logs, nodes_train_sequentially=nodes_train_sequentially)
-    reported = node_train_seconds(path.parent) if use_node_metrics else {}
+    run_dir = path if path.is_dir() else path.parent
+    reported = node_train_seconds(run_dir) if use_node_metrics else {}
     return [
         dataclasses.replace(r, train_seconds=reported[r.round]) if r.round in reported else r
         for r in rounds

@@ -49,8 +49,10 @@ def _print_partition(dataset: str, data_dir: str | None, nodes: int, scheme: str
 
 def _print_table(run_dir: Path) -> None:
     from mpfl.demo import HEADER, format_round, totals_line
-    from mpfl.launcher import read_metrics
+    from mpfl.metrics import read_metrics
 
+    if not (run_dir / "metrics.jsonl").is_file():
+        return  # no round closed
     logs = read_metrics(run_dir)
     if not logs:
         return

@@ -14,7 +14,8 @@ import numpy as np
 
 from mpfl.config import FederationConfig
 from mpfl.data import load_dataset
-from mpfl.fed_server import FederationServer, RoundLog
+from mpfl.fed_server import FederationServer
+from mpfl.metrics import RoundLog
 from mpfl.partition import label_histogram, partition
 from mpfl.simulation import run_in_process
 

@@ -35,7 +35,8 @@ from mpfl.baselines import (
 from mpfl.config import FederationConfig
 from mpfl.data import Dataset, load_cifar10, load_dataset
 from mpfl.errors import ConfigError
-from mpfl.fed_server import FederationServer, RoundLog
+from mpfl.fed_server import FederationServer
+from mpfl.metrics import RoundLog
 from mpfl.partition import partition
 from mpfl.robustness import corrupt_nodes
 from mpfl.simulation import run_in_process

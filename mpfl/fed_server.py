@@ -23,7 +23,7 @@ import secrets
 import time
 from collections import Counter
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -33,7 +33,14 @@ from mpfl.aggregate import WeightedAverager, aggregate
 from mpfl.config import FederationConfig
 from mpfl.consensus import VoteAccumulator, consensus_mask
 from mpfl.data import Dataset
-from mpfl.errors import FederationError, FingerprintMismatch, ModelError, MpflError, WireError
+from mpfl.errors import (
+    FederationError,
+    FingerprintMismatch,
+    ModelError,
+    MpflError,
+    WireError,
+)
+from mpfl.metrics import RoundLog
 from mpfl.models import build_model
 from mpfl.protocol import PROTOCOL_VERSION, Hello, Publish, decode_update, encode_json
 from mpfl.schedules import get_schedule
@@ -56,35 +63,6 @@ class NodeInfo:
     samples: int
     hardware: str = "unknown"
     online: bool = True
-
-
-@dataclass
-class RoundLog:
-    """What one closed round did: the metrics line written to the run directory."""
-
-    round: int
-    phase: str
-    target_sparsity: float
-    sparsity: float
-    participants: list[str]
-    uplink_bytes: int
-    downlink_bytes: int
-    dense_uplink_bytes: int
-    accuracy: float | None = None
-    loss: float | None = None
-    seconds: float = 0.0
-    dropped: dict[str, int] = field(default_factory=dict)
-    # Bytes by message kind as the transport counted them (chunk headers included);
-    # filled in by the service that owns the transport, empty in-process.
-    wire: dict[str, dict[str, int]] = field(default_factory=dict)
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    @staticmethod
-    def from_dict(doc: Mapping[str, Any]) -> RoundLog:
-        names = {f.name for f in dataclasses.fields(RoundLog)}
-        return RoundLog(**{k: v for k, v in doc.items() if k in names})
 
 
 SNAPSHOT_VERSION = 1

@@ -9,7 +9,6 @@ I/O itself: it launches processes and reads their output.
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import subprocess
@@ -24,7 +23,6 @@ from typing import IO, Any
 from mpfl.cli_config import config_to_args
 from mpfl.config import FederationConfig
 from mpfl.errors import FederationError
-from mpfl.fed_server import RoundLog
 
 _URL = re.compile(r"listening on (mqtts?://[\w.\-]+:\d+)")
 BROKER_WAIT_S = 60.0
@@ -92,14 +90,6 @@ def _relay(stream: IO[str], echo: Callable[[str], None], found: list[str],
             ready.set()
         echo(line)
     ready.set()
-
-
-def read_metrics(run_dir: Path) -> list[RoundLog]:
-    path = run_dir / "metrics.jsonl"
-    if not path.is_file():
-        return []
-    return [RoundLog.from_dict(json.loads(line)) for line in path.read_text().splitlines()
-            if line.strip()]
 
 
 def run_simulation(plan: SimulationPlan, echo: Callable[[str], None] = print) -> int:

@@ -13,7 +13,8 @@ from mpfl.config import FederationConfig
 from mpfl.data import Dataset
 from mpfl.errors import FederationError
 from mpfl.fed_node import FederationNode
-from mpfl.fed_server import FederationServer, RoundLog
+from mpfl.fed_server import FederationServer
+from mpfl.metrics import RoundLog
 from mpfl.protocol import Publish
 from mpfl.transport import MemoryBroker
 

@@ -32,7 +32,7 @@ from hardware.plan import (
 )
 from hardware.profiles import Link, get_link, get_profile
 from mpfl.errors import ConfigError, DataError, HardwareError
-from mpfl.fed_server import RoundLog
+from mpfl.metrics import RoundLog
 from mpfl.protocol import encode_update
 from mpfl.wire import Envelope, Kind, encode_envelope, encode_values
 
