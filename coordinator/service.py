@@ -131,6 +131,7 @@ class CoordinatorService:
                       f"{cfg.min_nodes} node(s); run dir {self.options.run_dir}")
             while not server.finished and self.stop_requested is None:
                 self.inbox.dispatch(TICK_S)
+                self.transport.revive()
                 self._publish(server.tick())
                 self._after_rounds()
             self._after_rounds()

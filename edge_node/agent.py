@@ -107,6 +107,7 @@ class EdgeAgent:
             self.transport.connect(self.options.connect_timeout)
             while not node.done and self.stop_requested is None:
                 self.inbox.dispatch(0.5)
+                self.transport.revive()
         finally:
             self.transport.close(final=offline)
         if self.stop_requested is not None:

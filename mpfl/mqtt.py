@@ -41,6 +41,9 @@ from mpfl.protocol import Publish
 DEFAULT_MAX_PAYLOAD = 1 << 20  # 1 MiB chunks unless told otherwise: EMQX's default limit
 SESSION_EXPIRY_S = 7 * 24 * 3600
 CONNACK_TIMEOUT_S = 5.0
+# paho retries at most every 16 s; a connection still down after this long is started anew,
+# since paho's own loop can wedge after a broker restart and never come back.
+STALLED_S = 45.0
 PROTOCOLS = {"5": paho.MQTTv5, "3.1.1": paho.MQTTv311}
 _BAD_PROTOCOL = {"Unsupported protocol version", "Unacceptable protocol version"}
 _BAD_AUTH = {"Bad user name or password", "Not authorized", "Banned", "Client identifier not valid"}
@@ -84,6 +87,7 @@ class MqttTransport:
         self._early: set[int] = set()
         self._lock = threading.Lock()
         self._closing = False
+        self._down_since: float | None = None
 
     # -- connection -----------------------------------------------------------------------
 
@@ -174,6 +178,7 @@ class MqttTransport:
             self.broker_max_packet = int(limit) if limit else None
             for topic_filter in self.inbox.filters:
                 client.subscribe(topic_filter, qos=1)
+            self._down_since = None
             self.connected.set()
             self.inbox.put_connected(bool(getattr(flags, "session_present", False)))
         self._connack.set()
@@ -184,7 +189,30 @@ class MqttTransport:
         was_connected = self.connected.is_set()
         self.connected.clear()
         if was_connected and not self._closing:
+            self._down_since = time.monotonic()
             self.log(f"lost the broker ({reason}); reconnecting")
+
+    def revive(self) -> None:
+        """Call now and then from the service's loop: replaces a client whose reconnects
+        have not succeeded for STALLED_S with a fresh one. Unacknowledged uploads of the old
+        client are given up; a node resends its cached round when the coordinator asks."""
+        down = self._down_since
+        if down is None or self._closing or time.monotonic() - down < STALLED_S:
+            return
+        old = self._client
+        self.log(f"no reconnection for {STALLED_S:.0f} s; starting a fresh connection")
+        if old is not None:
+            old.on_connect = old.on_disconnect = old.on_message = old.on_publish = None
+            # A wedged loop may never return from a join: let a daemon thread wait for it.
+            threading.Thread(target=self._stop_client, args=(old,), daemon=True).start()
+        with self._lock:
+            self._unacked.clear()
+            self._early.clear()
+        try:
+            self.connect(STALLED_S)
+        except FederationError as exc:
+            self.log(f"still no broker ({exc}); will try again")
+            self._down_since = time.monotonic()
 
     def _on_message(self, _client: paho.Client, _userdata: Any, message: Any) -> None:
         self.inbox.put(message.topic, bytes(message.payload))

@@ -111,3 +111,40 @@ def test_clients_reconnect_and_resubscribe_after_a_broker_restart() -> None:
         rx.close()
     finally:
         broker.stop()
+
+
+def test_a_client_whose_reconnects_stall_is_replaced(monkeypatch: pytest.MonkeyPatch) -> None:
+    require_mosquitto()
+    binary = mosquitto_binary()
+    assert binary is not None
+    monkeypatch.setattr("mpfl.mqtt.STALLED_S", 1.0)
+    broker = MosquittoBroker(binary).start()
+    try:
+        tx, rx, inbox, got = _pair(broker.url)
+        wedged = tx._client
+        assert wedged is not None
+        broker.stop()
+        assert not _connected_within(tx, 5)  # the loss is noticed
+        wedged.loop_stop()  # paho's loop is gone: it would never reconnect by itself
+        broker.start()
+        time.sleep(1.5)
+        assert not tx.connected.is_set()
+        tx.revive()
+        assert tx._client is not wedged and tx.connected.is_set()
+        assert rx.connected.wait(20)
+        tx.publish(Publish(UPLOAD, b"after the revival", qos=1))
+        _wait(inbox, lambda: bool(got))
+        assert got == [b"after the revival"]
+        tx.close()
+        rx.close()
+    finally:
+        broker.stop()
+
+
+def _connected_within(transport: MqttTransport, seconds: float) -> bool:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if not transport.connected.is_set():
+            return False
+        time.sleep(0.05)
+    return True
