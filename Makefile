@@ -2,7 +2,7 @@
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
-PACKAGES := mpfl edge_node coordinator export hardware
+PACKAGES := mpfl edge_node coordinator export hardware apps
 
 .PHONY: demo test lint install mosquitto clean
 

@@ -8,7 +8,7 @@ nothing one measurement loads inflates the next. The worker reports its own peak
 (VmHWM from /proc/self/status, the kernel's high-water mark) and timings as one JSON line
 on stdout; ``/usr/bin/time -v`` measures the same peak from outside as a check.
 
-- training: the core a node runs (``mpfl.models.build_model``, ``mpfl.train.train_local``
+- training: the core a node runs (``mpfl.ml.models.build_model``, ``mpfl.ml.train.train_local``
   with a ``MaskEnforcer`` at 50 % filter sparsity, SGD with momentum) on one 6,000-sample
   partition held in memory, as a node holds its own data: the parent writes the
   partition to an ``.npz`` and the worker loads only that. Seconds per epoch are timed
@@ -74,8 +74,8 @@ def peak_rss_mb() -> float:
 
 def _filter_mask(model: Any, spec: Any, sparsity: float) -> tuple[Any, np.ndarray]:
     """The unit map and a mask pruning ``sparsity`` of each layer's filters by L2 norm."""
-    from mpfl.masks import local_mask, unit_scores
-    from mpfl.units import build_unit_map, model_state
+    from mpfl.ml.masks import local_mask, unit_scores
+    from mpfl.ml.units import build_unit_map, model_state
 
     unit_map = build_unit_map(model, spec, "filter")
     scores = unit_scores(model_state(model), unit_map)
@@ -88,9 +88,9 @@ def train_worker(job: dict[str, Any]) -> dict[str, Any]:
     import torch
 
     rss_torch = peak_rss_mb()
-    from mpfl.data import load_npz
-    from mpfl.models import ModelSpec, build_model, parameter_count
-    from mpfl.train import MaskEnforcer, TrainConfig, train_local
+    from mpfl.ml.data import load_npz
+    from mpfl.ml.models import ModelSpec, build_model, parameter_count
+    from mpfl.ml.train import MaskEnforcer, TrainConfig, train_local
 
     torch.set_num_threads(job["threads"])
     data = load_npz(Path(job["data"]))
@@ -117,12 +117,12 @@ def export_worker(job: dict[str, Any]) -> dict[str, Any]:
     """Write LeNet-5 as ONNX: dense, and with the pruned filters removed."""
     import torch
 
-    from mpfl.models import ModelSpec, build_model
+    from mpfl.ml.models import ModelSpec, build_model
 
     spec = ModelSpec("lenet5")
     model = build_model(spec, seed=0).eval()
     unit_map, mask = _filter_mask(model, spec, job["sparsity"])
-    from mpfl.train import MaskEnforcer
+    from mpfl.ml.train import MaskEnforcer
 
     MaskEnforcer(model, unit_map, mask)  # zero the pruned filters in place
     variants: dict[str, torch.nn.Module] = {"dense": model}
@@ -260,7 +260,7 @@ def data_root() -> Path:
 
 def write_partition(dataset: str, out: Path, size: int = PARTITION_SIZE, seed: int = 0) -> Path:
     """One node's share: ``size`` random training samples, normalised, as an .npz."""
-    from mpfl.data import load_dataset
+    from mpfl.ml.data import load_dataset
 
     full = load_dataset(dataset, data_root(), "train")
     index = np.sort(np.random.default_rng(seed).permutation(len(full))[:size])

@@ -38,12 +38,12 @@ import torch
 from export.onnx_export import export_model, reference_model
 from export.options import ExportOptions
 from export.verify import VerifyData, verify_export
-from mpfl.checkpoint import SavedModel
-from mpfl.data import Dataset, load_dataset
-from mpfl.masks import local_mask, unit_scores
-from mpfl.models import ModelSpec, build_model
-from mpfl.train import MaskEnforcer, TrainConfig, evaluate, train_local
-from mpfl.units import build_unit_map, model_state
+from mpfl.ml.checkpoint import SavedModel
+from mpfl.ml.data import Dataset, load_dataset
+from mpfl.ml.masks import local_mask, unit_scores
+from mpfl.ml.models import ModelSpec, build_model
+from mpfl.ml.train import MaskEnforcer, TrainConfig, evaluate, train_local
+from mpfl.ml.units import build_unit_map, model_state
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 KB = 1024

@@ -33,7 +33,7 @@ from typing import Any
 
 import torch
 
-from mpfl.experiments import ExperimentResult, Experiments, ExperimentSettings
+from apps.experiments import ExperimentResult, Experiments, ExperimentSettings
 
 Progress = Callable[[str], None]
 RESULTS_DIR = Path(__file__).resolve().parent / "results"

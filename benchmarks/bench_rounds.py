@@ -37,11 +37,16 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from coordinator.broker import MosquittoBroker, mosquitto_binary  # noqa: E402
-from mpfl import topics  # noqa: E402
-from mpfl.models import ModelSpec, build_model  # noqa: E402
-from mpfl.protocol import Hello, encode_update  # noqa: E402
-from mpfl.units import build_unit_map  # noqa: E402
-from mpfl.wire import Envelope, Kind, encode_envelope, encode_values  # noqa: E402
+from mpfl.ml.models import ModelSpec, build_model  # noqa: E402
+from mpfl.ml.units import build_unit_map  # noqa: E402
+from mpfl.wire import (  # noqa: E402
+    Envelope,
+    Kind,
+    encode_envelope,
+    encode_values,
+    topics,  # noqa: E402
+)
+from mpfl.wire.protocol import Hello, encode_update  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results" / "rounds.json"
 WORKERS = 4
@@ -210,7 +215,7 @@ def raw_transfer(url: str, n: int, repeats: int, codec: str) -> dict[str, Any]:
 
 def headline(data_dir: str, tmp: Path) -> dict[str, Any]:
     run_dir = tmp / "headline"
-    cmd = [sys.executable, "-m", "mpfl.cli", "simulate", "--nodes", "10", "--dataset", "mnist",
+    cmd = [sys.executable, "-m", "apps.cli", "simulate", "--nodes", "10", "--dataset", "mnist",
            "--data-dir", data_dir, "--partition-scheme", "dirichlet:0.5", "--run-dir",
            str(run_dir), "--federation", "headline", "--model", "lenet5", "--granularity",
            "weight", "--final-sparsity", "0.9", "--mask-rounds", "5", "--train-rounds", "15",

@@ -12,7 +12,7 @@ from typing import Any
 import click
 
 from coordinator.provision import provision_command
-from mpfl.cli_config import config_options, pop_config_overrides
+from mpfl.config.flags import config_options, pop_config_overrides
 from mpfl.errors import reports_errors
 
 
@@ -53,9 +53,9 @@ def main() -> None:
 def run(**kwargs: Any) -> None:
     """Run (or resume) a federation until it is done or fails."""
     from coordinator.service import CoordinatorService, ServiceOptions, load_eval_data
-    from mpfl.config import load_config
-    from mpfl.endpoint import parse_broker_url
-    from mpfl.mqtt import DEFAULT_MAX_PAYLOAD
+    from mpfl.config.settings import load_config
+    from mpfl.net.endpoint import parse_broker_url
+    from mpfl.net.mqtt import DEFAULT_MAX_PAYLOAD
 
     overrides = pop_config_overrides(kwargs)
     cfg = load_config(kwargs["config_path"], overrides)

@@ -37,7 +37,7 @@ from typing import Literal
 import click
 
 from mpfl.errors import ConfigError, MpflError
-from mpfl.topics import node_filter, nodes_filter, server_filter, topic_prefix, validate_name
+from mpfl.wire.topics import node_filter, nodes_filter, server_filter, topic_prefix, validate_name
 
 PasswordHasher = Literal["auto", "mosquitto_passwd", "builtin"]
 

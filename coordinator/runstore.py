@@ -6,7 +6,7 @@
     <run_dir>/metrics.jsonl          one closed round per line (RoundLog), rewritten whole
     <run_dir>/node_metrics.jsonl     what nodes reported about their local training
     <run_dir>/summary.json           totals: phase, dropped by reason, bytes by kind
-    <run_dir>/final/                 the final model (``mpfl.checkpoint.save_model``)
+    <run_dir>/final/                 the final model (``mpfl.ml.checkpoint.save_model``)
 
 Every file is written atomically (temp file, fsync, rename). A snapshot's arrays go to a
 new file named by round before ``state.json`` points at them, so a crash at any moment
@@ -22,10 +22,10 @@ from typing import Any
 
 import numpy as np
 
-from mpfl.checkpoint import SavedModel, atomic_write, read_npz, save_model, write_json, write_npz
-from mpfl.config import FederationConfig
+from mpfl.config.settings import FederationConfig
 from mpfl.errors import ConfigError, ModelError
-from mpfl.fed_server import FederationServer
+from mpfl.federation.server import FederationServer
+from mpfl.ml.checkpoint import SavedModel, atomic_write, read_npz, save_model, write_json, write_npz
 
 # Keys a resumed run may change: they steer the round timing, not its results.
 OPERATIONAL_KEYS = frozenset({"round_timeout", "start_timeout", "retries", "quorum", "min_nodes"})

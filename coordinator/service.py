@@ -17,16 +17,16 @@ from pathlib import Path
 
 from coordinator.broker import EmbeddedBroker, start_embedded_broker
 from coordinator.runstore import RunStore
-from mpfl import topics
-from mpfl.config import FederationConfig
-from mpfl.data import Dataset, load_dataset
-from mpfl.endpoint import BrokerAddress, parse_broker_url
+from mpfl.config.settings import FederationConfig
 from mpfl.errors import MpflError
-from mpfl.fed_server import FederationServer
-from mpfl.inbox import Inbox
-from mpfl.metrics import RoundLog
-from mpfl.mqtt import DEFAULT_MAX_PAYLOAD, MqttTransport
-from mpfl.protocol import Hello, Publish, decode_json
+from mpfl.federation.metrics import RoundLog
+from mpfl.federation.server import FederationServer
+from mpfl.ml.data import Dataset, load_dataset
+from mpfl.net.endpoint import BrokerAddress, parse_broker_url
+from mpfl.net.inbox import Inbox
+from mpfl.net.mqtt import DEFAULT_MAX_PAYLOAD, MqttTransport
+from mpfl.wire import topics
+from mpfl.wire.protocol import Hello, Publish, decode_json
 
 TICK_S = 0.2
 LINGER_S = 15.0  # with an embedded broker: time for nodes to read "done" before it stops

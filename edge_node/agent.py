@@ -16,15 +16,15 @@ from pathlib import Path
 import numpy as np
 
 from edge_node.state import load_finished, save_finished, state_path
-from mpfl import topics
-from mpfl.data import Dataset, load_dataset
-from mpfl.endpoint import BrokerAddress
 from mpfl.errors import FederationError, FingerprintMismatch, WireError
-from mpfl.fed_node import FederationNode, Finished
-from mpfl.inbox import Inbox
-from mpfl.mqtt import DEFAULT_MAX_PAYLOAD, MqttTransport
-from mpfl.partition import parse_share, partition
-from mpfl.protocol import OFFLINE, Publish
+from mpfl.federation.node import FederationNode, Finished
+from mpfl.maths.partition import parse_share, partition
+from mpfl.ml.data import Dataset, load_dataset
+from mpfl.net.endpoint import BrokerAddress
+from mpfl.net.inbox import Inbox
+from mpfl.net.mqtt import DEFAULT_MAX_PAYLOAD, MqttTransport
+from mpfl.wire import topics
+from mpfl.wire.protocol import OFFLINE, Publish
 
 UPLOAD_ACK_TIMEOUT_S = 120.0
 

@@ -75,11 +75,11 @@ def start(
 
     from edge_node.agent import AgentOptions, EdgeAgent, load_node_data
     from hardware import apply_threads, detect_profile, get_profile, memory_guard
-    from mpfl import topics
-    from mpfl.endpoint import parse_broker_url
     from mpfl.errors import HardwareError
-    from mpfl.fed_node import FederationNode
-    from mpfl.mqtt import DEFAULT_MAX_PAYLOAD
+    from mpfl.federation.node import FederationNode
+    from mpfl.net.endpoint import parse_broker_url
+    from mpfl.net.mqtt import DEFAULT_MAX_PAYLOAD
+    from mpfl.wire import topics
 
     topics.validate_node_id(node_id)
     topics.validate_name(federation, what="federation")
@@ -100,7 +100,7 @@ def start(
         torch.set_num_threads(threads)
     data, index = load_node_data(dataset, data_dir, share, partition_scheme, seed, limit)
     if corrupt is not None:
-        from mpfl.robustness import permute_labels, shuffle_pixels
+        from mpfl.ml.robustness import permute_labels, shuffle_pixels
 
         spoil = shuffle_pixels if corrupt == "noise" else permute_labels
         data = spoil(data, seed * 1000 + index)

@@ -12,11 +12,11 @@ from pathlib import Path
 
 import numpy as np
 
-from mpfl import topics
-from mpfl.checkpoint import read_npz, write_npz
 from mpfl.errors import ModelError
-from mpfl.fed_node import Finished
-from mpfl.protocol import Publish
+from mpfl.federation.node import Finished
+from mpfl.ml.checkpoint import read_npz, write_npz
+from mpfl.wire import topics
+from mpfl.wire.protocol import Publish
 
 
 def state_path(state_dir: Path, federation: str, node_id: str) -> Path:

@@ -12,8 +12,8 @@ from pathlib import Path
 import click
 
 from export.options import COMPRESSIONS, DEFAULT_OPSET, FORMATS, ExportOptions
-from mpfl.data import DATASETS
 from mpfl.errors import ExportError, MpflError, reports_errors
+from mpfl.ml.data import DATASETS
 
 PROG = "mpfl-export"
 
@@ -62,7 +62,7 @@ def main(
     # torch loads here, not at import: a spawned verification worker re-imports this
     # module as its __main__ and needs none of it.
     from export.verify import export_and_verify, verification_data
-    from mpfl.checkpoint import load_model
+    from mpfl.ml.checkpoint import load_model
 
     options = ExportOptions(format=fmt, int8=int8, compress=compress, opset=opset)
     saved = load_model(source)

@@ -1,6 +1,6 @@
 """``mpfl-infer``: run an exported model on images, on the device, without torch.
 
-Reads the dataset formats the toolkit reads (``mpfl.data``, which needs only numpy),
+Reads the dataset formats the toolkit reads (``mpfl.ml.data``, which needs only numpy),
 an ``.npz`` with ``x`` (and optionally ``y``), or an ``.npy`` of preprocessed NCHW
 images; prints predictions, accuracy when labels exist, and latency.
 """
@@ -17,8 +17,8 @@ import click
 import numpy as np
 
 from export.runner import Runner
-from mpfl.data import DATASETS, load_dataset
 from mpfl.errors import ConfigError, DataError, reports_errors
+from mpfl.ml.data import DATASETS, load_dataset
 
 
 @dataclass(frozen=True)

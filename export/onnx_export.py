@@ -27,11 +27,11 @@ from export.graph import compact, set_metadata
 from export.options import ExportOptions
 from export.prune import prune_filters
 from export.quantize import quantize_int8
-from mpfl.checkpoint import SavedModel, atomic_write
 from mpfl.errors import ExportError
-from mpfl.models import ZOO, ModelSpec, ZooModel, build_model, resolve_spec
-from mpfl.train import load_state
-from mpfl.units import UnitMap
+from mpfl.ml.checkpoint import SavedModel, atomic_write
+from mpfl.ml.models import ZOO, ModelSpec, ZooModel, build_model, resolve_spec
+from mpfl.ml.train import load_state
+from mpfl.ml.units import UnitMap
 
 ZSTD_LEVEL = 19
 INPUT_NAME = "input"

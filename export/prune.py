@@ -18,8 +18,8 @@ import torch
 from torch import nn
 
 from mpfl.errors import ExportError
-from mpfl.models import ZooModel
-from mpfl.units import UnitMap
+from mpfl.ml.models import ZooModel
+from mpfl.ml.units import UnitMap
 
 _Index = dict[str, np.ndarray]
 

@@ -90,7 +90,7 @@ class VerifyReport:
         return {k: _finite(v) for k, v in doc.items()}
 
     def write_json(self, path: Path) -> None:
-        from mpfl.checkpoint import write_json
+        from mpfl.ml.checkpoint import write_json
 
         write_json(path, self.to_dict())
 

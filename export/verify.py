@@ -33,10 +33,10 @@ from export.onnx_export import (
 from export.options import ExportOptions
 from export.report import SPARSITY_SLACK, TOLERANCES, Tolerance, VerifyReport
 from export.runner import read_model_bytes, verification_worker
-from mpfl.checkpoint import SavedModel
-from mpfl.data import load_dataset
 from mpfl.errors import DataError, ExportError
-from mpfl.models import ModelSpec
+from mpfl.ml.checkpoint import SavedModel
+from mpfl.ml.data import load_dataset
+from mpfl.ml.models import ModelSpec
 
 WORKER_TIMEOUT_S = 600.0
 

@@ -6,10 +6,10 @@ import numpy as np
 import torch
 
 from export.onnx_export import input_shape
-from mpfl.checkpoint import SavedModel
-from mpfl.masks import local_mask, unit_scores
-from mpfl.models import ModelSpec, build_model
-from mpfl.units import build_unit_map, model_state
+from mpfl.ml.checkpoint import SavedModel
+from mpfl.ml.masks import local_mask, unit_scores
+from mpfl.ml.models import ModelSpec, build_model
+from mpfl.ml.units import build_unit_map, model_state
 
 ZOO_MODELS = ("mlp", "lenet5", "cnn-cifar", "resnet8")
 

@@ -7,8 +7,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from mpfl import aggregate as agg
-from mpfl.aggregate import (
+from mpfl.errors import ConfigError, FederationError, ModelError
+from mpfl.maths import aggregate as agg
+from mpfl.maths.aggregate import (
     AGGREGATORS,
     WeightedAverager,
     aggregate,
@@ -17,7 +18,6 @@ from mpfl.aggregate import (
     trimmed_mean,
     weighted_mean,
 )
-from mpfl.errors import ConfigError, FederationError, ModelError
 
 
 @st.composite

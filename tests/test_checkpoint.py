@@ -12,7 +12,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from mpfl.checkpoint import (
+from mpfl.errors import ModelError
+from mpfl.ml.checkpoint import (
     MASK_KEY,
     SavedModel,
     atomic_write,
@@ -21,9 +22,8 @@ from mpfl.checkpoint import (
     save_model,
     write_json,
 )
-from mpfl.errors import ModelError
-from mpfl.models import ModelSpec, build_model
-from mpfl.units import build_unit_map, model_state
+from mpfl.ml.models import ModelSpec, build_model
+from mpfl.ml.units import build_unit_map, model_state
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

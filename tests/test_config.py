@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from mpfl.config import FederationConfig, load_config
+from mpfl.config.settings import FederationConfig, load_config
 from mpfl.errors import ConfigError
-from mpfl.models import ModelSpec
+from mpfl.ml.models import ModelSpec
 
 
 def _toml(tmp_path: Path, text: str) -> Path:

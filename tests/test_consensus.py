@@ -8,7 +8,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from mpfl.consensus import (
+from mpfl.errors import ConfigError, FederationError, ModelError
+from mpfl.maths.consensus import (
     DEFAULT_RULE,
     RULES,
     VoteAccumulator,
@@ -19,8 +20,7 @@ from mpfl.consensus import (
     get_rule,
     packed_size,
 )
-from mpfl.errors import ConfigError, FederationError, ModelError
-from mpfl.schedules import keep_count
+from mpfl.maths.schedules import keep_count
 
 # -- helpers -------------------------------------------------------------------------------
 

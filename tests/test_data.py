@@ -11,7 +11,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from mpfl.data import (
+from mpfl.errors import ConfigError, DataError
+from mpfl.ml.data import (
     Dataset,
     load_cifar10,
     load_dataset,
@@ -21,7 +22,6 @@ from mpfl.data import (
     load_npz,
     read_idx,
 )
-from mpfl.errors import ConfigError, DataError
 
 CIFAR_MEAN = np.array([0.4914, 0.4822, 0.4465], dtype=np.float32)
 CIFAR_STD = np.array([0.2470, 0.2435, 0.2616], dtype=np.float32)

@@ -9,13 +9,13 @@ from click.testing import CliRunner
 
 from edge_node.cli import main as edge_main
 from hardware import get_profile, memory_guard
-from mpfl import topics
-from mpfl.config import FederationConfig
-from mpfl.data import load_dataset
+from mpfl.config.settings import FederationConfig
 from mpfl.errors import HardwareError
-from mpfl.fed_node import FederationNode
-from mpfl.fed_server import FederationServer
-from mpfl.transport import MemoryBroker
+from mpfl.federation.node import FederationNode
+from mpfl.federation.server import FederationServer
+from mpfl.federation.transport import MemoryBroker
+from mpfl.ml.data import load_dataset
+from mpfl.wire import topics
 
 CFG = FederationConfig(federation="hw", model="mlp", model_args={"image_size": 8},
                        mask_rounds=1, train_rounds=0, batch_size=64, min_nodes=1)

@@ -15,10 +15,10 @@ from click.testing import CliRunner, Result
 from export import report as report_module
 from export.cli import main
 from export.report import Tolerance
-from mpfl.checkpoint import SavedModel, save_model
-from mpfl.masks import local_mask, unit_scores
-from mpfl.models import ModelSpec, build_model
-from mpfl.units import build_unit_map, model_state
+from mpfl.ml.checkpoint import SavedModel, save_model
+from mpfl.ml.masks import local_mask, unit_scores
+from mpfl.ml.models import ModelSpec, build_model
+from mpfl.ml.units import build_unit_map, model_state
 
 DIGITS_MLP = ModelSpec("mlp", {"image_size": 8, "hidden": [64, 32]})
 

@@ -12,8 +12,8 @@ from torch import nn
 from export.onnx_export import reference_model
 from export.prune import kept_indices, prune_filters
 from mpfl.errors import ExportError
-from mpfl.models import parameter_count
-from mpfl.train import load_state
+from mpfl.ml.models import parameter_count
+from mpfl.ml.train import load_state
 
 
 @pytest.mark.parametrize("name", [*ZOO_MODELS, "resnet20"])

@@ -6,10 +6,10 @@ from pathlib import Path
 
 from click.testing import CliRunner
 
-from mpfl.cli import main
-from mpfl.config import FederationConfig
+from apps.cli import main
+from apps.launcher import SimulationPlan
+from mpfl.config.settings import FederationConfig
 from mpfl.errors import ConfigError
-from mpfl.launcher import SimulationPlan
 
 
 def test_only_the_chosen_nodes_are_started_faulty(tmp_path: Path) -> None:

@@ -23,12 +23,11 @@ from brokers import require_mosquitto, start_mosquitto
 from paho.mqtt.enums import CallbackAPIVersion
 
 from coordinator.broker import MosquittoBroker, mosquitto_binary
-from mpfl import topics
-from mpfl.checkpoint import load_model
-from mpfl.masks import keep_count
-from mpfl.models import ModelSpec, build_model
-from mpfl.units import build_unit_map
-from mpfl.wire import Envelope, Kind, encode_envelope
+from mpfl.ml.checkpoint import load_model
+from mpfl.ml.masks import keep_count
+from mpfl.ml.models import ModelSpec, build_model
+from mpfl.ml.units import build_unit_map
+from mpfl.wire import Envelope, Kind, encode_envelope, topics
 
 pytestmark = pytest.mark.integration
 
@@ -256,7 +255,7 @@ def test_broker_killed_and_restarted(tmp_path: Path, fleet: Fleet, mnist_dir: Pa
 def test_simulate_through_the_embedded_broker(tmp_path: Path) -> None:
     run_dir = tmp_path / "sim"
     done = subprocess.run(
-        [sys.executable, "-m", "mpfl.cli", "simulate", "--nodes", "3", "--run-dir", str(run_dir),
+        [sys.executable, "-m", "apps.cli", "simulate", "--nodes", "3", "--run-dir", str(run_dir),
          "--mask-rounds", "2", "--train-rounds", "3"],
         capture_output=True, text=True, env=_env(), timeout=RUN_TIMEOUT_S, check=False,
     )

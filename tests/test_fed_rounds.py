@@ -12,15 +12,14 @@ import numpy as np
 import pytest
 
 from coordinator.runstore import RunStore
-from mpfl import topics
-from mpfl.config import FederationConfig
-from mpfl.data import load_dataset
+from mpfl.config.settings import FederationConfig
 from mpfl.errors import FederationError, ModelError
-from mpfl.fed_node import FederationNode
-from mpfl.fed_server import FederationServer
-from mpfl.protocol import Publish, decode_json, encode_update
-from mpfl.transport import MemoryBroker
-from mpfl.wire import Envelope, Kind, encode_envelope, encode_mask, encode_values
+from mpfl.federation.node import FederationNode
+from mpfl.federation.server import FederationServer
+from mpfl.federation.transport import MemoryBroker
+from mpfl.ml.data import load_dataset
+from mpfl.wire import Envelope, Kind, encode_envelope, encode_mask, encode_values, topics
+from mpfl.wire.protocol import Publish, decode_json, encode_update
 
 CFG = FederationConfig(
     federation="t", model="mlp", model_args={"image_size": 8, "hidden": [16]},

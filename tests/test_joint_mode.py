@@ -6,11 +6,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from mpfl.config import FederationConfig
-from mpfl.data import load_dataset
-from mpfl.fed_server import FederationServer
-from mpfl.partition import partition
-from mpfl.simulation import run_in_process
+from mpfl.config.settings import FederationConfig
+from mpfl.federation.server import FederationServer
+from mpfl.federation.simulation import run_in_process
+from mpfl.maths.partition import partition
+from mpfl.ml.data import load_dataset
 
 
 def _run(mode: str) -> FederationServer:

@@ -14,27 +14,27 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from mpfl.baselines import (
+from apps.baselines import (
     centralised_pruning,
     dense_fedavg_config,
     fedavg_then_prune,
     magnitude_mask,
 )
-from mpfl.config import FederationConfig
-from mpfl.data import Dataset, load_dataset
-from mpfl.errors import ConfigError
-from mpfl.experiments import (
+from apps.experiments import (
     ExperimentResult,
     Experiments,
     ExperimentSettings,
     run_experiment,
 )
-from mpfl.masks import keep_count
-from mpfl.models import ModelSpec, build_model
-from mpfl.protocol import encode_update
-from mpfl.robustness import corrupt_nodes, label_derangement, permute_labels, shuffle_pixels
-from mpfl.units import build_unit_map, model_state
+from mpfl.config.settings import FederationConfig
+from mpfl.errors import ConfigError
+from mpfl.ml.data import Dataset, load_dataset
+from mpfl.ml.masks import keep_count
+from mpfl.ml.models import ModelSpec, build_model
+from mpfl.ml.robustness import corrupt_nodes, label_derangement, permute_labels, shuffle_pixels
+from mpfl.ml.units import build_unit_map, model_state
 from mpfl.wire import Envelope, Kind, encode_envelope, encode_values
+from mpfl.wire.protocol import encode_update
 
 MLP_ARGS = {"in_channels": 1, "image_size": 8, "hidden": [16, 8], "num_classes": 10}
 TINY = ExperimentSettings(nodes=3, mask_rounds=2, train_rounds=2, granularity="weight")

@@ -8,11 +8,12 @@ import torch
 from hypothesis import given
 from hypothesis import strategies as st
 
-from mpfl import masks, schedules
 from mpfl.errors import ConfigError
-from mpfl.masks import local_mask, unit_scores
-from mpfl.models import ModelSpec, build_model
-from mpfl.units import build_unit_map, model_state
+from mpfl.maths import schedules
+from mpfl.ml import masks
+from mpfl.ml.masks import local_mask, unit_scores
+from mpfl.ml.models import ModelSpec, build_model
+from mpfl.ml.units import build_unit_map, model_state
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

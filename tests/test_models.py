@@ -16,9 +16,9 @@ import torch
 from torch import nn
 
 from mpfl.errors import ConfigError, ModelError
-from mpfl.models import ModelSpec, ZooModel, build_model, parameter_count, resolve_spec
-from mpfl.train import load_state
-from mpfl.units import build_unit_map, model_state
+from mpfl.ml.models import ModelSpec, ZooModel, build_model, parameter_count, resolve_spec
+from mpfl.ml.train import load_state
+from mpfl.ml.units import build_unit_map, model_state
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

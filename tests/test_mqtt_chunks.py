@@ -10,7 +10,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from mpfl.chunks import (
+from mpfl.errors import ConfigError, WireError
+from mpfl.wire.chunks import (
     HEADER_SIZE,
     MAGIC,
     ChunkHeader,
@@ -19,7 +20,6 @@ from mpfl.chunks import (
     parse_chunk,
     split_payload,
 )
-from mpfl.errors import ConfigError, WireError
 
 LIMIT = HEADER_SIZE + 1024
 

@@ -13,14 +13,14 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from edge_node.state import load_finished, save_finished, state_path
-from mpfl.chunks import split_payload
-from mpfl.cli_config import config_options, config_to_args, pop_config_overrides
-from mpfl.config import FederationConfig, load_config
-from mpfl.endpoint import parse_broker_url
+from mpfl.config.flags import config_options, config_to_args, pop_config_overrides
+from mpfl.config.settings import FederationConfig, load_config
 from mpfl.errors import ConfigError
-from mpfl.fed_node import Finished
-from mpfl.inbox import Inbox, message_kind
-from mpfl.protocol import Publish
+from mpfl.federation.node import Finished
+from mpfl.net.endpoint import parse_broker_url
+from mpfl.net.inbox import Inbox, message_kind
+from mpfl.wire.chunks import split_payload
+from mpfl.wire.protocol import Publish
 
 
 @pytest.mark.parametrize(

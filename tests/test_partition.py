@@ -8,7 +8,7 @@ from hypothesis import given, reject
 from hypothesis import strategies as st
 
 from mpfl.errors import ConfigError
-from mpfl.partition import label_histogram, parse_scheme, parse_share, partition
+from mpfl.maths.partition import label_histogram, parse_scheme, parse_share, partition
 
 SCHEMES = ["iid", "dirichlet:0.1", "dirichlet:0.5", "dirichlet:100", "shards", "shards:3"]
 

@@ -11,7 +11,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from hardware.plan import (
+from apps.plan import (
     MESSAGES_PER_ROUND,
     STATE_MESSAGE_BYTES,
     RoundBytes,
@@ -32,9 +32,9 @@ from hardware.plan import (
 )
 from hardware.profiles import Link, get_link, get_profile
 from mpfl.errors import ConfigError, DataError, HardwareError
-from mpfl.metrics import RoundLog
-from mpfl.protocol import encode_update
+from mpfl.federation.metrics import RoundLog
 from mpfl.wire import Envelope, Kind, encode_envelope, encode_values
+from mpfl.wire.protocol import encode_update
 
 # 1 Mbit/s both ways, 50 ms per message: 1 MB takes 8 s plus latency.
 MBIT = Link("mbit", "test link", uplink_kbps=1000, downlink_kbps=1000, latency_ms=50, source="")

@@ -10,7 +10,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from mpfl.errors import WireError
-from mpfl.protocol import (
+from mpfl.wire.protocol import (
     OFFLINE,
     PHASES,
     Hello,

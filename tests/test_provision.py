@@ -21,7 +21,7 @@ from coordinator.provision import (
     verify_mosquitto_password,
 )
 from mpfl.errors import ConfigError
-from mpfl.topics import node_filter, nodes_filter, server_filter
+from mpfl.wire.topics import node_filter, nodes_filter, server_filter
 
 # A line written by `mosquitto_passwd -b -c pw alice secret` (Mosquitto 2.0.11).
 GOLDEN_LINE = (

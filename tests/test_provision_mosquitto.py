@@ -20,7 +20,7 @@ from brokers import Broker, make_test_pki, run_mosquitto
 from paho.mqtt.reasoncodes import ReasonCode
 
 from coordinator.provision import ProvisionResult, provision
-from mpfl.topics import node_topic, nodes_filter, server_filter, server_topic
+from mpfl.wire.topics import node_topic, nodes_filter, server_filter, server_topic
 
 pytestmark = pytest.mark.integration
 

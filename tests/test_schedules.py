@@ -5,7 +5,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from mpfl.errors import ConfigError
-from mpfl.schedules import DEFAULT_SCHEDULE, SCHEDULES, get_schedule, keep_count
+from mpfl.maths.schedules import DEFAULT_SCHEDULE, SCHEDULES, get_schedule, keep_count
 
 rounds = st.integers(min_value=1, max_value=300)
 sparsities = st.floats(min_value=0.0, max_value=0.999, allow_nan=False)

@@ -15,18 +15,18 @@ from dataclasses import dataclass, field
 import numpy as np
 import pytest
 
-from mpfl import simulation, topics
-from mpfl.config import FederationConfig
-from mpfl.data import Dataset, load_dataset
-from mpfl.fed_server import FederationServer
-from mpfl.models import build_model
-from mpfl.partition import partition
-from mpfl.protocol import Publish
-from mpfl.schedules import get_schedule, keep_count
-from mpfl.train import evaluate, load_state
-from mpfl.transport import MemoryBroker
-from mpfl.units import model_state
-from mpfl.wire import Envelope, Kind, decode_envelope, decode_mask, decode_values
+from mpfl.config.settings import FederationConfig
+from mpfl.federation import simulation
+from mpfl.federation.server import FederationServer
+from mpfl.federation.transport import MemoryBroker
+from mpfl.maths.partition import partition
+from mpfl.maths.schedules import get_schedule, keep_count
+from mpfl.ml.data import Dataset, load_dataset
+from mpfl.ml.models import build_model
+from mpfl.ml.train import evaluate, load_state
+from mpfl.ml.units import model_state
+from mpfl.wire import Envelope, Kind, decode_envelope, decode_mask, decode_values, topics
+from mpfl.wire.protocol import Publish
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

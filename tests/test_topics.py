@@ -7,7 +7,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from mpfl.errors import ConfigError
-from mpfl.topics import (
+from mpfl.wire.topics import (
     NODE_TOPICS,
     SERVER_TOPICS,
     node_filter,

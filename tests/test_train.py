@@ -7,11 +7,11 @@ import pytest
 import torch
 from torch import nn
 
-from mpfl.data import Dataset
 from mpfl.errors import ConfigError, ModelError
-from mpfl.models import ModelSpec, build_model
-from mpfl.train import MaskEnforcer, TrainConfig, evaluate, load_state, train_local
-from mpfl.units import UnitMap, build_unit_map, model_state
+from mpfl.ml.data import Dataset
+from mpfl.ml.models import ModelSpec, build_model
+from mpfl.ml.train import MaskEnforcer, TrainConfig, evaluate, load_state, train_local
+from mpfl.ml.units import UnitMap, build_unit_map, model_state
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

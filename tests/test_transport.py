@@ -8,8 +8,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from mpfl.protocol import Publish
-from mpfl.transport import MemoryBroker, topic_matches
+from mpfl.federation.transport import MemoryBroker, topic_matches
+from mpfl.wire.protocol import Publish
 
 
 def _reference_match(topic_filter: str, topic: str) -> bool:

@@ -8,8 +8,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from mpfl.errors import ModelError
-from mpfl.models import ModelSpec, build_model
-from mpfl.units import State, UnitMap, build_unit_map, model_state
+from mpfl.ml.models import ModelSpec, build_model
+from mpfl.ml.units import State, UnitMap, build_unit_map, model_state
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

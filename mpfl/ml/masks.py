@@ -12,8 +12,8 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 
 from mpfl.errors import ConfigError
-from mpfl.schedules import keep_count
-from mpfl.units import UnitMap
+from mpfl.maths.schedules import keep_count
+from mpfl.ml.units import UnitMap
 
 __all__ = ["keep_count", "local_mask", "unit_scores"]
 

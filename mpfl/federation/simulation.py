@@ -8,15 +8,15 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 
-from mpfl import topics
-from mpfl.config import FederationConfig
-from mpfl.data import Dataset
+from mpfl.config.settings import FederationConfig
 from mpfl.errors import FederationError
-from mpfl.fed_node import FederationNode
-from mpfl.fed_server import FederationServer
-from mpfl.metrics import RoundLog
-from mpfl.protocol import Publish
-from mpfl.transport import MemoryBroker
+from mpfl.federation.metrics import RoundLog
+from mpfl.federation.node import FederationNode
+from mpfl.federation.server import FederationServer
+from mpfl.federation.transport import MemoryBroker
+from mpfl.ml.data import Dataset
+from mpfl.wire import topics
+from mpfl.wire.protocol import Publish
 
 
 def run_in_process(

@@ -15,13 +15,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from mpfl.aggregate import AGGREGATORS
-from mpfl.consensus import RULES
 from mpfl.errors import ConfigError
-from mpfl.models import PRESETS, ZOO, ModelSpec
-from mpfl.schedules import SCHEDULES
-from mpfl.topics import validate_name
-from mpfl.train import OPTIMIZERS
+from mpfl.maths.aggregate import AGGREGATORS
+from mpfl.maths.consensus import RULES
+from mpfl.maths.schedules import SCHEDULES
+from mpfl.ml.models import PRESETS, ZOO, ModelSpec
+from mpfl.ml.train import OPTIMIZERS
+from mpfl.wire.topics import validate_name
 
 KEY_HELP = {
     "federation": "Federation name: the MQTT topic prefix is mpfl/v1/<federation>.",

@@ -2,7 +2,7 @@
 
 ``--final-sparsity 0.8`` sets ``final_sparsity``; booleans get ``--delta/--no-delta``;
 ``model_args`` takes JSON. Every option defaults to None, so an unset flag leaves the
-TOML file's or the ``MPFL_*`` environment's value in force (see ``mpfl.config``).
+TOML file's or the ``MPFL_*`` environment's value in force (see ``mpfl.config.settings``).
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from typing import Any, TypeVar
 
 import click
 
-from mpfl.config import KEY_HELP, FederationConfig
+from mpfl.config.settings import KEY_HELP, FederationConfig
 
 F = TypeVar("F", bound=Callable[..., Any])
 

@@ -25,22 +25,22 @@ from typing import Any
 
 import numpy as np
 
-from mpfl.baselines import (
+from apps.baselines import (
     CentralRound,
     centralised_pruning,
     dense_fedavg_config,
     evaluate_state,
     fedavg_then_prune,
 )
-from mpfl.config import FederationConfig
-from mpfl.data import Dataset, load_cifar10, load_dataset
+from mpfl.config.settings import FederationConfig
 from mpfl.errors import ConfigError
-from mpfl.fed_server import FederationServer
-from mpfl.metrics import RoundLog
-from mpfl.partition import partition
-from mpfl.robustness import corrupt_nodes
-from mpfl.simulation import run_in_process
-from mpfl.units import State
+from mpfl.federation.metrics import RoundLog
+from mpfl.federation.server import FederationServer
+from mpfl.federation.simulation import run_in_process
+from mpfl.maths.partition import partition
+from mpfl.ml.data import Dataset, load_cifar10, load_dataset
+from mpfl.ml.robustness import corrupt_nodes
+from mpfl.ml.units import State
 
 METHODS = ("mpfl", "mpfl-joint", "fedavg", "fedavg-prune", "central")
 # The CIFAR-10 split: two training batches (20k images) and the test batch.

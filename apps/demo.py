@@ -12,12 +12,12 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 
-from mpfl.config import FederationConfig
-from mpfl.data import load_dataset
-from mpfl.fed_server import FederationServer
-from mpfl.metrics import RoundLog
-from mpfl.partition import label_histogram, partition
-from mpfl.simulation import run_in_process
+from mpfl.config.settings import FederationConfig
+from mpfl.federation.metrics import RoundLog
+from mpfl.federation.server import FederationServer
+from mpfl.federation.simulation import run_in_process
+from mpfl.maths.partition import label_histogram, partition
+from mpfl.ml.data import load_dataset
 
 DEMO_CONFIG = FederationConfig(
     federation="demo",

@@ -25,11 +25,11 @@ from pathlib import Path
 
 from hardware.profiles import Link, Profile, get_link, get_profile, link_time
 from mpfl.errors import ConfigError, DataError
-from mpfl.metrics import RoundLog, read_metrics
+from mpfl.federation.metrics import RoundLog, read_metrics
 from mpfl.wire import MIN_MESSAGE_SIZE
 
 BYTES_PER_FP32 = 4
-# A node's update payload starts with its sample count, a u32 (mpfl.protocol.encode_update).
+# A node's update payload starts with its sample count, a u32 (mpfl.wire.protocol.encode_update).
 UPDATE_HEADER_BYTES = 4
 # The coordinator's server/state JSON document is ~420 bytes for a LeNet-5 run; MPFL's
 # records include its exact size, the dense FedAvg estimate adds this figure instead.

@@ -14,7 +14,7 @@ while the coordinator was away are delivered when it is back; subscriptions are 
 on every connect anyway, since a restarted broker forgets them. A node's client also sets
 a retained last will "offline" on its status topic.
 
-Payloads over the chunk limit are split (``mpfl.chunks``); the limit is the smaller of
+Payloads over the chunk limit are split (``mpfl.wire.chunks``); the limit is the smaller of
 ``max_payload`` and the Maximum-Packet-Size a v5 broker announces in its CONNACK.
 Retained messages are never split: one over the broker's announced limit is refused.
 """
@@ -32,11 +32,11 @@ from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from mpfl.chunks import HEADER_SIZE, split_payload
-from mpfl.endpoint import BrokerAddress
 from mpfl.errors import ConfigError, FederationError
-from mpfl.inbox import Inbox
-from mpfl.protocol import Publish
+from mpfl.net.endpoint import BrokerAddress
+from mpfl.net.inbox import Inbox
+from mpfl.wire.chunks import HEADER_SIZE, split_payload
+from mpfl.wire.protocol import Publish
 
 DEFAULT_MAX_PAYLOAD = 1 << 20  # 1 MiB chunks unless told otherwise: EMQX's default limit
 SESSION_EXPIRY_S = 7 * 24 * 3600

@@ -8,7 +8,7 @@ from typing import Any
 
 import click
 
-from mpfl.cli_config import config_options, pop_config_overrides
+from mpfl.config.flags import config_options, pop_config_overrides
 from mpfl.errors import ConfigError, ExportError, reports_errors
 
 
@@ -21,8 +21,8 @@ def main() -> None:
 @reports_errors
 def models() -> None:
     """List the model zoo with parameter and unit counts."""
-    from mpfl.models import PRESETS, ZOO, ModelSpec, build_model, parameter_count
-    from mpfl.units import build_unit_map
+    from mpfl.ml.models import PRESETS, ZOO, ModelSpec, build_model, parameter_count
+    from mpfl.ml.units import build_unit_map
 
     click.echo(f"{'model':<10} {'parameters':>11} {'filter units':>13} {'weight units':>13}")
     for name in [*ZOO, *PRESETS]:
@@ -34,9 +34,9 @@ def models() -> None:
 
 def _print_partition(dataset: str, data_dir: str | None, nodes: int, scheme: str, seed: int,
                      limit: int | None) -> None:
-    from mpfl.data import load_labels
-    from mpfl.demo import partition_lines
-    from mpfl.partition import partition
+    from apps.demo import partition_lines
+    from mpfl.maths.partition import partition
+    from mpfl.ml.data import load_labels
 
     labels = load_labels(dataset, data_dir, "train")
     parts = partition(labels, nodes, scheme, seed)
@@ -48,8 +48,8 @@ def _print_partition(dataset: str, data_dir: str | None, nodes: int, scheme: str
 
 
 def _print_table(run_dir: Path) -> None:
-    from mpfl.demo import HEADER, format_round, totals_line
-    from mpfl.metrics import read_metrics
+    from apps.demo import HEADER, format_round, totals_line
+    from mpfl.federation.metrics import read_metrics
 
     if not (run_dir / "metrics.jsonl").is_file():
         return  # no round closed
@@ -71,10 +71,10 @@ def _simulate(
 ) -> Path:
     import time
 
-    from mpfl.config import load_config
-    from mpfl.demo import DEMO_CONFIG
+    from apps.demo import DEMO_CONFIG
+    from apps.launcher import SimulationPlan, run_simulation
+    from mpfl.config.settings import load_config
     from mpfl.errors import FederationError
-    from mpfl.launcher import SimulationPlan, run_simulation
 
     base: dict[str, Any] = {"min_nodes": nodes, "quorum": max(1, nodes - 1)}
     if config_path is None and dataset == "digits":
@@ -92,8 +92,8 @@ def _simulate(
     if code != 0:
         raise FederationError("the coordinator exited with an error", exit_code=code)
     if hardware is not None or links:
+        from apps.plan import plan_from_run_dir
         from hardware import get_profile
-        from hardware.plan import plan_from_run_dir
 
         profile = get_profile(hardware) if hardware is not None else None
         click.echo(plan_from_run_dir(path, list(links), profile))
@@ -156,7 +156,7 @@ def _faulty_nodes(nodes: int, noise: int, permuted: int) -> dict[int, str]:
 def demo(nodes: int, rounds: tuple[int, int], run_dir: str | None, in_process: bool) -> None:
     """A whole MPFL run on the bundled 8x8 digits, through an embedded MQTT broker."""
     if in_process:
-        from mpfl.demo import run_demo
+        from apps.demo import run_demo
 
         run_demo(nodes=nodes, mask_rounds=rounds[0], train_rounds=rounds[1], echo=click.echo)
         return

@@ -11,7 +11,7 @@ from collections import deque
 from collections.abc import Callable
 from typing import Protocol
 
-from mpfl.protocol import Publish
+from mpfl.wire.protocol import Publish
 
 Handler = Callable[[str, bytes], None]
 

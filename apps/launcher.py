@@ -20,8 +20,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
-from mpfl.cli_config import config_to_args
-from mpfl.config import FederationConfig
+from mpfl.config.flags import config_to_args
+from mpfl.config.settings import FederationConfig
 from mpfl.errors import FederationError
 
 _URL = re.compile(r"listening on (mqtts?://[\w.\-]+:\d+)")

@@ -28,11 +28,7 @@ from typing import Any
 
 import numpy as np
 
-from mpfl import topics
-from mpfl.aggregate import WeightedAverager, aggregate
-from mpfl.config import FederationConfig
-from mpfl.consensus import VoteAccumulator, consensus_mask
-from mpfl.data import Dataset
+from mpfl.config.settings import FederationConfig
 from mpfl.errors import (
     FederationError,
     FingerprintMismatch,
@@ -40,12 +36,14 @@ from mpfl.errors import (
     MpflError,
     WireError,
 )
-from mpfl.metrics import RoundLog
-from mpfl.models import build_model
-from mpfl.protocol import PROTOCOL_VERSION, Hello, Publish, decode_update, encode_json
-from mpfl.schedules import get_schedule
-from mpfl.train import evaluate, load_state
-from mpfl.units import State, build_unit_map, model_state
+from mpfl.federation.metrics import RoundLog
+from mpfl.maths.aggregate import WeightedAverager, aggregate
+from mpfl.maths.consensus import VoteAccumulator, consensus_mask
+from mpfl.maths.schedules import get_schedule
+from mpfl.ml.data import Dataset
+from mpfl.ml.models import build_model
+from mpfl.ml.train import evaluate, load_state
+from mpfl.ml.units import State, build_unit_map, model_state
 from mpfl.wire import (
     Envelope,
     Kind,
@@ -55,7 +53,9 @@ from mpfl.wire import (
     encode_envelope,
     encode_mask,
     encode_values,
+    topics,
 )
+from mpfl.wire.protocol import PROTOCOL_VERSION, Hello, Publish, decode_update, encode_json
 
 
 @dataclass

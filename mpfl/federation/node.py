@@ -14,14 +14,12 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from mpfl import topics
-from mpfl.data import Dataset
 from mpfl.errors import FingerprintMismatch, WireError
-from mpfl.masks import local_mask, unit_scores
-from mpfl.models import ModelSpec, ZooModel, build_model, parameter_count
-from mpfl.protocol import PROTOCOL_VERSION, Hello, Publish, decode_json, encode_json, encode_update
-from mpfl.train import MaskEnforcer, TrainConfig, load_state, train_local
-from mpfl.units import UnitMap, build_unit_map, model_state
+from mpfl.ml.data import Dataset
+from mpfl.ml.masks import local_mask, unit_scores
+from mpfl.ml.models import ModelSpec, ZooModel, build_model, parameter_count
+from mpfl.ml.train import MaskEnforcer, TrainConfig, load_state, train_local
+from mpfl.ml.units import UnitMap, build_unit_map, model_state
 from mpfl.wire import (
     Envelope,
     Kind,
@@ -31,6 +29,15 @@ from mpfl.wire import (
     encode_envelope,
     encode_mask,
     encode_values,
+    topics,
+)
+from mpfl.wire.protocol import (
+    PROTOCOL_VERSION,
+    Hello,
+    Publish,
+    decode_json,
+    encode_json,
+    encode_update,
 )
 
 

@@ -21,7 +21,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from mpfl.errors import ConfigError, FederationError, ModelError, lookup
-from mpfl.schedules import keep_count
+from mpfl.maths.schedules import keep_count
 
 BoolArray = NDArray[np.bool_]
 FloatArray = NDArray[np.float64]

@@ -17,9 +17,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from mpfl.chunks import Reassembler
 from mpfl.errors import WireError
-from mpfl.transport import Handler, topic_matches
+from mpfl.federation.transport import Handler, topic_matches
+from mpfl.wire.chunks import Reassembler
 
 
 def message_kind(topic: str) -> str:

@@ -16,8 +16,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from mpfl.data import Dataset
 from mpfl.errors import ConfigError
+from mpfl.ml.data import Dataset
 
 
 def shuffle_pixels(data: Dataset, seed: int) -> Dataset:

@@ -1,7 +1,7 @@
 """The reference code's comparisons for MPFL, on the same models, data and seeds.
 
 - Dense FedAvg: the same federation with no mask phase, so every round ships every value
-  (run through :func:`mpfl.simulation.run_in_process`, bytes counted by the coordinator).
+  (run through :func:`mpfl.federation.simulation.run_in_process`, bytes counted by the coordinator).
 - FedAvg then prune (the reference code's "Federated Algorithm"): the averaged dense model
   pruned once to the target sparsity, at the same granularity and with the same per-layer
   ranking a node uses, then evaluated without fine-tuning.
@@ -20,13 +20,13 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from mpfl.config import FederationConfig
-from mpfl.data import Dataset
-from mpfl.masks import local_mask, unit_scores
-from mpfl.models import ModelSpec, build_model
-from mpfl.schedules import get_schedule
-from mpfl.train import MaskEnforcer, TrainConfig, evaluate, load_state, train_local
-from mpfl.units import State, UnitMap, build_unit_map, model_state
+from mpfl.config.settings import FederationConfig
+from mpfl.maths.schedules import get_schedule
+from mpfl.ml.data import Dataset
+from mpfl.ml.masks import local_mask, unit_scores
+from mpfl.ml.models import ModelSpec, build_model
+from mpfl.ml.train import MaskEnforcer, TrainConfig, evaluate, load_state, train_local
+from mpfl.ml.units import State, UnitMap, build_unit_map, model_state
 
 
 def dense_fedavg_config(cfg: FederationConfig, rounds: int | None = None) -> FederationConfig:

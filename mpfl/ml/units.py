@@ -25,7 +25,7 @@ import numpy as np
 from torch import nn
 
 from mpfl.errors import ConfigError, ModelError
-from mpfl.models import ModelSpec, PrunableLayer, ZooModel, resolve_spec
+from mpfl.ml.models import ModelSpec, PrunableLayer, ZooModel, resolve_spec
 
 State = dict[str, np.ndarray]
 GRANULARITIES = ("filter", "weight")

@@ -21,8 +21,8 @@ from typing import IO, Any
 import numpy as np
 
 from mpfl.errors import ModelError
-from mpfl.models import ModelSpec, build_model
-from mpfl.units import State, UnitMap, build_unit_map
+from mpfl.ml.models import ModelSpec, build_model
+from mpfl.ml.units import State, UnitMap, build_unit_map
 
 MASK_KEY = "__mask__"
 

@@ -15,9 +15,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from mpfl.data import Dataset
 from mpfl.errors import ConfigError, ModelError
-from mpfl.units import UnitMap
+from mpfl.ml.data import Dataset
+from mpfl.ml.units import UnitMap
 
 OPTIMIZERS = ("sgd", "adam")
 

@@ -1,0 +1,1 @@
+"""The federation's settings: one TOML file, MPFL_* variables and generated flags; no torch."""

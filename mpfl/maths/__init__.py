@@ -1,0 +1,1 @@
+"""Consensus rules, vote counting, aggregation, schedules, partitions: numpy only."""

@@ -1,0 +1,1 @@
+"""Model zoo, unit maps, local training, datasets, checkpoints: the only torch importers."""
