@@ -29,6 +29,7 @@ demo: $(STAMP)
 lint: $(STAMP)
 	$(VENV)/bin/ruff check $(PACKAGES) tests benchmarks
 	$(VENV)/bin/mypy $(PACKAGES)
+	$(VENV)/bin/lint-imports
 
 test: $(STAMP) mosquitto lint
 	$(VENV)/bin/pytest -q
