@@ -11,7 +11,7 @@ from typing import Any
 
 import click
 
-from coordinator.provision import provision_command
+from coordinator.provision.cli import provision_command
 from mpfl.config.flags import config_options, pop_config_overrides
 from mpfl.errors import reports_errors
 
