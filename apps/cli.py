@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 from typing import Any
 
 import click
 
 from mpfl.config.flags import config_options, pop_config_overrides
-from mpfl.errors import ConfigError, ExportError, reports_errors
+from mpfl.errors import ConfigError, reports_errors
 
 
 @click.group()
@@ -163,20 +162,9 @@ def demo(nodes: int, rounds: tuple[int, int], run_dir: str | None, in_process: b
     overrides = {"mask_rounds": rounds[0], "train_rounds": rounds[1]}
     path = _simulate(nodes, "digits", None, "dirichlet:0.5", None, None, overrides, run_dir,
                      None, 1, True)
-    _export(path)
+    from apps.demo import export_demo_model
 
-
-def _export(run_dir: Path) -> None:
-    """Export the run's final model and verify it, as ``mpfl-export`` does (its own process:
-    the core does not import the export package)."""
-    import subprocess
-
-    out = run_dir / "model.onnx"
-    click.echo(f"\nmpfl-export {run_dir} --out {out}")
-    code = subprocess.call([sys.executable, "-m", "export.cli", str(run_dir), "--out", str(out)])
-    if code != 0:
-        raise ExportError("the export of the demo's model failed", exit_code=code)
-    click.echo(f"on a device, with onnxruntime alone: mpfl-infer {out} --dataset digits")
+    export_demo_model(path, echo=click.echo)
 
 
 def _add_hardware_commands() -> None:

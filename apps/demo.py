@@ -9,10 +9,12 @@ FedAvg would have sent.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from pathlib import Path
 
 import numpy as np
 
 from mpfl.config.settings import FederationConfig
+from mpfl.errors import ExportError
 from mpfl.federation.metrics import RoundLog
 from mpfl.federation.server import FederationServer
 from mpfl.federation.simulation import run_in_process
@@ -76,3 +78,27 @@ def run_demo(
                             on_round=lambda log: echo(format_round(log)))
     echo(totals_line(server.log))
     return server
+
+
+def export_demo_model(run_dir: Path, echo: Callable[[str], None] = print) -> Path:
+    """The run's final model as ONNX, verified on the digits test split: what
+    ``mpfl-export RUN_DIR --out RUN_DIR/model.onnx`` does, called in this process (the
+    verification still runs onnxruntime in a process of its own)."""
+    from export import ExportOptions, export_and_verify, verification_data
+    from mpfl.ml.checkpoint import load_model
+
+    out = run_dir / "model.onnx"
+    echo(f"\nmpfl-export {run_dir} --out {out}")
+    saved = load_model(run_dir)
+    data = verification_data(saved.spec, "digits", None)
+    result, report = export_and_verify(saved, out, ExportOptions(), data, dataset="digits")
+    echo(report.table())
+    if result.candidates:
+        weighed = ", ".join(f"{f} {n / 1024:.1f} KiB" for f, n in result.candidates)
+        echo(f"auto chose {result.format} from: {weighed}")
+    echo(f"wrote {result.path}")
+    if not report.passed:
+        raise ExportError("the export of the demo's model failed verification",
+                          failures=len(report.failures))
+    echo(f"on a device, with onnxruntime alone: mpfl-infer {out} --dataset digits")
+    return result.path

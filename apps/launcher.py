@@ -1,16 +1,16 @@
 """``mpfl simulate``: a whole federation as real processes on one machine.
 
 Starts ``python -m coordinator.cli run`` (which starts the embedded broker unless a broker
-is given, and says where it listens), then one ``python -m edge_node.cli start`` per node,
-each taking its share of the dataset by ``--partition i/N``. The processes talk only over
-MQTT, exactly as on a real fleet; this module imports neither package and does no network
-I/O itself: it launches processes and reads their output.
+is given), waits for the ready file in which the coordinator says where its broker
+listens, then starts one ``python -m edge_node.cli start`` per node, each taking its share
+of the dataset by ``--partition i/N``. Separate processes are the point: they talk only
+over MQTT, exactly as on a real fleet. The coordinator's output is shown as it comes and
+kept in ``logs/coordinator.log``; each node's goes to ``logs/node-<i>.log``.
 """
 
 from __future__ import annotations
 
 import os
-import re
 import subprocess
 import sys
 import threading
@@ -20,12 +20,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
+from coordinator.ready import read_ready_file
 from mpfl.config.flags import config_to_args
 from mpfl.config.settings import FederationConfig
 from mpfl.errors import FederationError
 
-_URL = re.compile(r"listening on (mqtts?://[\w.\-]+:\d+)")
 BROKER_WAIT_S = 60.0
+READY_POLL_S = 0.05
 NODE_EXIT_WAIT_S = 30.0
 
 
@@ -45,8 +46,17 @@ class SimulationPlan:
     extra_node_args: list[str] = field(default_factory=list)
     corrupt: dict[int, str] = field(default_factory=dict)  # node index -> --corrupt kind
 
+    @property
+    def ready_file(self) -> Path:
+        return self.run_dir / "coordinator.ready.json"
+
+    @property
+    def coordinator_log(self) -> Path:
+        return self.run_dir / "logs" / "coordinator.log"
+
     def coordinator_command(self) -> list[str]:
         cmd = [sys.executable, "-m", "coordinator.cli", "run", "--run-dir", str(self.run_dir),
+               "--ready-file", str(self.ready_file),
                *config_to_args(self.cfg, skip=("eval_dataset", "eval_data_dir"))]
         if self.eval_dataset:
             cmd += ["--eval-data", self.eval_dataset]
@@ -80,48 +90,67 @@ def child_env() -> dict[str, str]:
     return env
 
 
-def _relay(stream: IO[str], echo: Callable[[str], None], found: list[str],
-           ready: threading.Event) -> None:
+def _relay(stream: IO[str], echo: Callable[[str], None], log: IO[str]) -> None:
     for line in stream:
-        line = line.rstrip("\n")
-        match = _URL.search(line)
-        if match and not found:
-            found.append(match.group(1))
-            ready.set()
-        echo(line)
-    ready.set()
+        log.write(line)
+        log.flush()
+        echo(line.rstrip("\n"))
+
+
+def wait_for_broker(plan: SimulationPlan, coordinator: subprocess.Popen[str],
+                    timeout: float = BROKER_WAIT_S) -> str:
+    """The broker URL from the coordinator's ready file; a FederationError naming its log
+    if the coordinator exits first or the file does not appear within ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while True:
+        ready = read_ready_file(plan.ready_file)
+        if ready is not None:
+            if ready.pid != coordinator.pid:
+                raise FederationError(f"{plan.ready_file} was written by another process "
+                                      f"(pid {ready.pid}, not {coordinator.pid})")
+            return ready.broker
+        code = coordinator.poll()
+        if code is not None:
+            raise FederationError(f"the coordinator exited (code {code}) before its broker "
+                                  f"was up; see {plan.coordinator_log}")
+        if time.monotonic() >= deadline:
+            raise FederationError(f"the coordinator's broker was not up after {timeout:.0f} s; "
+                                  f"see {plan.coordinator_log}")
+        time.sleep(READY_POLL_S)
 
 
 def run_simulation(plan: SimulationPlan, echo: Callable[[str], None] = print) -> int:
     """Run coordinator and nodes to the end; the coordinator's exit code."""
     plan.run_dir.mkdir(parents=True, exist_ok=True)
-    logs = plan.run_dir / "logs"
+    logs = plan.coordinator_log.parent
     logs.mkdir(exist_ok=True)
+    plan.ready_file.unlink(missing_ok=True)
     env = child_env()
-    coordinator = subprocess.Popen(plan.coordinator_command(), stdout=subprocess.PIPE,
-                                   stderr=subprocess.STDOUT, text=True, env=env)
-    found: list[str] = []
-    ready = threading.Event()
-    assert coordinator.stdout is not None
-    relay = threading.Thread(target=_relay, args=(coordinator.stdout, echo, found, ready),
-                             daemon=True)
-    relay.start()
+    with plan.coordinator_log.open("w", encoding="utf-8") as coordinator_log:
+        coordinator = subprocess.Popen(plan.coordinator_command(), stdout=subprocess.PIPE,
+                                       stderr=subprocess.STDOUT, text=True, env=env)
+        assert coordinator.stdout is not None
+        relay = threading.Thread(target=_relay, args=(coordinator.stdout, echo, coordinator_log),
+                                 daemon=True)
+        relay.start()
+        try:
+            return _run_nodes(plan, coordinator, env, echo)
+        finally:
+            relay.join(timeout=5)
+            plan.ready_file.unlink(missing_ok=True)  # it described a process now gone
+
+
+def _run_nodes(plan: SimulationPlan, coordinator: subprocess.Popen[str], env: dict[str, str],
+               echo: Callable[[str], None]) -> int:
+    logs = plan.coordinator_log.parent
     nodes: list[subprocess.Popen[bytes]] = []
     try:
-        if plan.broker:
-            url = plan.broker
-        else:
-            ready.wait(BROKER_WAIT_S)
-            if not found:
-                coordinator.kill()
-                raise FederationError("the coordinator did not report its embedded broker")
-            url = found[0]
+        url = plan.broker or wait_for_broker(plan, coordinator)
         for i in range(plan.nodes):
             with (logs / f"node-{i}.log").open("wb") as log:
                 nodes.append(subprocess.Popen(plan.node_command(i, url), stdout=log,
                                               stderr=subprocess.STDOUT, env=env))
         code = coordinator.wait()
-        relay.join(timeout=5)
         deadline = time.monotonic() + NODE_EXIT_WAIT_S
         for proc in nodes:
             try:

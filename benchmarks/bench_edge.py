@@ -271,7 +271,7 @@ def write_partition(dataset: str, out: Path, size: int = PARTITION_SIZE, seed: i
 
 def fitting_profiles(peak_mb: float, *, training: bool) -> list[str]:
     """Profiles whose memory budget holds ``peak_mb`` (training: only boards that train)."""
-    from hardware.profiles import load_profiles
+    from hardware.catalog import load_profiles
 
     return [
         p.name

@@ -5,13 +5,14 @@ from __future__ import annotations
 import os
 import signal
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from types import FrameType
 from typing import Any
 
 import click
 
-from coordinator.provision import provision_command
+from coordinator.provision.cli import provision_command
 from mpfl.config.flags import config_options, pop_config_overrides
 from mpfl.errors import reports_errors
 
@@ -48,6 +49,9 @@ def main() -> None:
                    "limit applies when smaller).  [default: 1 MiB]")
 @click.option("--embedded-broker", type=click.Choice(["auto", "mosquitto", "amqtt"]),
               default="auto", show_default=True, help="Which embedded broker, without --broker.")
+@click.option("--ready-file", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Once the broker is up, write {\"broker\": URL, \"pid\": PID} here as JSON "
+                   "(atomically), for a launcher that needs the embedded broker's address.")
 @config_options(skip=("eval_dataset", "eval_data_dir"))
 @reports_errors
 def run(**kwargs: Any) -> None:
@@ -64,8 +68,12 @@ def run(**kwargs: Any) -> None:
         broker = parse_broker_url(kwargs["broker"], ca_file=kwargs["ca_file"],
                                   username=kwargs["username"], password=kwargs["password"])
     run_dir = Path(kwargs["run_dir"] or os.path.join("runs", cfg.federation))
+    announce = _ready_writer(kwargs["ready_file"])
+    if announce is not None and broker is not None:
+        announce(broker.url)  # an external broker is up already
     options = ServiceOptions(run_dir, broker, kwargs["embedded_broker"], kwargs["mqtt_protocol"],
-                             kwargs["max_payload"] or DEFAULT_MAX_PAYLOAD)
+                             kwargs["max_payload"] or DEFAULT_MAX_PAYLOAD,
+                             on_broker_ready=announce)
     echo = _echo
     service = CoordinatorService(cfg, options, echo, load_eval_data(cfg))
 
@@ -78,6 +86,16 @@ def run(**kwargs: Any) -> None:
     if service.stop_requested is not None:
         sys.exit(130 if service.stop_requested == "SIGINT" else 0)
     server.require_success()
+
+
+def _ready_writer(path: Path | None) -> Callable[[str], None] | None:
+    """What announces the broker's URL in ``--ready-file`` (None: nothing to write)."""
+    if path is None:
+        return None
+    from coordinator.ready import CoordinatorReady, write_ready_file
+
+    path.unlink(missing_ok=True)  # a stale file from an earlier run must not be believed
+    return lambda url: write_ready_file(path, CoordinatorReady(url, os.getpid()))
 
 
 def _echo(line: str) -> None:

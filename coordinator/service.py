@@ -40,6 +40,8 @@ class ServiceOptions:
     protocol: str = "auto"
     max_payload: int = DEFAULT_MAX_PAYLOAD
     connect_timeout: float | None = 60.0
+    # Called with the embedded broker's URL once it is up (``--ready-file`` writes it out).
+    on_broker_ready: Callable[[str], None] | None = None
 
 
 def load_eval_data(cfg: FederationConfig) -> Dataset | None:
@@ -108,6 +110,8 @@ class CoordinatorService:
             if self.broker.kind == "amqtt" and protocol == "auto":
                 protocol = "3.1.1"  # amqtt speaks nothing else
             self.echo(f"embedded broker ({self.broker.kind}) listening on {self.broker.url}")
+            if self.options.on_broker_ready is not None:
+                self.options.on_broker_ready(self.broker.url)
             address = parse_broker_url(self.broker.url)
         client_id = f"mpfl-coordinator-{self.cfg.federation}"
         transport = MqttTransport(address, client_id, self.inbox, protocol=protocol,

@@ -1,6 +1,6 @@
 """``mpfl hardware``: list the device profiles and links, show one, detect this machine's.
 
-Thin by design: it parses, calls ``hardware.profiles`` and prints. A user mistake (an
+Thin by design: it parses, calls the ``hardware`` modules and prints. A user mistake (an
 unknown profile, a broken profile file) is one line on stderr and the error's exit code.
 """
 
@@ -10,14 +10,9 @@ from pathlib import Path
 
 import click
 
-from hardware.profiles import (
-    detect_profile,
-    format_link_table,
-    format_profile,
-    format_profile_table,
-    get_profile,
-    load_catalog,
-)
+from hardware.catalog import get_profile, load_catalog
+from hardware.detect import detect_profile
+from hardware.formatting import format_link_table, format_profile, format_profile_table
 from mpfl.errors import HardwareError, reports_errors
 
 _PROFILES_OPTION = click.option(
@@ -28,8 +23,6 @@ _PROFILES_OPTION = click.option(
     default=None,
     help="A profile file in the format of hardware/profiles.toml (default: the bundled one).",
 )
-
-
 
 
 @click.group("hardware")

@@ -266,3 +266,6 @@ def test_simulate_through_the_embedded_broker(tmp_path: Path) -> None:
     assert [r["round"] for r in rounds] == [1, 2, 3, 4, 5]
     assert rounds[-1]["accuracy"] > 0.3
     assert "total uplink" in done.stdout
+    # the coordinator's output is also kept, and its ready file went with it
+    assert "listening on mqtt://127.0.0.1:" in (run_dir / "logs" / "coordinator.log").read_text()
+    assert not (run_dir / "coordinator.ready.json").exists()

@@ -12,26 +12,26 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from hardware.profiles import (
-    DEFAULT_ACTIVATION_FACTOR,
-    MIB,
-    TORCH_TRAINING_OVERHEAD_MB,
+from hardware.catalog import (
     Link,
     Profile,
-    apply_threads,
-    detect_profile,
-    estimate_training_bytes,
-    format_link_table,
-    format_profile,
-    format_profile_table,
     get_link,
     get_profile,
     link_time,
     load_catalog,
     load_links,
     load_profiles,
-    memory_guard,
     profile_aliases,
+)
+from hardware.detect import detect_profile
+from hardware.formatting import format_link_table, format_profile, format_profile_table
+from hardware.memory import (
+    DEFAULT_ACTIVATION_FACTOR,
+    MIB,
+    TORCH_TRAINING_OVERHEAD_MB,
+    apply_threads,
+    estimate_training_bytes,
+    memory_guard,
 )
 from mpfl.errors import ConfigError, HardwareError
 

@@ -8,16 +8,9 @@ import pytest
 from click.testing import CliRunner
 
 import hardware.cli
+from hardware.catalog import get_profile, load_catalog, load_links, load_profiles
 from hardware.cli import hardware_group
-from hardware.profiles import (
-    format_link_table,
-    format_profile,
-    format_profile_table,
-    get_profile,
-    load_catalog,
-    load_links,
-    load_profiles,
-)
+from hardware.formatting import format_link_table, format_profile, format_profile_table
 from mpfl.errors import ConfigError, HardwareError
 
 ONE_PROFILE = """\

@@ -30,7 +30,7 @@ from apps.plan import (
     setup_seconds,
     timeline,
 )
-from hardware.profiles import Link, get_link, get_profile
+from hardware.catalog import Link, get_link, get_profile
 from mpfl.errors import ConfigError, DataError, HardwareError
 from mpfl.federation.metrics import RoundLog
 from mpfl.wire import Envelope, Kind, encode_envelope, encode_values

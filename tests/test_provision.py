@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import base64
+import fnmatch
 import shutil
 import stat
 import subprocess
+import tomllib
+from importlib import resources
 from pathlib import Path
 
 import pytest
@@ -20,6 +23,7 @@ from coordinator.provision import (
     provision_command,
     verify_mosquitto_password,
 )
+from coordinator.provision.templates import UNITS
 from mpfl.errors import ConfigError
 from mpfl.wire.topics import node_filter, nodes_filter, server_filter
 
@@ -255,3 +259,15 @@ def test_cli_reports_bad_node_ids_with_the_config_exit_code(tmp_path: Path) -> N
     )
     assert result.exit_code == 2
     assert "invalid node id" in result.output
+
+
+def test_deploy_templates_ship_with_the_coordinator_package() -> None:
+    """The kit renders templates found through resources.files("coordinator"); a wheel
+    carries them only if pyproject's package data names them."""
+    deploy = resources.files("coordinator").joinpath("deploy")
+    shipped = sorted(item.name for item in deploy.iterdir() if item.is_file())
+    assert shipped == ["mosquitto.conf.template", *sorted(UNITS)]
+    pyproject = tomllib.loads((Path(__file__).parents[1] / "pyproject.toml").read_text())
+    globs = pyproject["tool"]["setuptools"]["package-data"]["coordinator"]
+    for name in shipped:
+        assert any(fnmatch.fnmatch(f"deploy/{name}", pattern) for pattern in globs), name

@@ -1,0 +1,192 @@
+"""Write a deployment kit for one federation into a directory (layout: see the package)."""
+
+from __future__ import annotations
+
+import re
+from collections import Counter
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from coordinator.provision.credentials import (
+    SECRET_MODE,
+    Credentials,
+    PasswordHasher,
+    acl_text,
+    choose_hasher,
+    write_file,
+    write_password_file,
+)
+from coordinator.provision.templates import (
+    DEFAULT_BROKER_DIR,
+    DEFAULT_CA_FILE,
+    DEFAULT_PERSISTENCE_DIR,
+    UNITS,
+    env_text,
+    mosquitto_conf_text,
+    readme_text,
+    unit_text,
+)
+from mpfl.errors import ConfigError
+from mpfl.wire.topics import topic_prefix, validate_name
+
+PUBLIC_MODE = 0o644
+_HOST_RE = re.compile(r"[A-Za-z0-9.\-:\[\]]{1,253}")
+
+
+@dataclass(frozen=True)
+class ProvisionResult:
+    out: Path
+    federation: str
+    broker_url: str
+    coordinator: Credentials
+    nodes: Mapping[str, Credentials]
+    files: tuple[Path, ...]
+    password_tool: str
+
+
+def _generated_paths(out: Path) -> list[Path]:
+    """Files an earlier run of provision may have left in ``out`` (certs/ is the user's)."""
+    paths = [out / name for name in ("README.txt", "mosquitto.conf", "passwd", "acl")]
+    paths.append(out / "coordinator.env")
+    paths += sorted((out / "nodes").glob("*.env")) if (out / "nodes").is_dir() else []
+    paths += [out / "systemd" / unit for unit in UNITS]
+    return paths
+
+
+def _prepare_out(out: Path, force: bool) -> None:
+    if out.exists() and not out.is_dir():
+        raise ConfigError("kit output path exists and is not a directory", out=str(out))
+    if out.is_dir() and any(out.iterdir()):
+        if not force:
+            raise ConfigError(
+                "kit directory is not empty (use --force to replace the kit)", out=str(out)
+            )
+        for path in _generated_paths(out):
+            path.unlink(missing_ok=True)
+    for directory in (out, out / "nodes", out / "systemd", out / "certs"):
+        directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+
+
+def _validate_nodes(nodes: Sequence[str], coordinator_user: str) -> list[str]:
+    if isinstance(nodes, str):
+        raise ConfigError("nodes must be a sequence of node ids, not one string")
+    node_ids = [validate_name(n, what="node id") for n in nodes]
+    if not node_ids:
+        raise ConfigError("at least one node id is needed")
+    duplicates = sorted(n for n, count in Counter(node_ids).items() if count > 1)
+    if duplicates:
+        raise ConfigError(f"duplicate node ids: {', '.join(duplicates)}")
+    validate_name(coordinator_user, what="coordinator user")
+    if coordinator_user in node_ids:
+        raise ConfigError("a node id equals the coordinator user name", node=coordinator_user)
+    return node_ids
+
+
+def _broker_url(host: str, port: int) -> str:
+    if not _HOST_RE.fullmatch(host):
+        raise ConfigError("invalid broker host", host=repr(host))
+    if not 1 <= port <= 65535:
+        raise ConfigError("port must be 1-65535", port=port)
+    if ":" in host and not host.startswith("["):
+        host = f"[{host}]"  # IPv6 literal in a URL
+    return f"mqtts://{host}:{port}"
+
+
+def provision(
+    nodes: Sequence[str],
+    out: Path,
+    *,
+    federation: str = "default",
+    broker_host: str = "gateway.local",
+    port: int = 8883,
+    coordinator_user: str = "coordinator",
+    force: bool = False,
+    broker_dir: str = DEFAULT_BROKER_DIR,
+    persistence_dir: str = DEFAULT_PERSISTENCE_DIR,
+    ca_file: str = DEFAULT_CA_FILE,
+    hasher: PasswordHasher = "auto",
+) -> ProvisionResult:
+    """Write a kit for ``nodes`` into ``out`` (see the package docstring for its layout).
+
+    ``broker_dir`` is where passwd, acl and certs/ will live on the gateway (the paths
+    written into mosquitto.conf); ``ca_file`` is the CA path the nodes' env files name.
+    ``hasher`` picks ``mosquitto_passwd`` when installed (``auto``) or Python's PBKDF2.
+    """
+    out = Path(out)
+    node_ids = _validate_nodes(nodes, coordinator_user)
+    topic_prefix(federation)  # validates the federation name
+    url = _broker_url(broker_host, port)
+    binary = choose_hasher(hasher)
+    _prepare_out(out, force)
+
+    coordinator = Credentials.generate(coordinator_user)
+    node_creds = {n: Credentials.generate(n) for n in node_ids}
+    users = {c.username: c.password for c in [coordinator, *node_creds.values()]}
+
+    written: list[Path] = []
+
+    def emit(relative: str, text: str, mode: int = PUBLIC_MODE) -> None:
+        write_file(out / relative, text, mode)
+        written.append(out / relative)
+
+    write_password_file(users, out / "passwd", binary)
+    written.append(out / "passwd")
+    emit("acl", acl_text(federation, node_ids, coordinator_user))
+    emit(
+        "mosquitto.conf",
+        mosquitto_conf_text(port=port, broker_dir=broker_dir, persistence_dir=persistence_dir),
+    )
+    common = {"MPFL_BROKER": url, "MPFL_FEDERATION": federation}
+    emit(
+        "coordinator.env",
+        env_text(
+            "mpfl coordinator -> /etc/mpfl/coordinator.env (owner mpfl, mode 0600)",
+            {
+                **common,
+                "MPFL_USERNAME": coordinator.username,
+                "MPFL_PASSWORD": coordinator.password,
+                "MPFL_CA_FILE": ca_file,
+            },
+        ),
+        SECRET_MODE,
+    )
+    for node_id, creds in node_creds.items():
+        emit(
+            f"nodes/{node_id}.env",
+            env_text(
+                f"mpfl edge node {node_id} -> /etc/mpfl/node.env (owner mpfl, mode 0600)",
+                {
+                    **common,
+                    "MPFL_NODE_ID": node_id,
+                    "MPFL_USERNAME": creds.username,
+                    "MPFL_PASSWORD": creds.password,
+                    "MPFL_CA_FILE": ca_file,
+                },
+            ),
+            SECRET_MODE,
+        )
+    for unit in UNITS:
+        emit(f"systemd/{unit}", unit_text(unit))
+    emit(
+        "README.txt",
+        readme_text(
+            federation=federation,
+            broker_url=url,
+            broker_host=broker_host,
+            broker_dir=broker_dir.rstrip("/"),
+            node_ids=node_ids,
+            coordinator_user=coordinator_user,
+            ca_file=ca_file,
+        ),
+    )
+    return ProvisionResult(
+        out=out,
+        federation=federation,
+        broker_url=url,
+        coordinator=coordinator,
+        nodes=node_creds,
+        files=tuple(written),
+        password_tool="mosquitto_passwd" if binary else "builtin",
+    )
+

@@ -1,0 +1,128 @@
+"""The kit's text files: mosquitto.conf, env files, README, the systemd units.
+
+The broker config and the units are templates in ``coordinator/deploy/`` (package data),
+read through ``importlib.resources`` so they work from a wheel as from a checkout.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+from collections.abc import Mapping, Sequence
+from importlib import resources
+from importlib.resources.abc import Traversable
+from string import Template
+
+DEFAULT_BROKER_DIR = "/etc/mosquitto/mpfl"
+DEFAULT_PERSISTENCE_DIR = "/var/lib/mosquitto/"
+DEFAULT_CA_FILE = "/etc/mpfl/ca.crt"
+UNITS = ("mpfl-edge.service", "mpfl-coordinator.service")
+
+
+def _deploy_file(name: str) -> Traversable:
+    return resources.files("coordinator").joinpath("deploy", name)
+
+
+def unit_text(unit: str) -> str:
+    """One of the systemd ``UNITS``, as shipped."""
+    return _deploy_file(unit).read_text(encoding="utf-8")
+
+
+def mosquitto_conf_text(
+    *, port: int, broker_dir: str, persistence_dir: str = DEFAULT_PERSISTENCE_DIR
+) -> str:
+    """The gateway's mosquitto.conf, from the packaged template."""
+    template = _deploy_file("mosquitto.conf.template")
+    base = broker_dir.rstrip("/")
+    return Template(template.read_text(encoding="utf-8")).substitute(
+        port=port,
+        password_file=f"{base}/passwd",
+        acl_file=f"{base}/acl",
+        cafile=f"{base}/certs/ca.crt",
+        certfile=f"{base}/certs/server.crt",
+        keyfile=f"{base}/certs/server.key",
+        # Mosquitto appends the database file name to this, so it must end with "/".
+        persistence_dir=persistence_dir.rstrip("/") + "/",
+    )
+
+
+def env_text(header: str, values: Mapping[str, str]) -> str:
+    return f"# {header}\n" + "".join(f"{key}={value}\n" for key, value in values.items())
+
+
+def _is_ip(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host.strip("[]"))
+    except ValueError:
+        return False
+    return True
+
+
+def readme_text(
+    *,
+    federation: str,
+    broker_url: str,
+    broker_host: str,
+    broker_dir: str,
+    node_ids: Sequence[str],
+    coordinator_user: str,
+    ca_file: str,
+) -> str:
+    first = node_ids[0]
+    ca_dir = os.path.dirname(ca_file) or "."
+    san = f"{'IP' if _is_ip(broker_host) else 'DNS'}:{broker_host.strip('[]')}"
+    return f"""\
+mpfl deployment kit -- federation {federation!r}, broker {broker_url}
+Nodes: {", ".join(node_ids)}; coordinator user: {coordinator_user}
+
+Files
+  mosquitto.conf    gateway: the broker config (TLS listener, passwords, ACLs)
+  passwd, acl       gateway: {broker_dir}/ (group mosquitto, mode 0640)
+  certs/            gateway: {broker_dir}/certs/ (ca.crt, server.crt, server.key)
+  coordinator.env   gateway: /etc/mpfl/coordinator.env (owner mpfl, mode 0600)
+  nodes/<id>.env    node <id>: /etc/mpfl/node.env (owner mpfl, mode 0600)
+  systemd/          /etc/systemd/system/ on the gateway (coordinator) and nodes (edge)
+  ca.crt            every machine: {ca_file} (from certs/, public)
+
+The env files and passwd hold secrets: copy them over SSH, never commit them.
+Provisioning again with --force replaces every password.
+
+1. TLS certificates (skip if you have a CA). The server certificate must name
+   {broker_host} in its subjectAltName:
+     cd certs
+     openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes \\
+       -keyout ca.key -out ca.crt -days 3650 -subj "/CN=mpfl {federation} CA"
+     openssl req -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes \\
+       -keyout server.key -out server.csr -subj "/CN={broker_host}"
+     openssl x509 -req -in server.csr -CA ca.crt -CAkey ca.key -CAcreateserial \\
+       -days 825 -out server.crt \\
+       -extfile <(printf "subjectAltName={san}\\nextendedKeyUsage=serverAuth")
+   Keep ca.key offline.
+
+2. Gateway (Mosquitto 2.x + coordinator):
+     sudo apt-get install -y mosquitto
+     sudo install -d -o root -g mosquitto -m 0750 {broker_dir} {broker_dir}/certs
+     sudo install -o root -g mosquitto -m 0640 passwd acl {broker_dir}/
+     sudo install -o root -g mosquitto -m 0640 certs/server.key {broker_dir}/certs/
+     sudo install -m 0644 certs/ca.crt certs/server.crt {broker_dir}/certs/
+     sudo install -m 0644 mosquitto.conf /etc/mosquitto/mosquitto.conf
+     sudo systemctl restart mosquitto
+     sudo useradd --system --home-dir /var/lib/mpfl --shell /usr/sbin/nologin mpfl
+     sudo install -d -m 0755 {ca_dir}
+     sudo install -m 0644 certs/ca.crt {ca_file}
+     sudo install -o mpfl -m 0600 coordinator.env /etc/mpfl/coordinator.env
+     sudo install -m 0644 systemd/mpfl-coordinator.service /etc/systemd/system/
+     sudo systemctl daemon-reload && sudo systemctl enable --now mpfl-coordinator
+
+3. Each node, e.g. {first} (64-bit OS, toolkit in /opt/mpfl/venv):
+     scp nodes/{first}.env certs/ca.crt systemd/mpfl-edge.service {first}:
+     ssh {first}
+     sudo useradd --system --home-dir /var/lib/mpfl --shell /usr/sbin/nologin mpfl
+     sudo install -d -m 0755 {ca_dir}
+     sudo install -m 0644 ca.crt {ca_file}
+     sudo install -o mpfl -m 0600 {first}.env /etc/mpfl/node.env
+     sudo install -m 0644 mpfl-edge.service /etc/systemd/system/
+     sudo systemctl daemon-reload && sudo systemctl enable --now mpfl-edge
+     rm {first}.env
+   Logs: journalctl -u mpfl-edge -f
+"""
