@@ -17,7 +17,6 @@ from mpfl.wire.envelope import (
     decode_envelope,
     encode_envelope,
     message_size,
-    signing_input,
 )
 from mpfl.wire.masks import MaskCodec, decode_mask, encode_mask
 from mpfl.wire.values import DELTA, ValueCodec, decode_values, encode_values
@@ -43,5 +42,4 @@ __all__ = [
     "encode_mask",
     "encode_values",
     "message_size",
-    "signing_input",
 ]
