@@ -29,7 +29,7 @@ from mpfl.choices import (
     names,
 )
 from mpfl.errors import ConfigError, DocumentError
-from mpfl.wire.specs import ModelSpec, TrainSpec
+from mpfl.wire.specs import DEFAULT_TRAIN, ModelSpec, TrainSpec
 from mpfl.wire.strict import checked
 from mpfl.wire.topics import validate_name
 
@@ -94,13 +94,13 @@ class FederationConfig:
     mask_rounds: int = 5
     train_rounds: int = 5
     mode: str = "rewind"
-    # local training, sent to the nodes with every round
-    local_epochs: int = 1
-    batch_size: int = 32
-    lr: float = 0.05
-    momentum: float = 0.9
-    weight_decay: float = 0.0
-    optimizer: str = "sgd"
+    # local training, sent to the nodes with every round (as a TrainSpec)
+    local_epochs: int = DEFAULT_TRAIN.epochs
+    batch_size: int = DEFAULT_TRAIN.batch_size
+    lr: float = DEFAULT_TRAIN.lr
+    momentum: float = DEFAULT_TRAIN.momentum
+    weight_decay: float = DEFAULT_TRAIN.weight_decay
+    optimizer: str = DEFAULT_TRAIN.optimizer.value
     # wire and aggregation
     value_codec: str = "fp32"
     delta: bool = False

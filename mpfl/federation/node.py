@@ -134,22 +134,19 @@ class FederationNode:
                     self._model_env = env
                 else:
                     self._mask_env = env
-            return self.work()
         except (WireError, ModelError) as exc:
-            self._reject(f"server/{name}", exc)
+            self._reject(topic, _reason(exc), exc)
+            return []
+        try:
+            return self.work()
+        except (WireError, ModelError) as exc:  # a model or mask payload that does not fit
+            self._reject(topic, "payload", exc)
             return []
 
-    def _reject(self, what: str, exc: WireError | ModelError) -> None:
-        if isinstance(exc, DocumentError):
-            reason = exc.reason
-        elif isinstance(exc, FingerprintMismatch):
-            reason = "fingerprint"
-        elif isinstance(exc, ModelError):
-            reason = "model"
-        else:
-            reason = "envelope"
+    def _reject(self, topic: str, reason: str, exc: Exception) -> None:
         self.rejected[reason] += 1
-        log.warning("node %s: dropped a %s message (%s): %s", self.node_id, what, reason, exc)
+        log.warning("node %s: dropped a message on %s (%s): %s", self.node_id, topic, reason,
+                    exc)
 
     def _take_state(self, doc: StateDocument) -> None:
         """Adopt a decoded state document once this node can follow it."""
@@ -242,7 +239,8 @@ class FederationNode:
         state = unit_map.state_from_values(values, scope)
         load_state(model, unit_map.apply(state, mask))
         enforcer = MaskEnforcer(model, unit_map, mask)
-        spec = doc.train if self.batch_size is None else doc.train.with_batch_size(self.batch_size)
+        spec = doc.train if self.batch_size is None else doc.train.replace(
+            batch_size=self.batch_size)
         result = train_local(model, self.data, spec, enforcer, seed=self.seed * 100_003 + t)
         trained = model_state(model)
         uploads: list[tuple[Kind, int, bytes]] = []
@@ -278,6 +276,17 @@ class FederationNode:
 
 
 _UPLOAD_TOPIC = {Kind.LOCAL_MASK: topics.NODE_MASK, Kind.UPDATE: topics.NODE_UPDATE}
+
+
+def _reason(exc: WireError | ModelError) -> str:
+    """The counter key of a server message this node could not take."""
+    if isinstance(exc, DocumentError):
+        return exc.reason  # wrong-type, missing-field, protocol-version, ...
+    if isinstance(exc, FingerprintMismatch):
+        return "fingerprint"
+    if isinstance(exc, ModelError):
+        return "model"  # a spec the zoo cannot build
+    return "envelope"
 
 
 def peak_rss_mb() -> float:

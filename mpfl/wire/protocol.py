@@ -106,7 +106,7 @@ class StateDocument(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     value_codec: ValueCodecName
     mode: Mode
     delta: bool
-    error: str | None = None
+    error: str | None  # why the federation failed
 
     def __post_init__(self) -> None:
         # ValueError: msgspec reports it as a validation error of this document.

@@ -49,15 +49,24 @@ class ModelSpec(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
 
 class TrainSpec(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     """Local training settings: ``FederationConfig.train_spec`` makes them, the state
-    document carries them, ``mpfl.ml.train.train_local`` follows them."""
+    document carries them, ``mpfl.ml.train.train_local`` follows them.
 
-    epochs: Annotated[int, msgspec.Meta(ge=1, le=MAX_EPOCHS)] = 1
-    batch_size: Annotated[int, msgspec.Meta(ge=1, le=MAX_BATCH_SIZE)] = 32
-    lr: Annotated[float, msgspec.Meta(gt=0.0, le=MAX_LR)] = 0.05
-    momentum: Annotated[float, msgspec.Meta(ge=0.0, lt=1.0)] = 0.9
-    weight_decay: Annotated[float, msgspec.Meta(ge=0.0, lt=1.0)] = 0.0
-    optimizer: Optimizer = Optimizer.SGD
+    Every field is required on the wire (a node never trains on a guessed learning rate);
+    in code, start from ``DEFAULT_TRAIN`` and ``replace`` what differs.
+    """
 
-    def with_batch_size(self, batch_size: int) -> TrainSpec:
-        """The same settings with a device's own batch size (its hardware profile's)."""
-        return msgspec.structs.replace(self, batch_size=batch_size)
+    epochs: Annotated[int, msgspec.Meta(ge=1, le=MAX_EPOCHS)]
+    batch_size: Annotated[int, msgspec.Meta(ge=1, le=MAX_BATCH_SIZE)]
+    lr: Annotated[float, msgspec.Meta(gt=0.0, le=MAX_LR)]
+    momentum: Annotated[float, msgspec.Meta(ge=0.0, lt=1.0)]
+    weight_decay: Annotated[float, msgspec.Meta(ge=0.0, lt=1.0)]
+    optimizer: Optimizer
+
+    def replace(self, **changes: Any) -> TrainSpec:
+        """The same settings with ``changes`` (e.g. a device's own batch size)."""
+        return msgspec.structs.replace(self, **changes)
+
+
+# The defaults of a federation's config keys (local_epochs, batch_size, lr, ...).
+DEFAULT_TRAIN = TrainSpec(epochs=1, batch_size=32, lr=0.05, momentum=0.9, weight_decay=0.0,
+                          optimizer=Optimizer.SGD)
