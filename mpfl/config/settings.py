@@ -82,18 +82,22 @@ KEY_HELP = {
 
 @dataclass(frozen=True)
 class FederationConfig:
+    """Every setting of a federation. Keys with a fixed set of names (``CHOICES``) hold the
+    name as a plain string, as a TOML file spells it; ``validate`` checks it against its
+    enum, and ``train_spec`` / ``model_spec`` give the typed values the wire carries."""
+
     federation: str = "default"
     # model and pruning
-    model: str = "lenet5"
+    model: str = ModelName.LENET5.value
     model_args: dict[str, Any] = field(default_factory=dict)
-    granularity: str = "filter"
+    granularity: str = Granularity.FILTER.value
     final_sparsity: float = 0.5
-    schedule: str = "linear"
-    consensus: str = "top-votes"
-    vote_weighting: str = "uniform"
+    schedule: str = ScheduleName.LINEAR.value
+    consensus: str = ConsensusName.TOP_VOTES.value
+    vote_weighting: str = VoteWeighting.UNIFORM.value
     mask_rounds: int = 5
     train_rounds: int = 5
-    mode: str = "rewind"
+    mode: str = Mode.REWIND.value
     # local training, sent to the nodes with every round (as a TrainSpec)
     local_epochs: int = DEFAULT_TRAIN.epochs
     batch_size: int = DEFAULT_TRAIN.batch_size
@@ -102,9 +106,9 @@ class FederationConfig:
     weight_decay: float = DEFAULT_TRAIN.weight_decay
     optimizer: str = DEFAULT_TRAIN.optimizer.value
     # wire and aggregation
-    value_codec: str = "fp32"
+    value_codec: str = ValueCodecName.FP32.value
     delta: bool = False
-    aggregator: str = "fedavg"
+    aggregator: str = AggregatorName.FEDAVG.value
     # rounds
     min_nodes: int = 2
     quorum: int = 1
