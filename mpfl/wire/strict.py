@@ -86,11 +86,6 @@ def checked(value: T, document: str) -> T:
     return convert_document(msgspec.to_builtins(value), type(value), document)
 
 
-def to_builtins(value: Any) -> Any:
-    """Dicts, lists, strings and numbers for ``value`` (enum members become their names)."""
-    return msgspec.to_builtins(value)
-
-
 def encode_document(value: Any) -> bytes:
     """Canonical JSON: sorted keys, compact separators (stable bytes for golden tests)."""
     return json.dumps(msgspec.to_builtins(value), sort_keys=True,
