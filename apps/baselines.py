@@ -25,8 +25,9 @@ from mpfl.maths.schedules import get_schedule
 from mpfl.ml.data import Dataset
 from mpfl.ml.masks import local_mask, unit_scores
 from mpfl.ml.models import ModelSpec, build_model
-from mpfl.ml.train import MaskEnforcer, TrainConfig, evaluate, load_state, train_local
+from mpfl.ml.train import MaskEnforcer, evaluate, load_state, train_local
 from mpfl.ml.units import State, UnitMap, build_unit_map, model_state
+from mpfl.wire.specs import TrainSpec
 
 
 def dense_fedavg_config(cfg: FederationConfig, rounds: int | None = None) -> FederationConfig:
@@ -36,11 +37,9 @@ def dense_fedavg_config(cfg: FederationConfig, rounds: int | None = None) -> Fed
                                final_sparsity=0.0).validate()
 
 
-def train_config(cfg: FederationConfig) -> TrainConfig:
+def train_config(cfg: FederationConfig) -> TrainSpec:
     """The local training settings a federation sends its nodes."""
-    return TrainConfig(epochs=cfg.local_epochs, batch_size=cfg.batch_size, lr=cfg.lr,
-                       momentum=cfg.momentum, weight_decay=cfg.weight_decay,
-                       optimizer=cfg.optimizer)
+    return cfg.train_spec
 
 
 def magnitude_mask(

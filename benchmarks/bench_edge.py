@@ -90,7 +90,8 @@ def train_worker(job: dict[str, Any]) -> dict[str, Any]:
     rss_torch = peak_rss_mb()
     from mpfl.ml.data import load_npz
     from mpfl.ml.models import ModelSpec, build_model, parameter_count
-    from mpfl.ml.train import MaskEnforcer, TrainConfig, train_local
+    from mpfl.ml.train import MaskEnforcer, train_local
+    from mpfl.wire.specs import DEFAULT_TRAIN
 
     torch.set_num_threads(job["threads"])
     data = load_npz(Path(job["data"]))
@@ -98,7 +99,7 @@ def train_worker(job: dict[str, Any]) -> dict[str, Any]:
     model = build_model(spec, seed=0)
     unit_map, mask = _filter_mask(model, spec, job["sparsity"])
     enforcer = MaskEnforcer(model, unit_map, mask)
-    cfg = TrainConfig(epochs=1, batch_size=job["batch_size"], lr=0.01, momentum=0.9)
+    cfg = DEFAULT_TRAIN.replace(epochs=1, batch_size=job["batch_size"], lr=0.01, momentum=0.9)
     train_local(model, data.subset(np.arange(min(512, len(data)))), cfg, enforcer, seed=1)
     result = train_local(model, data, cfg, enforcer, seed=2)
     return {

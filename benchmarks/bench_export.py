@@ -42,8 +42,9 @@ from mpfl.ml.checkpoint import SavedModel
 from mpfl.ml.data import Dataset, load_dataset
 from mpfl.ml.masks import local_mask, unit_scores
 from mpfl.ml.models import ModelSpec, build_model
-from mpfl.ml.train import MaskEnforcer, TrainConfig, evaluate, train_local
+from mpfl.ml.train import MaskEnforcer, evaluate, train_local
 from mpfl.ml.units import build_unit_map, model_state
+from mpfl.wire.specs import DEFAULT_TRAIN
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 KB = 1024
@@ -80,8 +81,8 @@ QUICK = Profile(
     filter_sparsities=(0.5,),
     latency_runs=3,
 )
-TRAIN = TrainConfig(epochs=1, batch_size=64, lr=0.05, momentum=0.9)
-FINETUNE = TrainConfig(epochs=1, batch_size=64, lr=0.01, momentum=0.9)
+TRAIN = DEFAULT_TRAIN.replace(epochs=1, batch_size=64, lr=0.05, momentum=0.9)
+FINETUNE = DEFAULT_TRAIN.replace(epochs=1, batch_size=64, lr=0.01, momentum=0.9)
 FORMATS = {"weight": ("dense", "sparse", "packed"), "filter": ("dense", "pruned", "packed")}
 
 

@@ -1,10 +1,12 @@
 """The device agent: ``FederationNode`` wired to MQTT and to its state directory.
 
 The main thread drains the inbox and trains inline when a round is due; paho's own
-thread keeps the connection alive meanwhile. After each upload is acknowledged by the
-broker, the finished round (and its exact bytes) is saved, so a restarted agent neither
-retrains nor sends the round twice. On every (re)connect the node announces itself again
-(its retained status may have been replaced by the last will, or lost with the broker).
+thread keeps the connection alive meanwhile. A server message the node cannot use is
+counted and dropped by the node itself (``FederationNode.rejected``); the agent reports
+the counts when it stops. After each upload is acknowledged by the broker, the finished
+round (and its exact bytes) is saved, so a restarted agent neither retrains nor sends the
+round twice. On every (re)connect the node announces itself again (its retained status
+may have been replaced by the last will, or lost with the broker).
 """
 
 from __future__ import annotations
@@ -16,7 +18,8 @@ from pathlib import Path
 import numpy as np
 
 from edge_node.state import load_finished, save_finished, state_path
-from mpfl.errors import FederationError, FingerprintMismatch, WireError
+from mpfl.choices import Phase
+from mpfl.errors import FederationError
 from mpfl.federation.node import FederationNode, Finished
 from mpfl.maths.partition import parse_share, partition
 from mpfl.ml.data import Dataset, load_dataset
@@ -110,11 +113,15 @@ class EdgeAgent:
                 self.transport.revive()
         finally:
             self.transport.close(final=offline)
+            if node.rejected:
+                counts = ", ".join(f"{reason} {n}" for reason, n in sorted(node.rejected.items()))
+                self.echo(f"node {node.node_id}: dropped {node.rejected.total()} unusable "
+                          f"server message(s): {counts}")
         if self.stop_requested is not None:
             return "stopped"
         assert node.state is not None
-        if node.state.get("phase") == "failed":
-            raise FederationError(f"the federation failed: {node.state.get('error')}",
+        if node.state.phase == Phase.FAILED:
+            raise FederationError(f"the federation failed: {node.state.error}",
                                   node=node.node_id)
         return "done"
 
@@ -125,13 +132,7 @@ class EdgeAgent:
 
     def _on_message(self, topic: str, payload: bytes) -> None:
         trained_before = self.node.last_metrics
-        try:
-            out = self.node.handle(topic, payload)
-        except FingerprintMismatch:
-            raise  # this node cannot take part: stop with the error
-        except WireError as exc:
-            self.echo(f"ignored a bad server message on {topic}: {exc}")
-            return
+        out = self.node.handle(topic, payload)  # never raises for a message it cannot use
         if not out:
             return
         self._publish(out)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import signal
 import sys
@@ -71,6 +72,9 @@ def start(
     connect_timeout: float | None,
 ) -> None:
     """Join a federation and take part until it is done."""
+    # One line per event on stdout, beside the agent's own lines (a dropped server
+    # message is logged by the node).
+    logging.basicConfig(level=logging.WARNING, format="%(message)s", stream=sys.stdout)
     import torch
 
     from edge_node.agent import AgentOptions, EdgeAgent, load_node_data

@@ -6,6 +6,7 @@
     +-- ModelError            4   unknown model, mask or checkpoint that does not fit
     +-- WireError             5   bytes that do not decode as a v1 message
     |   +-- FingerprintMismatch   a message for another model or granularity
+    |   +-- DocumentError         a JSON document with a bad, missing or unknown field
     +-- FederationError       6   a round that cannot complete (quorum lost, timeout)
     +-- ExportError           7   an export or its verification failed
     +-- HardwareError         8   an unknown profile, or a budget the board cannot hold
@@ -60,6 +61,20 @@ class FingerprintMismatch(WireError):
     pass
 
 
+class DocumentError(WireError):
+    """A protocol document that does not decode: ``"server state: round: expected int,
+    got str"``. ``reason`` names the kind of defect (``wrong-type``, ``missing-field``,
+    ``unknown-field``, ``out-of-range``, ``unknown-value``, ``not-json``, ...) so a
+    receiver can count them; ``field`` is the dotted path, or "" for the whole document.
+    """
+
+    def __init__(self, document: str, problem: str, *, field: str = "",
+                 reason: str = "invalid") -> None:
+        self.document, self.problem, self.field, self.reason = document, problem, field, reason
+        where = f"{field}: " if field else ""
+        super().__init__(f"{document}: {where}{problem}")
+
+
 class FederationError(MpflError):
     exit_code = 6
 
@@ -72,8 +87,11 @@ class HardwareError(MpflError):
     exit_code = 8
 
 
-def lookup(registry: Mapping[str, T], name: str, what: str, key: str) -> T:
-    """``registry[name]``, or a ConfigError that lists the known names (context ``key``)."""
+def lookup(registry: Mapping[Any, T], name: str, what: str, key: str) -> T:
+    """``registry[name]``, or a ConfigError that lists the known names (context ``key``).
+
+    Registries are keyed by a ``StrEnum`` of ``mpfl.choices``, whose members equal their
+    names, so a plain string finds its entry."""
     try:
         return registry[name]
     except KeyError:

@@ -9,6 +9,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from mpfl.choices import Phase
 from mpfl.errors import WireError
 from mpfl.wire.protocol import (
     OFFLINE,
@@ -89,19 +90,31 @@ def test_offline_and_empty_status_mean_gone() -> None:
     [{"samples": 3}, {"node_id": "a"}, {"node_id": "a", "samples": 0},
      {"node_id": "a", "samples": -2}, {"node_id": "a", "samples": "3"},
      {"node_id": "a", "samples": True}, {"node_id": "a", "samples": 2.5},
-     {"node_id": 7, "samples": 3}],
+     {"node_id": 7, "samples": 3}, {"node_id": "a/b", "samples": 3},
+     {"node_id": "a", "samples": 2**32}],
 )
 def test_malformed_hellos_are_wire_errors(doc: dict[str, object]) -> None:
     with pytest.raises(WireError):
         Hello.decode(json.dumps(doc).encode())
 
 
-def test_hello_tolerates_odd_optional_fields() -> None:
-    hello = Hello.decode(b'{"node_id": "n1", "samples": 4, "versions": [1], "hardware": 5}')
-    assert hello == Hello("n1", 4, "5", None)
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [({"versions": [1]}, "node status: versions: expected object, got array"),
+     ({"hardware": 5}, "node status: hardware: expected str, got int"),
+     ({"status": "busy"}, "node status: status: unknown value 'busy'"),
+     ({"colour": "red"}, "node status: colour: unknown field")],
+)
+def test_hellos_are_decoded_strictly(extra: dict[str, object], message: str) -> None:
+    """Optional fields are typed too: a wrong one is an error naming it, not a guess."""
+    doc = {"node_id": "n1", "samples": 4, **extra}
+    with pytest.raises(WireError) as info:
+        Hello.decode(json.dumps(doc).encode())
+    assert str(info.value) == message
 
 
 def test_publish_defaults_and_phases() -> None:
     message = Publish("t", b"x")
     assert (message.retain, message.qos) == (False, 1)
     assert PHASES[0] == "waiting" and {"mask", "train", "done", "failed"} <= set(PHASES)
+    assert tuple(Phase) == PHASES

@@ -10,8 +10,9 @@ from torch import nn
 from mpfl.errors import ConfigError, ModelError
 from mpfl.ml.data import Dataset
 from mpfl.ml.models import ModelSpec, build_model
-from mpfl.ml.train import MaskEnforcer, TrainConfig, evaluate, load_state, train_local
+from mpfl.ml.train import MaskEnforcer, evaluate, load_state, train_local
 from mpfl.ml.units import UnitMap, build_unit_map, model_state
+from mpfl.wire.specs import DEFAULT_TRAIN
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -45,10 +46,10 @@ def _pruned_model(key: str, granularity: str) -> tuple[nn.Module, UnitMap, np.nd
 
 
 OPTIMISERS = {
-    "sgd-momentum-wd": TrainConfig(epochs=2, batch_size=16, lr=0.05, momentum=0.9,
-                                   weight_decay=0.01, optimizer="sgd"),
-    "adam-wd": TrainConfig(epochs=2, batch_size=16, lr=0.01, weight_decay=0.01,
-                           optimizer="adam"),
+    "sgd-momentum-wd": DEFAULT_TRAIN.replace(epochs=2, batch_size=16, lr=0.05, momentum=0.9,
+                                             weight_decay=0.01, optimizer="sgd"),
+    "adam-wd": DEFAULT_TRAIN.replace(epochs=2, batch_size=16, lr=0.01, weight_decay=0.01,
+                                     optimizer="adam"),
 }
 
 
@@ -117,7 +118,7 @@ def test_training_learns_the_toy_task_and_reports_it() -> None:
     data = _data("mlp", n=256)
     enforcer = MaskEnforcer(model, umap, mask)
     loss0, acc0 = evaluate(model, data)
-    cfg = TrainConfig(epochs=8, batch_size=32, lr=0.05, momentum=0.9)
+    cfg = DEFAULT_TRAIN.replace(epochs=8, batch_size=32, lr=0.05, momentum=0.9)
     result = train_local(model, data, cfg, enforcer, seed=0)
     loss1, acc1 = evaluate(model, data)
     assert result.samples == len(data)
@@ -151,4 +152,4 @@ def test_load_state_round_trips_and_refuses_wrong_shapes() -> None:
 def test_unknown_optimizer_is_a_config_error() -> None:
     model = build_model(SPECS["mlp"])
     with pytest.raises(ConfigError):
-        train_local(model, _data("mlp", n=4), TrainConfig(optimizer="lbfgs"))
+        train_local(model, _data("mlp", n=4), DEFAULT_TRAIN.replace(optimizer="lbfgs"))

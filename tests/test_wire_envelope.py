@@ -18,7 +18,6 @@ from mpfl.wire import (
     decode_envelope,
     encode_envelope,
     message_size,
-    signing_input,
 )
 
 FP = bytes.fromhex("0102030405060708")
@@ -40,6 +39,8 @@ GOLDEN_UNSIGNED = bytes.fromhex(
     "b69993ea"  # CRC32 of all of the above, little-endian
 )
 
+# A signed envelope as a later version will lay it out (a u16 signature length and the
+# signature before the CRC). This version cannot verify it, so it must refuse it.
 GOLDEN_SIGNED = bytes.fromhex(
     "4d50464c"  # magic
     "01"  # version
@@ -75,11 +76,24 @@ def test_golden_bytes_unsigned() -> None:
     assert decode_envelope(GOLDEN_UNSIGNED) == env
 
 
-def test_golden_bytes_signed() -> None:
-    env = Envelope(Kind.MODEL, 256, bytes.fromhex("1122334455667788"), "", 1, b"", b"\xbe\xef")
-    assert encode_envelope(env) == GOLDEN_SIGNED
-    assert decode_envelope(GOLDEN_SIGNED) == env
-    assert signing_input(env) == GOLDEN_SIGNED[: -4 - 2 - 2]
+def test_a_signed_envelope_is_refused_until_signatures_can_be_verified() -> None:
+    assert zlib.crc32(GOLDEN_SIGNED[:-4]) == int.from_bytes(GOLDEN_SIGNED[-4:], "little")
+    with pytest.raises(WireError, match="signed envelopes are not supported") as info:
+        decode_envelope(GOLDEN_SIGNED)
+    assert info.value.context == {"kind": "MODEL", "round": 256}
+    # Unsigned, the same message is accepted: only the claim of a signature is refused.
+    unsigned = _patched(GOLDEN_SIGNED[:-4 - 2 - 2] + b"\x00" * 4, 6, b"\x00")
+    assert decode_envelope(unsigned) == Envelope(Kind.MODEL, 256,
+                                                 bytes.fromhex("1122334455667788"), "", 1, b"")
+    # Whatever follows the payload, the flag alone is enough to refuse it.
+    with pytest.raises(WireError, match="signed envelopes"):
+        decode_envelope(_patched(unsigned, 6, b"\x01"))
+
+
+def test_the_encoder_never_claims_a_signature() -> None:
+    env = Envelope(Kind.MODEL, 256, bytes.fromhex("1122334455667788"), "", 1, b"")
+    assert encode_envelope(env)[6] == 0
+    assert not hasattr(env, "signature")
 
 
 def test_header_constants_match_layout() -> None:
@@ -103,7 +117,6 @@ envelopes = st.builds(
     node_id=st.text(max_size=16),
     codec=st.integers(0, 2**16 - 1),
     payload=st.binary(max_size=300),
-    signature=st.binary(max_size=80),
 )
 
 
@@ -186,12 +199,6 @@ def test_reserved_bits_rejected(offset: int, value: bytes) -> None:
         decode_envelope(_patched(GOLDEN_UNSIGNED, offset, value))
 
 
-def test_signed_flag_needs_a_signature() -> None:
-    body = GOLDEN_SIGNED[:-4 - 2 - 2] + b"\x00\x00"
-    with pytest.raises(WireError, match="empty signature"):
-        decode_envelope(_with_crc(body))
-
-
 def test_fingerprint_mismatch() -> None:
     with pytest.raises(FingerprintMismatch) as info:
         decode_envelope(GOLDEN_UNSIGNED, expected_fingerprint=b"\x00" * 8)
@@ -218,7 +225,6 @@ def test_unexpected_kind_is_a_wire_error_not_a_fingerprint_error() -> None:
         {"round": 2**32},
         {"codec": 2**16},
         {"kind": 9},
-        {"signature": b"\x00" * 65536},
     ],
 )
 def test_invalid_envelope_cannot_be_built(fields: dict[str, object]) -> None:

@@ -14,17 +14,10 @@ from typing import Any, TypeVar
 
 import click
 
-from mpfl.config.settings import KEY_HELP, FederationConfig
+from mpfl.choices import names
+from mpfl.config.settings import CHOICES, KEY_HELP, FederationConfig
 
 F = TypeVar("F", bound=Callable[..., Any])
-
-_CHOICES = {
-    "granularity": ("filter", "weight"),
-    "consensus": ("top-votes", "threshold-scan", "majority"),
-    "vote_weighting": ("uniform", "samples"),
-    "mode": ("rewind", "joint"),
-    "value_codec": ("fp32", "fp16", "int8"),
-}
 
 
 def _option(f: dataclasses.Field[Any]) -> Callable[[F], F]:
@@ -35,7 +28,7 @@ def _option(f: dataclasses.Field[Any]) -> Callable[[F], F]:
         return click.option(f"{flag}/--no-{flag[2:]}", f.name, default=None, help=help_text)
     if default is dataclasses.MISSING:  # model_args: a JSON object
         return click.option(flag, f.name, default=None, metavar="JSON", help=help_text)
-    kind: Any = click.Choice(_CHOICES[f.name]) if f.name in _CHOICES else type(default)
+    kind: Any = click.Choice(names(CHOICES[f.name])) if f.name in CHOICES else type(default)
     return click.option(flag, f.name, type=kind, default=None, help=help_text)
 
 

@@ -12,16 +12,41 @@ import os
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
-from mpfl.errors import ConfigError
-from mpfl.maths.aggregate import AGGREGATORS
-from mpfl.maths.consensus import RULES
-from mpfl.maths.schedules import SCHEDULES
-from mpfl.ml.models import PRESETS, ZOO, ModelSpec
-from mpfl.ml.train import OPTIMIZERS
+from mpfl.choices import (
+    AggregatorName,
+    ConsensusName,
+    Granularity,
+    Mode,
+    ModelName,
+    Optimizer,
+    ScheduleName,
+    ValueCodecName,
+    VoteWeighting,
+    names,
+)
+from mpfl.errors import ConfigError, DocumentError
+from mpfl.wire.specs import DEFAULT_TRAIN, ModelSpec, TrainSpec
+from mpfl.wire.strict import checked
 from mpfl.wire.topics import validate_name
+
+# Keys whose value is one of a fixed set of names, and the enum that lists them.
+CHOICES: dict[str, type[StrEnum]] = {
+    "model": ModelName,
+    "granularity": Granularity,
+    "schedule": ScheduleName,
+    "consensus": ConsensusName,
+    "vote_weighting": VoteWeighting,
+    "mode": Mode,
+    "optimizer": Optimizer,
+    "value_codec": ValueCodecName,
+    "aggregator": AggregatorName,
+}
+# TrainSpec's field names as config keys, so a range error names the key a user sets.
+_TRAIN_KEYS = {"epochs": "local_epochs"}
 
 KEY_HELP = {
     "federation": "Federation name: the MQTT topic prefix is mpfl/v1/<federation>.",
@@ -57,29 +82,33 @@ KEY_HELP = {
 
 @dataclass(frozen=True)
 class FederationConfig:
+    """Every setting of a federation. Keys with a fixed set of names (``CHOICES``) hold the
+    name as a plain string, as a TOML file spells it; ``validate`` checks it against its
+    enum, and ``train_spec`` / ``model_spec`` give the typed values the wire carries."""
+
     federation: str = "default"
     # model and pruning
-    model: str = "lenet5"
+    model: str = ModelName.LENET5.value
     model_args: dict[str, Any] = field(default_factory=dict)
-    granularity: str = "filter"
+    granularity: str = Granularity.FILTER.value
     final_sparsity: float = 0.5
-    schedule: str = "linear"
-    consensus: str = "top-votes"
-    vote_weighting: str = "uniform"
+    schedule: str = ScheduleName.LINEAR.value
+    consensus: str = ConsensusName.TOP_VOTES.value
+    vote_weighting: str = VoteWeighting.UNIFORM.value
     mask_rounds: int = 5
     train_rounds: int = 5
-    mode: str = "rewind"
-    # local training, sent to the nodes with every round
-    local_epochs: int = 1
-    batch_size: int = 32
-    lr: float = 0.05
-    momentum: float = 0.9
-    weight_decay: float = 0.0
-    optimizer: str = "sgd"
+    mode: str = Mode.REWIND.value
+    # local training, sent to the nodes with every round (as a TrainSpec)
+    local_epochs: int = DEFAULT_TRAIN.epochs
+    batch_size: int = DEFAULT_TRAIN.batch_size
+    lr: float = DEFAULT_TRAIN.lr
+    momentum: float = DEFAULT_TRAIN.momentum
+    weight_decay: float = DEFAULT_TRAIN.weight_decay
+    optimizer: str = DEFAULT_TRAIN.optimizer.value
     # wire and aggregation
-    value_codec: str = "fp32"
+    value_codec: str = ValueCodecName.FP32.value
     delta: bool = False
-    aggregator: str = "fedavg"
+    aggregator: str = AggregatorName.FEDAVG.value
     # rounds
     min_nodes: int = 2
     quorum: int = 1
@@ -93,38 +122,36 @@ class FederationConfig:
 
     @property
     def model_spec(self) -> ModelSpec:
-        return ModelSpec(self.model, dict(self.model_args))
+        return ModelSpec(ModelName(self.model), dict(self.model_args))
+
+    @property
+    def train_spec(self) -> TrainSpec:
+        """The local training settings every node receives with each round."""
+        return TrainSpec(epochs=self.local_epochs, batch_size=self.batch_size, lr=self.lr,
+                         momentum=self.momentum, weight_decay=self.weight_decay,
+                         optimizer=Optimizer(self.optimizer))
 
     def validate(self) -> FederationConfig:
         """Check every value now, so a bad one fails at start-up, not in round 3."""
         validate_name(self.federation, what="federation name")
-
-        def known(names: Any) -> str:
-            return "|".join(sorted(names))
-
+        for key, choice in CHOICES.items():
+            if getattr(self, key) not in names(choice):
+                raise ConfigError(f"{key} must be one of {'|'.join(names(choice))}",
+                                  value=getattr(self, key))
+        try:  # the ranges a node accepts are TrainSpec's own
+            checked(self.train_spec, "training settings")
+        except DocumentError as exc:
+            key = _TRAIN_KEYS.get(exc.field, exc.field)
+            raise ConfigError(f"{key}: {exc.problem}") from None
         checks = [
-            (self.model in ZOO or self.model in PRESETS,
-             f"model must be one of {known([*ZOO, *PRESETS])}"),
-            (self.schedule in SCHEDULES, f"schedule must be {known(SCHEDULES)}"),
-            (self.consensus in RULES, f"consensus must be {known(RULES)}"),
-            (self.aggregator in AGGREGATORS, f"aggregator must be {known(AGGREGATORS)}"),
-            (self.optimizer in OPTIMIZERS, f"optimizer must be {known(OPTIMIZERS)}"),
-            (self.granularity in ("filter", "weight"), "granularity must be filter or weight"),
             (0.0 <= self.final_sparsity < 1.0, "final_sparsity must be in [0, 1)"),
             (self.mask_rounds >= 0 and self.train_rounds >= 0, "rounds must be >= 0"),
             (self.mask_rounds + self.train_rounds > 0, "there must be at least one round"),
-            (self.mode in ("rewind", "joint"), "mode must be rewind or joint"),
-            (self.vote_weighting in ("uniform", "samples"), "vote_weighting: uniform|samples"),
-            (self.value_codec in ("fp32", "fp16", "int8"), "value_codec must be fp32|fp16|int8"),
             (self.min_nodes >= 1, "min_nodes must be >= 1"),
             (1 <= self.quorum <= self.min_nodes, "quorum must be between 1 and min_nodes"),
             (self.round_timeout > 0, "round_timeout must be > 0"),
             (self.start_timeout > 0, "start_timeout must be > 0"),
             (self.retries >= 0, "retries must be >= 0"),
-            (self.local_epochs >= 1 and self.batch_size >= 1, "epochs and batch size >= 1"),
-            (self.lr > 0, "lr must be > 0"),
-            (0.0 <= self.momentum < 1.0, "momentum must be in [0, 1)"),
-            (self.weight_decay >= 0, "weight_decay must be >= 0"),
         ]
         for ok, message in checks:
             if not ok:

@@ -5,20 +5,30 @@ Once it holds all three for the current round it does the round's work (train wi
 consensus mask enforced, then propose a local mask or send its alive values) and returns
 the messages to publish. A finished round is never trained twice: its bytes are kept and
 only resent when a restarted coordinator (new session) asks for the same round again.
+
+A node never dies on a server message it cannot use (not JSON, another protocol version,
+an unknown, missing or mistyped field, a value out of range, a model it cannot build, a
+fingerprint it does not reproduce, an envelope that does not decode): it counts it in
+``rejected`` by reason, logs one line, keeps its last good state and waits for the next.
 """
 
 from __future__ import annotations
 
+import logging
 import resource
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from mpfl.errors import FingerprintMismatch, WireError
+import numpy as np
+
+from mpfl.choices import Granularity, Mode, ModelScope, Phase
+from mpfl.errors import DocumentError, FingerprintMismatch, ModelError, WireError
 from mpfl.ml.data import Dataset
 from mpfl.ml.masks import local_mask, unit_scores
 from mpfl.ml.models import ModelSpec, ZooModel, build_model, parameter_count
-from mpfl.ml.train import MaskEnforcer, TrainConfig, load_state, train_local
+from mpfl.ml.train import MaskEnforcer, load_state, train_local
 from mpfl.ml.units import UnitMap, build_unit_map, model_state
 from mpfl.wire import (
     Envelope,
@@ -32,13 +42,15 @@ from mpfl.wire import (
     topics,
 )
 from mpfl.wire.protocol import (
-    PROTOCOL_VERSION,
     Hello,
     Publish,
-    decode_json,
+    StateDocument,
+    decode_state,
     encode_json,
     encode_update,
 )
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -77,12 +89,13 @@ class FederationNode:
         self.batch_size = batch_size  # a hardware profile's override, else the server's
         self.finished = finished
         self.fit_batch = fit_batch
-        self.state: dict[str, Any] | None = None
+        self.state: StateDocument | None = None  # the last good one
+        self.rejected: Counter[str] = Counter()  # server messages dropped, by reason
         self._model_env: Envelope | None = None
         self._mask_env: Envelope | None = None
         self._model: ZooModel | None = None
         self._unit_map: UnitMap | None = None
-        self._spec_key = ""
+        self._built_for: tuple[ModelSpec, Granularity] | None = None
         self.sent_bytes = 0
         self.received_bytes = 0
         self.last_metrics: dict[str, Any] = {}
@@ -94,63 +107,89 @@ class FederationNode:
         import torch
 
         hello = Hello(self.node_id, len(self.data), self.hardware,
-                      {"mpfl": "0.1.0", "torch": torch.__version__})
+                      {"mpfl": "0.1.0", "torch": str(torch.__version__)})
         return Publish(self._topic(topics.NODE_STATUS), hello.encode(), retain=True)
 
     @property
     def done(self) -> bool:
-        return self.state is not None and self.state.get("phase") in ("done", "failed")
+        return self.state is not None and self.state.phase.is_final
 
     # -- incoming ------------------------------------------------------------------------
 
     def handle(self, topic: str, payload: bytes) -> list[Publish]:
-        """Take one server message; returns what to publish (after training, if due)."""
+        """Take one server message; returns what to publish (after training, if due).
+
+        A message this node cannot use is counted, logged and dropped (see the module
+        docstring); only a device that cannot hold the model (HardwareError) stops it.
+        """
         self.received_bytes += len(payload)
         name = topic.rsplit("/", 1)[-1]
-        if name == topics.SERVER_STATE:
-            doc = decode_json(payload, "server state")
-            if doc.get("protocol") != PROTOCOL_VERSION:
-                raise WireError("server speaks another protocol version", got=doc.get("protocol"))
-            self.state = doc
-            self._prepare(doc)
-        elif name in (topics.SERVER_MODEL, topics.SERVER_MASK):
-            kind = Kind.MODEL if name == topics.SERVER_MODEL else Kind.MASK
-            env = decode_envelope(payload, expected_kind=kind)
-            if kind is Kind.MODEL:
-                self._model_env = env
-            else:
-                self._mask_env = env
-        return self.work()
+        try:
+            if name == topics.SERVER_STATE:
+                self._take_state(decode_state(payload))
+            elif name in (topics.SERVER_MODEL, topics.SERVER_MASK):
+                kind = Kind.MODEL if name == topics.SERVER_MODEL else Kind.MASK
+                env = decode_envelope(payload, expected_kind=kind)
+                if kind is Kind.MODEL:
+                    self._model_env = env
+                else:
+                    self._mask_env = env
+        except (WireError, ModelError) as exc:
+            self._reject(topic, _reason(exc), exc)
+            return []
+        try:
+            return self.work()
+        except (WireError, ModelError) as exc:  # a model or mask payload that does not fit
+            self._reject(topic, "payload", exc)
+            return []
 
-    def _prepare(self, doc: dict[str, Any]) -> None:
+    def _reject(self, topic: str, reason: str, exc: Exception) -> None:
+        self.rejected[reason] += 1
+        log.warning("node %s: dropped a message on %s (%s): %s", self.node_id, topic, reason,
+                    exc)
+
+    def _take_state(self, doc: StateDocument) -> None:
+        """Adopt a decoded state document once this node can follow it."""
+        if doc.federation != self.federation:
+            raise DocumentError("server state", f"{doc.federation!r}, this node is in "
+                                f"{self.federation!r}", field="federation",
+                                reason="wrong-federation")
+        self._prepare(doc)
+        self.state = doc
+
+    def _prepare(self, doc: StateDocument) -> None:
         """Build the named model once per spec and check it matches the coordinator's."""
-        key = encode_json({"m": doc.get("model"), "g": doc.get("granularity")}).decode()
-        if key == self._spec_key:
+        if self._built_for == (doc.model, doc.granularity):
+            assert self._unit_map is not None
+            if self._unit_map.fingerprint.hex() != doc.fingerprint:
+                raise FingerprintMismatch("the coordinator's fingerprint changed for the same "
+                                          "model", node=self.node_id, got=doc.fingerprint)
             return
-        spec = ModelSpec.from_dict(doc.get("model") or {})
-        model = build_model(spec)
-        unit_map = build_unit_map(model, spec, str(doc.get("granularity")))
-        if unit_map.fingerprint.hex() != doc.get("fingerprint"):
+        model = build_model(doc.model)
+        unit_map = build_unit_map(model, doc.model, doc.granularity)
+        if unit_map.fingerprint.hex() != doc.fingerprint:
             raise FingerprintMismatch("this node builds a different model than the coordinator",
-                                      node=self.node_id)
+                                      node=self.node_id, got=doc.fingerprint,
+                                      expected=unit_map.fingerprint.hex())
         if self.fit_batch is not None:
-            wanted = self.batch_size or int((doc.get("train") or {}).get("batch_size", 32))
+            wanted = self.batch_size or doc.train.batch_size
             self.batch_size = self.fit_batch(parameter_count(model), wanted)
-        self._model, self._unit_map, self._spec_key = model, unit_map, key
+        self._model, self._unit_map = model, unit_map
+        self._built_for = (doc.model, doc.granularity)
 
     # -- the round's work ----------------------------------------------------------------
 
     def work(self) -> list[Publish]:
         doc = self.state
-        if doc is None or doc.get("phase") not in ("mask", "train"):
+        if doc is None or not doc.phase.is_round:
             return []
-        t = int(doc["round"])
-        if self.finished is not None and self.finished.run != str(doc.get("run", "")):
+        t = doc.round
+        if self.finished is not None and self.finished.run != doc.run:
             self.finished = None  # a new run of this federation: the cache is stale
         if self.finished is not None and self.finished.round == t:
-            if self.finished.session == doc["session"]:
+            if self.finished.session == doc.session:
                 return []
-            self.finished.session = doc["session"]  # a restarted coordinator: resend as is
+            self.finished.session = doc.session  # a restarted coordinator: resend as is
             return list(self.finished.messages)
         if self.finished is not None and self.finished.round > t:
             return []
@@ -162,46 +201,61 @@ class FederationNode:
             return []  # retained messages of an earlier federation: wait for fresh ones
         # The mask in force is the one closed by the previous round; the model must be the
         # one published for this phase (dense w0 in mask rounds, alive values in training).
-        if mask_env.round != min(t - 1, int(doc["mask_rounds"])):
+        if mask_env.round != doc.mask_in_force:
             return []
-        scope_is_mask = doc.get("model_scope") == "mask"
+        scope_is_mask = doc.model_scope == ModelScope.MASK
         if model_env.round != (t - 1 if scope_is_mask else 0):
             return []
-        messages = self._do_round(doc, t, mask_env, model_env, scope_is_mask)
-        self.finished = Finished(t, str(doc["session"]), messages, str(doc.get("run", "")))
+        messages = self._do_round(doc, mask_env, model_env, scope_is_mask)
+        self.finished = Finished(t, doc.session, messages, doc.run)
         return messages
 
-    def _do_round(
-        self, doc: dict[str, Any], t: int, mask_env: Envelope, model_env: Envelope,
-        scope_is_mask: bool,
-    ) -> list[Publish]:
-        unit_map, model = self._unit_map, self._model
-        assert unit_map is not None and model is not None
-        mask = decode_mask(mask_env.codec, mask_env.payload, unit_map.n_units)
+    def _decode_inputs(
+        self, unit_map: UnitMap, mask_env: Envelope, model_env: Envelope, scope_is_mask: bool,
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """The mask in force and the published values; an undecodable one is forgotten, so
+        the node waits for the coordinator's next rather than failing on it again."""
+        try:
+            mask = decode_mask(mask_env.codec, mask_env.payload, unit_map.n_units)
+        except (WireError, ModelError):
+            self._mask_env = None
+            raise
         scope = mask if scope_is_mask else unit_map.full_mask()
-        values = decode_values(model_env.codec, model_env.payload, unit_map.layer_sizes(scope))
+        try:
+            values = decode_values(model_env.codec, model_env.payload,
+                                   unit_map.layer_sizes(scope))
+        except (WireError, ModelError):
+            self._model_env = None
+            raise
+        return mask, values
+
+    def _do_round(
+        self, doc: StateDocument, mask_env: Envelope, model_env: Envelope, scope_is_mask: bool,
+    ) -> list[Publish]:
+        unit_map, model, t = self._unit_map, self._model, doc.round
+        assert unit_map is not None and model is not None
+        mask, values = self._decode_inputs(unit_map, mask_env, model_env, scope_is_mask)
+        scope = mask if scope_is_mask else unit_map.full_mask()
         state = unit_map.state_from_values(values, scope)
         load_state(model, unit_map.apply(state, mask))
         enforcer = MaskEnforcer(model, unit_map, mask)
-        train = dict(doc.get("train") or {})
-        if self.batch_size is not None:
-            train["batch_size"] = self.batch_size
-        cfg = TrainConfig(**train)
-        result = train_local(model, self.data, cfg, enforcer, seed=self.seed * 100_003 + t)
+        spec = doc.train if self.batch_size is None else doc.train.replace(
+            batch_size=self.batch_size)
+        result = train_local(model, self.data, spec, enforcer, seed=self.seed * 100_003 + t)
         trained = model_state(model)
         uploads: list[tuple[Kind, int, bytes]] = []
-        if doc["phase"] == "mask":
+        if doc.phase == Phase.MASK:
             local = local_mask(unit_scores(trained, unit_map), mask, unit_map.slices,
-                               float(doc["target_sparsity"]))
+                               doc.target_sparsity)
             mask_codec, payload = encode_mask(local, scope=mask)
             uploads.append((Kind.LOCAL_MASK, int(mask_codec), payload))
-        if doc["phase"] == "train" or doc.get("mode") == "joint":
+        if doc.phase == Phase.TRAIN or doc.mode == Mode.JOINT:
             # Alive under the mask in force (in joint mask rounds the coordinator re-scopes
             # the average to the new consensus itself).
             alive = unit_map.alive_values(trained, mask)
-            base = values if doc.get("delta") else None
+            base = values if doc.delta else None
             value_codec, body = encode_values(alive, unit_map.layer_sizes(mask),
-                                              str(doc.get("value_codec", "fp32")), base)
+                                              doc.value_codec, base)
             uploads.append((Kind.UPDATE, int(value_codec), encode_update(len(self.data), body)))
         messages = [
             Publish(self._topic(_UPLOAD_TOPIC[kind]),
@@ -212,7 +266,7 @@ class FederationNode:
         upload_bytes = sum(len(m.payload) for m in messages)
         self.sent_bytes += upload_bytes
         self.last_metrics = {
-            "round": t, "phase": doc["phase"], "loss": result.loss, "accuracy": result.accuracy,
+            "round": t, "phase": doc.phase, "loss": result.loss, "accuracy": result.accuracy,
             "samples": result.samples, "train_seconds": result.seconds,
             "upload_bytes": upload_bytes, "sent_bytes": self.sent_bytes,
             "received_bytes": self.received_bytes, "max_rss_mb": peak_rss_mb(),
@@ -222,6 +276,17 @@ class FederationNode:
 
 
 _UPLOAD_TOPIC = {Kind.LOCAL_MASK: topics.NODE_MASK, Kind.UPDATE: topics.NODE_UPDATE}
+
+
+def _reason(exc: WireError | ModelError) -> str:
+    """The counter key of a server message this node could not take."""
+    if isinstance(exc, DocumentError):
+        return exc.reason  # wrong-type, missing-field, protocol-version, ...
+    if isinstance(exc, FingerprintMismatch):
+        return "fingerprint"
+    if isinstance(exc, ModelError):
+        return "model"  # a spec the zoo cannot build
+    return "envelope"
 
 
 def peak_rss_mb() -> float:

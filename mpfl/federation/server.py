@@ -28,6 +28,7 @@ from typing import Any
 
 import numpy as np
 
+from mpfl.choices import Granularity, Mode, ModelScope, Phase, ValueCodecName
 from mpfl.config.settings import FederationConfig
 from mpfl.errors import (
     FederationError,
@@ -55,7 +56,7 @@ from mpfl.wire import (
     encode_values,
     topics,
 )
-from mpfl.wire.protocol import PROTOCOL_VERSION, Hello, Publish, decode_update, encode_json
+from mpfl.wire.protocol import PROTOCOL_VERSION, Hello, Publish, StateDocument, decode_update
 
 
 @dataclass
@@ -130,31 +131,29 @@ class FederationServer:
             return 0.0
         return get_schedule(self.cfg.schedule)(t, self.cfg.mask_rounds, self.cfg.final_sparsity)
 
-    def state_doc(self) -> dict[str, Any]:
+    def state_doc(self) -> StateDocument:
         cfg = self.cfg
-        return {
-            "protocol": PROTOCOL_VERSION,
-            "federation": cfg.federation,
-            "session": self.session,
-            "run": self.run_id,
-            "phase": self.phase,
-            "round": self.round,
-            "mask_rounds": cfg.mask_rounds,
-            "train_rounds": cfg.train_rounds,
-            "target_sparsity": self.target(),
-            "deadline": self.deadline,
-            "model": {"name": cfg.model, "args": cfg.model_args},
-            "granularity": cfg.granularity,
-            "fingerprint": self.unit_map.fingerprint.hex(),
-            "model_scope": "mask" if self.global_values is not None else "dense",
-            "train": {"epochs": cfg.local_epochs, "batch_size": cfg.batch_size, "lr": cfg.lr,
-                      "momentum": cfg.momentum, "weight_decay": cfg.weight_decay,
-                      "optimizer": cfg.optimizer},
-            "value_codec": cfg.value_codec,
-            "mode": cfg.mode,
-            "delta": cfg.delta,
-            "error": self.error,
-        }
+        return StateDocument(
+            protocol=PROTOCOL_VERSION,
+            federation=cfg.federation,
+            session=self.session,
+            run=self.run_id,
+            phase=Phase(self.phase),
+            round=self.round,
+            mask_rounds=cfg.mask_rounds,
+            train_rounds=cfg.train_rounds,
+            target_sparsity=self.target(),
+            deadline=self.deadline,
+            model=cfg.model_spec,
+            granularity=Granularity(cfg.granularity),
+            fingerprint=self.unit_map.fingerprint.hex(),
+            model_scope=ModelScope.DENSE if self.global_values is None else ModelScope.MASK,
+            train=cfg.train_spec,
+            value_codec=ValueCodecName(cfg.value_codec),
+            mode=Mode(cfg.mode),
+            delta=cfg.delta,
+            error=self.error,
+        )
 
     def _envelope(self, kind: Kind, codec: int, payload: bytes, t: int) -> bytes:
         env = Envelope(kind, t, self.unit_map.fingerprint, "", codec, payload)
@@ -165,7 +164,7 @@ class FederationServer:
         return Publish(self._topic(name), payload, retain=True)
 
     def publish_state(self) -> Publish:
-        return self._publish(topics.SERVER_STATE, encode_json(self.state_doc()))
+        return self._publish(topics.SERVER_STATE, self.state_doc().encode())
 
     def publish_model(self, t: int) -> Publish:
         """The weights that round ``t + 1`` starts from."""

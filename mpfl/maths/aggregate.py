@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
+from mpfl.choices import AggregatorName
 from mpfl.errors import ConfigError, FederationError, ModelError, lookup
 
 Values = NDArray[np.float32]
@@ -204,11 +205,13 @@ def _trimmed_mean(updates: Sequence[NDArray[Any]], weights: Sequence[float] | No
     return trimmed_mean(updates)
 
 
-AGGREGATORS: Mapping[str, Aggregator] = MappingProxyType(
-    {"fedavg": weighted_mean, "median": _median, "trimmed-mean": _trimmed_mean}
-)
+AGGREGATORS: Mapping[AggregatorName, Aggregator] = MappingProxyType({
+    AggregatorName.FEDAVG: weighted_mean,
+    AggregatorName.MEDIAN: _median,
+    AggregatorName.TRIMMED_MEAN: _trimmed_mean,
+})
 
-DEFAULT_AGGREGATOR = "fedavg"
+DEFAULT_AGGREGATOR = AggregatorName.FEDAVG
 
 
 def get_aggregator(name: str) -> Aggregator:

@@ -20,13 +20,14 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
+from mpfl.choices import ConsensusName
 from mpfl.errors import ConfigError, FederationError, ModelError, lookup
 from mpfl.maths.schedules import keep_count
 
 BoolArray = NDArray[np.bool_]
 FloatArray = NDArray[np.float64]
 
-DEFAULT_RULE = "top-votes"
+DEFAULT_RULE = ConsensusName.TOP_VOTES
 
 
 def packed_size(n_units: int) -> int:
@@ -424,9 +425,11 @@ def majority(votes: VoteInput) -> BoolArray:
     return out
 
 
-RULES: Mapping[str, ConsensusRule] = MappingProxyType(
-    {"threshold-scan": threshold_scan, "top-votes": top_votes, "majority": majority}
-)
+RULES: Mapping[ConsensusName, ConsensusRule] = MappingProxyType({
+    ConsensusName.THRESHOLD_SCAN: threshold_scan,
+    ConsensusName.TOP_VOTES: top_votes,
+    ConsensusName.MAJORITY: majority,
+})
 
 
 def get_rule(name: str) -> ConsensusRule:

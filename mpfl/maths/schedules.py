@@ -12,11 +12,12 @@ import math
 from collections.abc import Callable, Mapping
 from types import MappingProxyType
 
+from mpfl.choices import ScheduleName
 from mpfl.errors import ConfigError, lookup
 
 Schedule = Callable[[int, int, float], float]
 
-DEFAULT_SCHEDULE = "linear"
+DEFAULT_SCHEDULE = ScheduleName.LINEAR
 
 
 def _check(t: int, total_rounds: int, final_sparsity: float) -> None:
@@ -55,9 +56,11 @@ def cubic(t: int, total_rounds: int, final_sparsity: float) -> float:
     return final_sparsity * (1.0 - (1.0 - progress) ** 3)
 
 
-SCHEDULES: Mapping[str, Schedule] = MappingProxyType(
-    {"linear": linear, "geometric": geometric, "cubic": cubic}
-)
+SCHEDULES: Mapping[ScheduleName, Schedule] = MappingProxyType({
+    ScheduleName.LINEAR: linear,
+    ScheduleName.GEOMETRIC: geometric,
+    ScheduleName.CUBIC: cubic,
+})
 
 
 def get_schedule(name: str) -> Schedule:

@@ -10,14 +10,17 @@ each block: the others feed a skip sum, where a removed channel would not be zer
 
 from __future__ import annotations
 
-import json
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass
 
 import torch
 from torch import nn
 
+from mpfl.choices import ModelName
 from mpfl.errors import ModelError
+from mpfl.wire.specs import ModelSpec
+
+__all__ = ["PRESETS", "ZOO", "ModelSpec", "ZooModel", "build_model", "parameter_count",
+           "resolve_spec"]
 
 
 @dataclass(frozen=True)
@@ -36,26 +39,6 @@ class PrunableLayer:
     weight: str
     coupled: tuple[str, ...] = ()
     consumers: tuple[Consumer, ...] = ()
-
-
-@dataclass(frozen=True)
-class ModelSpec:
-    """A zoo architecture and its arguments: what travels instead of code."""
-
-    name: str
-    args: dict[str, Any] = field(default_factory=dict)
-
-    def to_json(self) -> str:
-        return json.dumps({"name": self.name, "args": self.args}, sort_keys=True)
-
-    @staticmethod
-    def from_dict(data: dict[str, Any]) -> ModelSpec:
-        if not isinstance(data, dict) or not isinstance(data.get("name"), str):
-            raise ModelError("model spec must be an object with a string 'name'")
-        args = data.get("args", {})
-        if not isinstance(args, dict):
-            raise ModelError("model spec 'args' must be an object", model=data["name"])
-        return ModelSpec(data["name"], dict(args))
 
 
 class ZooModel(nn.Module):
@@ -243,17 +226,17 @@ class ResNet(ZooModel):
         ]
 
 
-ZOO: dict[str, type[ZooModel]] = {
-    "mlp": MLP,
-    "lenet5": LeNet5,
-    "cnn-cifar": CnnCifar,
-    "resnet": ResNet,
+ZOO: dict[ModelName, type[ZooModel]] = {
+    ModelName.MLP: MLP,
+    ModelName.LENET5: LeNet5,
+    ModelName.CNN_CIFAR: CnnCifar,
+    ModelName.RESNET: ResNet,
 }
 
 # Named presets: a short name expands to an architecture and default arguments.
-PRESETS: dict[str, ModelSpec] = {
-    "resnet8": ModelSpec("resnet", {"blocks_per_stage": 1}),
-    "resnet20": ModelSpec("resnet", {"blocks_per_stage": 3}),
+PRESETS: dict[ModelName, ModelSpec] = {
+    ModelName.RESNET8: ModelSpec(ModelName.RESNET, {"blocks_per_stage": 1}),
+    ModelName.RESNET20: ModelSpec(ModelName.RESNET, {"blocks_per_stage": 3}),
 }
 
 
@@ -276,8 +259,11 @@ def build_model(spec: ModelSpec, seed: int | None = None) -> ZooModel:
         torch.manual_seed(seed)
     try:
         return cls(**full.args)
-    except TypeError as exc:
-        raise ModelError(f"bad arguments for model '{spec.name}': {exc}") from exc
+    except (TypeError, ValueError, RuntimeError, OverflowError) as exc:
+        # Arguments come from a config file or the wire: torch's own complaints about a
+        # negative size or a string width are a bad spec too, not a crash.
+        first_line = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise ModelError(f"bad arguments for model '{spec.name}': {first_line}") from exc
 
 
 def parameter_count(model: nn.Module) -> int:

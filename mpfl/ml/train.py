@@ -8,18 +8,33 @@ after each step (weight decay or Adam's update would otherwise move them off zer
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 from torch import nn
 
-from mpfl.errors import ConfigError, ModelError
+from mpfl.choices import Optimizer
+from mpfl.errors import ModelError, lookup
 from mpfl.ml.data import Dataset
 from mpfl.ml.units import UnitMap
+from mpfl.wire.specs import TrainSpec
 
-OPTIMIZERS = ("sgd", "adam")
+
+def _sgd(model: nn.Module, spec: TrainSpec) -> torch.optim.Optimizer:
+    return torch.optim.SGD(model.parameters(), lr=spec.lr, momentum=spec.momentum,
+                           weight_decay=spec.weight_decay)
+
+
+def _adam(model: nn.Module, spec: TrainSpec) -> torch.optim.Optimizer:
+    return torch.optim.Adam(model.parameters(), lr=spec.lr, weight_decay=spec.weight_decay)
+
+
+OPTIMIZERS: dict[Optimizer, Callable[[nn.Module, TrainSpec], torch.optim.Optimizer]] = {
+    Optimizer.SGD: _sgd,
+    Optimizer.ADAM: _adam,
+}
 
 
 def load_state(model: nn.Module, state: Mapping[str, np.ndarray]) -> None:
@@ -62,16 +77,6 @@ class MaskEnforcer:
 
 
 @dataclass(frozen=True)
-class TrainConfig:
-    epochs: int = 1
-    batch_size: int = 32
-    lr: float = 0.05
-    momentum: float = 0.9
-    weight_decay: float = 0.0
-    optimizer: str = "sgd"
-
-
-@dataclass(frozen=True)
 class TrainResult:
     loss: float
     accuracy: float
@@ -79,19 +84,10 @@ class TrainResult:
     seconds: float
 
 
-def _optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
-    if cfg.optimizer == "sgd":
-        return torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum,
-                               weight_decay=cfg.weight_decay)
-    if cfg.optimizer == "adam":
-        return torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    raise ConfigError(f"unknown optimizer '{cfg.optimizer}' (known: sgd, adam)")
-
-
 def train_local(
     model: nn.Module,
     data: Dataset,
-    cfg: TrainConfig,
+    cfg: TrainSpec,
     enforcer: MaskEnforcer | None = None,
     seed: int = 0,
 ) -> TrainResult:
@@ -99,7 +95,7 @@ def train_local(
     start = time.perf_counter()
     generator = torch.Generator().manual_seed(seed)
     x, y = torch.from_numpy(data.x), torch.from_numpy(data.y)
-    opt = _optimizer(model, cfg)
+    opt = lookup(OPTIMIZERS, cfg.optimizer, "optimizer", "optimizer")(model, cfg)
     loss_fn = nn.CrossEntropyLoss()
     model.train()
     total_loss, correct, seen = 0.0, 0, 0

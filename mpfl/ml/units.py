@@ -24,11 +24,12 @@ from dataclasses import dataclass
 import numpy as np
 from torch import nn
 
+from mpfl.choices import Granularity
 from mpfl.errors import ConfigError, ModelError
 from mpfl.ml.models import ModelSpec, PrunableLayer, ZooModel, resolve_spec
 
 State = dict[str, np.ndarray]
-GRANULARITIES = ("filter", "weight")
+GRANULARITIES = tuple(Granularity)
 
 
 @dataclass(frozen=True)
@@ -177,7 +178,8 @@ def _weight_layers(model: nn.Module) -> list[PrunableLayer]:
 
 def build_unit_map(model: ZooModel, spec: ModelSpec, granularity: str) -> UnitMap:
     if granularity not in GRANULARITIES:
-        raise ConfigError(f"unknown granularity '{granularity}' (known: filter, weight)")
+        known = ", ".join(GRANULARITIES)
+        raise ConfigError(f"unknown granularity '{granularity}' (known: {known})")
     state = model_state(model)
     shapes = tuple((name, tuple(a.shape)) for name, a in state.items())
     declared = model.prunable_layers() if granularity == "filter" else _weight_layers(model)

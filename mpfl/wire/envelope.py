@@ -6,7 +6,7 @@ All integers are little-endian and unsigned. The layout, in order:
     0           4     magic            b"MPFL"
     4           1     version          1
     5           1     kind             a `Kind` (0 and 5..255 are reserved)
-    6           1     flags            bit 0: a signature is present; bits 1..7 must be 0
+    6           1     flags            must be 0 (bit 0 is kept for a signature, below)
     7           1     reserved         must be 0
     8           4     round
     12          8     fingerprint      model fingerprint, raw bytes
@@ -15,15 +15,14 @@ All integers are little-endian and unsigned. The layout, in order:
     21+N        2     codec            meaning depends on kind (see masks.py, values.py)
     23+N        4     payload length   L
     27+N        L     payload
-    27+N+L      2     signature length S, only when flags bit 0 is set (S >= 1)
-    29+N+L      S     signature        only when flags bit 0 is set
     end-4       4     CRC32            zlib.crc32 of every byte before it
 
-The CRC catches corruption, not forgery: a signature, when keys are configured, covers
-`signing_input(env)`, the envelope bytes from the magic through the payload as they
-appear in the signed message. Splitting large messages into chunks is the transport's
-job, so the envelope has no chunk fields. Decoding is strict: one byte too few or too
-many is an error, so every valid message has exactly one encoding.
+The CRC catches corruption, not forgery. Signatures are not implemented yet: flags bit 0
+is kept to mark a signed envelope in a later version, and until a receiver can verify a
+signature, a message claiming one is rejected ("signed envelopes are not supported")
+rather than accepted as if it were trusted. Splitting large messages into chunks is the
+transport's job, so the envelope has no chunk fields. Decoding is strict: one byte too few
+or too many is an error, so every valid message has exactly one encoding.
 """
 
 from __future__ import annotations
@@ -40,20 +39,18 @@ MAGIC = b"MPFL"
 VERSION = 1
 FINGERPRINT_SIZE = 8
 MAX_NODE_ID_BYTES = 64
-FLAG_SIGNED = 0x01
+FLAG_SIGNED = 0x01  # reserved: set by a signed envelope, which this version rejects
 
 # magic, version, kind, flags, reserved, round, fingerprint, node id length
 _PREFIX = struct.Struct("<4sBBBBI8sB")
 # codec, payload length
 _MIDDLE = struct.Struct("<HI")
-_SIG_LEN = struct.Struct("<H")
 _CRC = struct.Struct("<I")
 
 HEADER_SIZE = _PREFIX.size  # 21: the fixed part before the node id
 CRC_SIZE = _CRC.size
 MIN_MESSAGE_SIZE = HEADER_SIZE + _MIDDLE.size + CRC_SIZE  # 31: empty node id and payload
 MAX_PAYLOAD_SIZE = 0xFFFF_FFFF
-MAX_SIGNATURE_SIZE = 0xFFFF
 
 
 class Kind(IntEnum):
@@ -75,7 +72,6 @@ class Envelope:
     node_id: str
     codec: int
     payload: bytes
-    signature: bytes = b""
 
     def __post_init__(self) -> None:
         ctx: dict[str, Any] = {"kind": _kind_name(self.kind), "round": self.round}
@@ -102,8 +98,6 @@ class Envelope:
             raise WireError("codec does not fit in u16", codec=self.codec, **ctx)
         if len(self.payload) > MAX_PAYLOAD_SIZE:
             raise WireError("payload longer than 4 GiB", **ctx)
-        if len(self.signature) > MAX_SIGNATURE_SIZE:
-            raise WireError("signature longer than 65535 bytes", **ctx)
 
 
 def _kind_name(kind: int) -> str:
@@ -113,43 +107,28 @@ def _kind_name(kind: int) -> str:
         return str(kind)
 
 
-def _signed_part(env: Envelope, *, signed: bool) -> bytes:
+def encode_envelope(env: Envelope) -> bytes:
+    """Serialise an envelope (unsigned: flags and reserved bytes are 0)."""
     node_bytes = env.node_id.encode("utf-8")
     prefix = _PREFIX.pack(
         MAGIC,
         VERSION,
         int(env.kind),
-        FLAG_SIGNED if signed else 0,
+        0,
         0,
         env.round,
         env.fingerprint,
         len(node_bytes),
     )
-    return b"".join(
+    body = b"".join(
         (prefix, node_bytes, _MIDDLE.pack(env.codec, len(env.payload)), env.payload)
     )
-
-
-def signing_input(env: Envelope) -> bytes:
-    """The bytes a signature covers: magic through payload, with the signed flag set."""
-    return _signed_part(env, signed=True)
-
-
-def encode_envelope(env: Envelope) -> bytes:
-    """Serialise an envelope; the signed flag is set exactly when it carries a signature."""
-    signed = bool(env.signature)
-    body = _signed_part(env, signed=signed)
-    if signed:
-        body += _SIG_LEN.pack(len(env.signature)) + env.signature
     return body + _CRC.pack(zlib.crc32(body))
 
 
 def message_size(env: Envelope) -> int:
     """Length in bytes of `encode_envelope(env)`, without building it."""
-    size = MIN_MESSAGE_SIZE + len(env.node_id.encode("utf-8")) + len(env.payload)
-    if env.signature:
-        size += _SIG_LEN.size + len(env.signature)
-    return size
+    return MIN_MESSAGE_SIZE + len(env.node_id.encode("utf-8")) + len(env.payload)
 
 
 def decode_envelope(
@@ -175,6 +154,10 @@ def decode_envelope(
     if version != VERSION:
         raise WireError("unsupported protocol version", expected=VERSION, got=version)
     ctx: dict[str, Any] = {"kind": _kind_name(kind_id), "round": round_}
+    if flags & FLAG_SIGNED:
+        # Checked first: its layout after the payload is not this version's to parse.
+        raise WireError("signed envelopes are not supported: this version cannot verify "
+                        "a signature, so it does not accept one", **ctx)
 
     pos = HEADER_SIZE
     node_bytes = data[pos : pos + node_len]
@@ -194,16 +177,6 @@ def decode_envelope(
         )
     payload = data[pos : pos + payload_len]
     pos += payload_len
-    signature = b""
-    if flags & FLAG_SIGNED:
-        if pos + _SIG_LEN.size > body_end:
-            raise WireError("message truncated before the signature", **ctx)
-        (sig_len,) = _SIG_LEN.unpack_from(data, pos)
-        pos += _SIG_LEN.size
-        if pos + sig_len > body_end:
-            raise WireError("message truncated in the signature", declared=sig_len, **ctx)
-        signature = data[pos : pos + sig_len]
-        pos += sig_len
     if pos != body_end:
         raise WireError("trailing bytes after the message", extra=body_end - pos, **ctx)
     (crc,) = _CRC.unpack_from(data, body_end)
@@ -219,10 +192,8 @@ def decode_envelope(
         raise WireError("node id longer than 64 bytes", got=node_len, **ctx)
     if kind_id not in Kind._value2member_map_:
         raise WireError("unknown message kind", **ctx)
-    if flags & ~FLAG_SIGNED or reserved:
+    if flags or reserved:
         raise WireError("reserved header bits set", flags=flags, reserved=reserved, **ctx)
-    if flags & FLAG_SIGNED and not signature:
-        raise WireError("signed flag set with an empty signature", **ctx)
     if expected_fingerprint is not None and fingerprint != expected_fingerprint:
         raise FingerprintMismatch(
             "message is for another model",
@@ -239,5 +210,4 @@ def decode_envelope(
         node_id=node_id,
         codec=codec,
         payload=payload,
-        signature=signature,
     )

@@ -3,6 +3,10 @@
 Both sides are written "sans I/O": they take ``(topic, payload)`` and return the
 ``Publish`` actions to perform, so the same logic runs over MQTT, over the in-memory
 transport, and in unit tests.
+
+The JSON documents are frozen structs decoded strictly on both sides (``mpfl.wire.strict``):
+an unknown or missing key, a wrong type or an out-of-range value is a ``DocumentError``
+naming the field, which a receiver counts and drops.
 """
 
 from __future__ import annotations
@@ -10,12 +14,17 @@ from __future__ import annotations
 import json
 import struct
 from dataclasses import dataclass
-from typing import Any
+from typing import Annotated, Any, Final, Literal
 
-from mpfl.errors import WireError
+import msgspec
 
-PROTOCOL_VERSION = 1
-PHASES = ("waiting", "mask", "train", "done", "failed")
+from mpfl.choices import Granularity, Mode, ModelScope, Phase, ValueCodecName
+from mpfl.errors import DocumentError, WireError
+from mpfl.wire.specs import ModelSpec, TrainSpec
+from mpfl.wire.strict import decode_document, encode_document
+
+PROTOCOL_VERSION: Final = 1
+PHASES = tuple(Phase)
 OFFLINE = b"offline"
 _SAMPLES = struct.Struct("<I")
 
@@ -59,28 +68,88 @@ def decode_update(payload: bytes) -> tuple[int, bytes]:
     return samples, payload[_SAMPLES.size :]
 
 
-@dataclass(frozen=True)
-class Hello:
-    """What a node announces on ``nodes/<id>/status`` (retained)."""
+_U32 = Annotated[int, msgspec.Meta(ge=0, le=0xFFFF_FFFF)]
+_NAME = Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9_-]{1,64}$")]
+_TOKEN = Annotated[str, msgspec.Meta(max_length=64)]
 
-    node_id: str
-    samples: int
-    hardware: str = "unknown"
-    versions: dict[str, str] | None = None
+
+class _Versioned(msgspec.Struct):
+    """Only the protocol version, read before the strict decode: a document of another
+    version is reported as such, not as a list of unknown fields."""
+
+    protocol: Any = None
+
+
+class StateDocument(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """``server/state`` (retained): where the federation is and what this round asks.
+
+    ``session`` changes with each coordinator process (nodes resend a finished round's
+    cached bytes to a new one); ``run`` stays for the whole run directory. Rounds count
+    across phases: mask rounds 1..mask_rounds, then training rounds.
+    """
+
+    protocol: Literal[1]
+    federation: _NAME
+    session: _TOKEN
+    run: _TOKEN
+    phase: Phase
+    round: _U32
+    mask_rounds: _U32
+    train_rounds: _U32
+    target_sparsity: Annotated[float, msgspec.Meta(ge=0.0, lt=1.0)]
+    deadline: Annotated[float, msgspec.Meta(ge=0.0, le=1e12)]  # Unix time, seconds
+    model: ModelSpec
+    granularity: Granularity
+    fingerprint: Annotated[str, msgspec.Meta(pattern=r"^[0-9a-f]{16}$")]
+    model_scope: ModelScope
+    train: TrainSpec
+    value_codec: ValueCodecName
+    mode: Mode
+    delta: bool
+    error: str | None  # why the federation failed
+
+    def __post_init__(self) -> None:
+        # ValueError: msgspec reports it as a validation error of this document.
+        total = self.mask_rounds + self.train_rounds
+        if self.round > total:
+            raise ValueError(f"round {self.round} is past the last round ({total})")
+        if self.phase.is_round and self.round < 1:
+            raise ValueError(f"a {self.phase} phase needs a round >= 1")
+
+    @property
+    def mask_in_force(self) -> int:
+        """The round whose consensus mask this round trains under (0: all ones)."""
+        return min(self.round - 1, self.mask_rounds)
 
     def encode(self) -> bytes:
-        return encode_json({"status": "online", "node_id": self.node_id, "samples": self.samples,
-                            "hardware": self.hardware, "versions": self.versions or {}})
+        return encode_document(self)
+
+
+def decode_state(payload: bytes) -> StateDocument:
+    """A ``server/state`` payload, or a ``DocumentError`` naming what is wrong with it."""
+    what = "server state"
+    version = decode_document(payload, _Versioned, what).protocol
+    if version != PROTOCOL_VERSION:
+        raise DocumentError(what, f"version {version!r}, this build speaks {PROTOCOL_VERSION}",
+                            field="protocol", reason="protocol-version")
+    return decode_document(payload, StateDocument, what)
+
+
+class Hello(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """What a node announces on ``nodes/<id>/status`` (retained)."""
+
+    node_id: _NAME
+    samples: Annotated[int, msgspec.Meta(ge=1, le=0xFFFF_FFFF)]
+    hardware: Annotated[str, msgspec.Meta(max_length=128)] = "unknown"
+    versions: dict[str, str] = msgspec.field(default_factory=dict)
+    status: Literal["online"] = "online"
+
+    def encode(self) -> bytes:
+        return encode_document(self)
 
     @staticmethod
     def decode(payload: bytes) -> Hello | None:
-        """None for the last-will "offline"; WireError for anything malformed."""
+        """None for the last-will "offline"; ``DocumentError`` for anything malformed."""
         if payload in (OFFLINE, b""):
             return None
-        doc = decode_json(payload, "node status")
-        samples, node_id = doc.get("samples"), doc.get("node_id")
-        # bool is an int in Python; JSON true is not a sample count.
-        if type(samples) is not int or samples < 1 or not isinstance(node_id, str):
-            raise WireError("node status needs node_id and samples >= 1")
-        versions = doc.get("versions") if isinstance(doc.get("versions"), dict) else None
-        return Hello(node_id, samples, str(doc.get("hardware", "unknown")), versions)
+        return decode_document(payload, Hello, "node status")
