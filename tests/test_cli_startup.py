@@ -31,26 +31,18 @@ with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.St
 print(json.dumps({"torch": "torch" in sys.modules, "code": code}))
 """
 
-# The cases below fail today only because mpfl.config imports torch (settings imports
-# ModelSpec and the optimizers from mpfl.ml); everything these CLIs import themselves is
-# torch-free. The marker goes when ModelSpec moves out of mpfl.ml.
-CONFIG_IMPORTS_TORCH = pytest.mark.xfail(
-    strict=True, reason="mpfl.config imports torch until ModelSpec moves"
-)
-
 CASES = [
-    pytest.param("apps.cli", "main", ["--help"], marks=CONFIG_IMPORTS_TORCH, id="mpfl --help"),
-    pytest.param("apps.cli", "main", ["hardware", "detect"], marks=CONFIG_IMPORTS_TORCH,
-                 id="mpfl hardware detect"),
-    pytest.param("apps.cli", "main", ["hardware", "list"], marks=CONFIG_IMPORTS_TORCH,
+    pytest.param("apps.cli", "main", ["--help"], id="mpfl --help"),
+    pytest.param("apps.cli", "main", ["hardware", "detect"], id="mpfl hardware detect"),
+    pytest.param("apps.cli", "main", ["hardware", "list"],
                  id="mpfl hardware list"),
-    pytest.param("apps.cli", "main", ["hardware", "show", "rpi4"], marks=CONFIG_IMPORTS_TORCH,
+    pytest.param("apps.cli", "main", ["hardware", "show", "rpi4"],
                  id="mpfl hardware show"),
-    pytest.param("apps.cli", "main", ["simulate", "--help"], marks=CONFIG_IMPORTS_TORCH,
+    pytest.param("apps.cli", "main", ["simulate", "--help"],
                  id="mpfl simulate --help"),
-    pytest.param("coordinator.cli", "main", ["--help"], marks=CONFIG_IMPORTS_TORCH,
+    pytest.param("coordinator.cli", "main", ["--help"],
                  id="mpfl-coordinator --help"),
-    pytest.param("coordinator.cli", "main", ["run", "--help"], marks=CONFIG_IMPORTS_TORCH,
+    pytest.param("coordinator.cli", "main", ["run", "--help"],
                  id="mpfl-coordinator run --help"),
     # what `mpfl hardware` runs, without the umbrella command around it
     pytest.param("hardware.cli", "hardware_group", ["detect"], id="hardware detect"),
