@@ -29,7 +29,6 @@ import argparse
 import importlib.util
 import json
 import os
-import platform
 import subprocess
 import sys
 import tempfile
@@ -40,183 +39,25 @@ from typing import Any
 
 import numpy as np
 
+# The helper modules sit next to this file; put them on the path also when the script is
+# loaded by file name (importlib) rather than run, which leaves sys.path[0] elsewhere.
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from edge_report import format_markdown, host_info  # noqa: E402
+from edge_workers import WORKERS  # noqa: E402
+
 RESULTS_PATH = Path(__file__).resolve().parent / "results" / "edge.json"
 COMMAND = "python benchmarks/bench_edge.py"
 PARTITION_SIZE = 6000
 SPARSITY = 0.5
 BATCH_SIZE = 32
 THREADS = (1, 4)
-LATENCY_BATCHES = (1, 64)
-LATENCY_RUNS = 200
 TRAIN_GOAL_MB = 350
 RUNNER_GOAL_MB = 80
 WORKER_TIMEOUT_S = 240
 GNU_TIME = "/usr/bin/time"
 # (model, dataset): the two training footprints the issue asks for.
 TRAINING_CASES = (("lenet5", "mnist"), ("cnn-cifar", "cifar10"))
-
-
-def peak_rss_mb() -> float:
-    """This process image's peak resident set size so far, in MiB (VmHWM).
-
-    Not ``getrusage(RUSAGE_SELF).ru_maxrss``: Linux carries that high-water mark over
-    ``execve`` from the forked parent, so a worker started by a big parent would report
-    the parent's peak. VmHWM belongs to the address space the worker itself built.
-    """
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 1024  # kB
-    raise SystemExit("no VmHWM in /proc/self/status (the benchmark needs Linux)")
-
-
-# ------------------------------------------------------------------------------ workers
-
-
-def _filter_mask(model: Any, spec: Any, sparsity: float) -> tuple[Any, np.ndarray]:
-    """The unit map and a mask pruning ``sparsity`` of each layer's filters by L2 norm."""
-    from mpfl.ml.masks import local_mask, unit_scores
-    from mpfl.ml.units import build_unit_map, model_state
-
-    unit_map = build_unit_map(model, spec, "filter")
-    scores = unit_scores(model_state(model), unit_map)
-    mask = local_mask(scores, unit_map.full_mask(), unit_map.slices, sparsity)
-    return unit_map, mask
-
-
-def train_worker(job: dict[str, Any]) -> dict[str, Any]:
-    """One node's local training: peak RSS and seconds per epoch."""
-    import torch
-
-    rss_torch = peak_rss_mb()
-    from mpfl.ml.data import load_npz
-    from mpfl.ml.models import ModelSpec, build_model, parameter_count
-    from mpfl.ml.train import MaskEnforcer, train_local
-    from mpfl.wire.specs import DEFAULT_TRAIN
-
-    torch.set_num_threads(job["threads"])
-    data = load_npz(Path(job["data"]))
-    spec = ModelSpec(job["model"])
-    model = build_model(spec, seed=0)
-    unit_map, mask = _filter_mask(model, spec, job["sparsity"])
-    enforcer = MaskEnforcer(model, unit_map, mask)
-    cfg = DEFAULT_TRAIN.replace(epochs=1, batch_size=job["batch_size"], lr=0.01, momentum=0.9)
-    train_local(model, data.subset(np.arange(min(512, len(data)))), cfg, enforcer, seed=1)
-    result = train_local(model, data, cfg, enforcer, seed=2)
-    return {
-        "peak_rss_mb": peak_rss_mb(),
-        "rss_after_import_torch_mb": rss_torch,
-        "seconds_per_epoch": result.seconds,
-        "samples": result.samples,
-        "params": parameter_count(model),
-        "alive_filter_fraction": float(mask.mean()),
-        "torch_threads": torch.get_num_threads(),
-        "torch_version": torch.__version__,
-    }
-
-
-def export_worker(job: dict[str, Any]) -> dict[str, Any]:
-    """Write LeNet-5 as ONNX: dense, and with the pruned filters removed."""
-    import torch
-
-    from mpfl.ml.models import ModelSpec, build_model
-
-    spec = ModelSpec("lenet5")
-    model = build_model(spec, seed=0).eval()
-    unit_map, mask = _filter_mask(model, spec, job["sparsity"])
-    from mpfl.ml.train import MaskEnforcer
-
-    MaskEnforcer(model, unit_map, mask)  # zero the pruned filters in place
-    variants: dict[str, torch.nn.Module] = {"dense": model}
-    try:
-        from export.prune import prune_filters
-    except ImportError:  # the export package is optional here
-        pass
-    else:
-        variants["pruned"] = prune_filters(model, unit_map, mask)
-    example = torch.zeros(1, 1, 28, 28)
-    files = {}
-    for name, module in variants.items():
-        path = Path(job["out"]) / f"lenet5-{name}.onnx"
-        with torch.no_grad():
-            torch.onnx.export(
-                module.eval(),
-                (example,),
-                str(path),
-                dynamo=False,
-                input_names=["input"],
-                output_names=["logits"],
-                dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}},
-            )
-        files[name] = {"path": str(path), "bytes": path.stat().st_size}
-    return {"files": files}
-
-
-def _median_ms(fn: Any, runs: int) -> float:
-    fn()  # warm-up
-    times = []
-    for _ in range(runs):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return float(np.median(times) * 1e3)
-
-
-def infer_worker(job: dict[str, Any]) -> dict[str, Any]:
-    """The torch-free runner: peak RSS and median latency per batch size."""
-    import onnxruntime as ort
-
-    x = np.random.default_rng(0).standard_normal((max(LATENCY_BATCHES), 1, 28, 28))
-    x = x.astype(np.float32)
-    latency: dict[str, float] = {}
-    if importlib.util.find_spec("export.runner") is not None:
-        from export.runner import Runner
-
-        runner_name = "export.runner.Runner"
-        runner = Runner(job["model"], threads=job["threads"])
-        for batch in LATENCY_BATCHES:
-            latency[str(batch)] = runner.latency_ms(x, batch, LATENCY_RUNS)
-    else:  # the export package is not there: the bare onnxruntime session it would wrap
-        runner_name = "onnxruntime.InferenceSession"
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = job["threads"]
-        session = ort.InferenceSession(job["model"], options, providers=["CPUExecutionProvider"])
-        name = session.get_inputs()[0].name
-        for batch in LATENCY_BATCHES:
-            feed = {name: x[:batch]}
-            latency[str(batch)] = _median_ms(lambda f=feed: session.run(None, f), LATENCY_RUNS)
-    if "torch" in sys.modules:
-        raise SystemExit("the torch-free runner imported torch")
-    return {
-        "peak_rss_mb": peak_rss_mb(),
-        "latency_ms": latency,
-        "runner": runner_name,
-        "onnxruntime_version": ort.__version__,
-        "torch_imported": False,
-    }
-
-
-def load_worker(job: dict[str, Any]) -> dict[str, Any]:
-    """The data path of `mpfl-edge start --dataset D --partition 0/N`: full set, then share."""
-    import torch  # noqa: F401  (a node has it loaded before it reads data)
-
-    from edge_node.agent import load_node_data
-
-    start = time.perf_counter()
-    data, _ = load_node_data(job["dataset"], job["data_dir"], job["share"])
-    return {
-        "peak_rss_mb": peak_rss_mb(),
-        "samples": len(data),
-        "partition_mb": data.x.nbytes / 2**20,
-        "seconds": time.perf_counter() - start,
-    }
-
-
-WORKERS = {
-    "train": train_worker,
-    "export": export_worker,
-    "infer": infer_worker,
-    "load": load_worker,
-}
 
 
 def run_worker(kind: str, job: dict[str, Any]) -> dict[str, Any]:
@@ -336,82 +177,6 @@ def measure_inference(work: Path) -> list[dict[str, Any]]:
             }
         )
     return rows
-
-
-def host_info() -> dict[str, Any]:
-    model = "unknown"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return {
-        "machine": platform.machine(),
-        "cpu": model,
-        "cpus": os.cpu_count(),
-        "python": platform.python_version(),
-        "numpy": np.__version__,
-    }
-
-
-def _fits(names: Sequence[str]) -> str:
-    return ", ".join(names) if names else "none"
-
-
-def _mb(row: dict[str, Any]) -> str:
-    value = row.get("gnu_time_max_rss_mb")
-    return "-" if value is None else f"{value:.0f}"
-
-
-def format_markdown(results: dict[str, Any]) -> str:
-    host = results["host"]
-    lines = [
-        f"Measured with `{results['command']}` on {host['cpu']} ({host['machine']}, "
-        f"{host['cpus']} CPUs), torch {results['training'][0]['torch_version']}, "
-        f"onnxruntime {results['inference'][0]['onnxruntime_version']}.",
-        "",
-        "| process | threads | peak RSS (MB) | time -v (MB) | s / epoch | goal "
-        "| fits (budget >= peak) |",
-        "|---|---:|---:|---:|---:|---|---|",
-    ]
-    for r in results["training"]:
-        ok = "yes" if r["peak_rss_mb"] <= r["goal_mb"] else "no"
-        lines.append(
-            f"| train {r['model']} on {r['samples']:,} {r['dataset']} samples "
-            f"(batch {r['batch_size']}, {r['filter_sparsity']:.0%} filters pruned) "
-            f"| {r['threads']} | {r['peak_rss_mb']:.0f} | {_mb(r)} | {r['seconds_per_epoch']:.2f} "
-            f"| <= {r['goal_mb']} MB: {ok} | {_fits(r['fits'])} |"
-        )
-    lines += [
-        "",
-        "| process | ONNX size | peak RSS (MB) | time -v (MB) | latency batch 1 (ms) "
-        "| latency batch 64 (ms) | torch imported | goal | fits (budget >= peak) |",
-        "|---|---:|---:|---:|---:|---:|---|---|---|",
-    ]
-    for r in results["inference"]:
-        ok = "yes" if r["peak_rss_mb"] <= r["goal_mb"] else "no"
-        lat = r["latency_ms"]
-        lines.append(
-            f"| runner, {r['model']}, 1 thread | {r['onnx_bytes'] / 1000:.0f} kB "
-            f"| {r['peak_rss_mb']:.0f} | {_mb(r)} | {lat['1']:.3f} | {lat['64']:.3f} "
-            f"| {'yes' if r['torch_imported'] else 'no'} | <= {r['goal_mb']} MB: {ok} "
-            f"| {_fits(r['fits'])} |"
-        )
-    if results["edge_data_loading"]:
-        lines += [
-            "",
-            "| `mpfl-edge start` data path (import torch, load, take the share) | samples "
-            "| share (MB) | peak RSS (MB) |",
-            "|---|---:|---:|---:|",
-        ]
-        for r in results["edge_data_loading"]:
-            lines.append(
-                f"| --dataset {r['dataset']} --partition {r['share']} | {r['samples']:,} "
-                f"| {r['partition_mb']:.0f} | {r['peak_rss_mb']:.0f} |"
-            )
-    return "\n".join(lines)
 
 
 def main(argv: Sequence[str] | None = None) -> None:

@@ -18,7 +18,6 @@ subsets, few rounds) as a smoke test; its numbers mean nothing.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import os
 import platform
@@ -33,102 +32,24 @@ from typing import Any
 
 import torch
 
-from apps.experiments import ExperimentResult, Experiments, ExperimentSettings
+from apps.experiments import ExperimentResult, Experiments
+
+# The helper modules sit next to this file; put them on the path also when the script is
+# loaded by file name (tests/test_learning.py uses importlib), not run as a script.
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from learning_plan import (  # noqa: E402
+    Job,
+    Profile,
+    _by_priority,  # noqa: F401  (tests/test_learning.py reaches the plan through here)
+    full_profile,
+    jobs,
+    quick_profile,
+)
+from learning_report import plot_sparsity, plot_uplink, table_a, table_b  # noqa: E402
 
 Progress = Callable[[str], None]
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
-MB = 1_000_000
-
-# The issue's reference settings: 1 local epoch, SGD lr 0.05 momentum 0.9, batch 32,
-# 10 nodes, Dirichlet(0.5), 20 rounds in all.
-REFERENCE = ExperimentSettings(nodes=10, partition="dirichlet:0.5", seed=0, local_epochs=1,
-                               batch_size=32, lr=0.05, momentum=0.9)
-
-
-# One trainer on the pooled data takes ten times the nodes' steps per round; at their
-# lr 0.05 (momentum 0.9) it diverged, so the centralised baseline uses a smaller one.
-CENTRAL_LR = 0.01
-
-
-@dataclasses.dataclass(frozen=True)
-class Sweep:
-    """One accuracy-vs-sparsity curve of part (b)."""
-
-    dataset: str
-    model: str
-    sparsities: tuple[float, ...]
-    settings: ExperimentSettings
-
-
-@dataclasses.dataclass(frozen=True)
-class Profile:
-    name: str
-    part_a_datasets: tuple[str, ...]
-    part_a: ExperimentSettings
-    sweeps: tuple[Sweep, ...]
-    notes: tuple[str, ...]
-
-
-def _rounds(s: ExperimentSettings) -> str:
-    return f"{s.rounds} rounds ({s.mask_rounds} mask + {s.train_rounds} training)"
-
-
-def _samples(s: ExperimentSettings, full: str) -> str:
-    return full if s.train_limit is None else f"a seeded {s.train_limit:,}-sample subset of {full}"
-
-
-def full_profile() -> Profile:
-    part_a = dataclasses.replace(REFERENCE, mask_rounds=5, train_rounds=15,
-                                 granularity="weight", value_codec="int8")
-    fashion = dataclasses.replace(REFERENCE, mask_rounds=5, train_rounds=15,
-                                  granularity="filter", train_limit=20_000,
-                                  central_lr=CENTRAL_LR, eval_every_round=False)
-    cifar = dataclasses.replace(REFERENCE, mask_rounds=4, train_rounds=8,
-                                granularity="filter", train_limit=10_000,
-                                central_lr=CENTRAL_LR, eval_every_round=False)
-    sweeps = (Sweep("fashion-mnist", "lenet5", (0.1, 0.3, 0.5, 0.7, 0.9), fashion),
-              Sweep("cifar10", "cnn-cifar", (0.3, 0.6, 0.9), cifar))
-    notes = (
-        f"(a) full MNIST / Fashion-MNIST (60k train, 10k test), {part_a.rounds} rounds each: "
-        f"MPFL {_rounds(part_a)}, {part_a.schedule} schedule to 90%, weight masks, "
-        f"{part_a.value_codec} values, {part_a.consensus} consensus; FedAvg "
-        f"{part_a.rounds} dense fp32 rounds. MPFL (joint): the same with mode = joint, "
-        "whose mask rounds also send and average the masked weights.",
-        *(f"(b) {sw.dataset}: {_samples(sw.settings, 'the training set')}"
-          + (" (data_batch_1 + data_batch_2)" if sw.dataset == "cifar10" else "")
-          + f", full test set, {_rounds(sw.settings)}, SGD lr {sw.settings.lr} on the "
-          f"nodes, sparsities "
-          + "/".join(f"{round(100 * x)}" for x in sw.sparsities) + "%." for sw in sweeps),
-        "(b) FedAvg then prune: the final dense FedAvg model pruned once, per layer by "
-        "filter L2 norm, evaluated without fine-tuning (as in the reference code). "
-        "Centralised: the same schedule on the pooled data, one epoch per mask round "
-        f"(rewinding to w0), then one epoch per training round, with SGD lr {CENTRAL_LR}: "
-        "at lr 0.05 (momentum 0.9) one trainer taking all the steps diverged "
-        "(Fashion-MNIST at 50% fell to chance after 11 of its 15 training epochs).",
-        "Sparsity is the fraction of prunable units removed (filters / hidden neurons for "
-        "filter masks, Conv/Linear weights for weight masks); the classifier head (filter "
-        "masks) and biases stay dense. Uplink bytes are the exact published messages "
-        "(envelope included); FedAvg's uplink is the same at every sparsity.",
-        "Rounds, data subsets and sparsity points were cut to fit ~35 min on a shared "
-        "2-core machine; seeds fixed (0), so a rerun gives the same split and init.",
-    )
-    return Profile("full", ("mnist", "fashion-mnist"), part_a, sweeps, notes)
-
-
-def quick_profile() -> Profile:
-    tiny = dataclasses.replace(REFERENCE, nodes=3, mask_rounds=1, train_rounds=1,
-                               train_limit=300, test_limit=200)
-    part_a = dataclasses.replace(tiny, granularity="weight", value_codec="int8")
-    sweep = dataclasses.replace(tiny, granularity="filter", eval_every_round=False)
-    return Profile(
-        "quick",
-        ("mnist", "fashion-mnist"),
-        part_a,
-        (Sweep("fashion-mnist", "lenet5", (0.5, 0.9), sweep),
-         Sweep("cifar10", "cnn-cifar", (0.5,), sweep)),
-        ("quick smoke profile: 3 nodes, 300 training and 200 test samples, 2 rounds; "
-         "the numbers are meaningless.",),
-    )
 
 
 # -- running ------------------------------------------------------------------------------
@@ -136,49 +57,6 @@ def quick_profile() -> Profile:
 
 def say(text: str) -> None:
     print(text, flush=True)
-
-
-@dataclasses.dataclass(frozen=True)
-class Job:
-    """One independent unit of work; jobs run in parallel worker processes."""
-
-    part: str
-    dataset: str
-    model: str
-    method: str  # "fedavg-prune" runs dense FedAvg once and prunes it at every sparsity
-    sparsities: tuple[float, ...]
-    settings: ExperimentSettings
-
-    @property
-    def key(self) -> str:
-        per_point = self.method in ("mpfl", "mpfl-joint", "central")
-        point = f":{round(100 * self.sparsities[0])}" if per_point else ""
-        return f"{self.part}:{self.dataset}:{self.method}{point}"
-
-
-def _by_priority(sparsities: Sequence[float]) -> list[float]:
-    """The highest sparsity, the one nearest 50%, the lowest, then the rest (high first):
-    if the time budget runs out, the curve still has its ends and middle."""
-    ordered = sorted(sparsities, reverse=True)
-    first = [ordered[0], min(ordered, key=lambda s: abs(s - 0.5)), ordered[-1]]
-    return list(dict.fromkeys(first + ordered))
-
-
-def jobs(profile: Profile) -> list[Job]:
-    """Every job of a profile, most important first: part (a), the dense runs, then the
-    sweep points by :func:`_by_priority`, CIFAR-10 (the longest) before the others."""
-    out = [Job("a", d, "lenet5", m, (0.9,), profile.part_a)
-           for d in profile.part_a_datasets for m in ("fedavg", "mpfl", "mpfl-joint")]
-    sweeps = sorted(profile.sweeps, key=lambda sw: sw.dataset != "cifar10")
-    out += [Job("b", sw.dataset, sw.model, "fedavg-prune", sw.sparsities, sw.settings)
-            for sw in sweeps]
-    ranked = [_by_priority(sw.sparsities) for sw in sweeps]
-    for rank in range(max(len(r) for r in ranked)):
-        for sw, order in zip(sweeps, ranked, strict=True):
-            if rank < len(order):
-                out += [Job("b", sw.dataset, sw.model, m, (order[rank],), sw.settings)
-                        for m in ("mpfl", "central")]
-    return out
 
 
 def run_job(job: Job, ex: Experiments, say_: Progress = say) -> list[ExperimentResult]:
@@ -255,134 +133,6 @@ def run_all(profile: Profile, args: argparse.Namespace
         return {job.key: run_job(job, ex) for job in todo}, []
     with tempfile.TemporaryDirectory(prefix="mpfl-bench-learning-") as tmp:
         return run_pool(todo, args, Path(tmp))
-
-
-# -- tables -------------------------------------------------------------------------------
-
-
-def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
-    lines = ["| " + " | ".join(header) + " |",
-             "|" + "|".join("---:" if i else "---" for i in range(len(header))) + "|"]
-    lines += ["| " + " | ".join(row) + " |" for row in rows]
-    return "\n".join(lines)
-
-
-def _method_label(r: ExperimentResult) -> str:
-    if r.method == "fedavg":
-        return "dense FedAvg"
-    mode = " (joint)" if r.method == "mpfl-joint" else ""
-    return f"MPFL{mode} weights {r.sparsity:.0%}"
-
-
-def table_a(results: Sequence[ExperimentResult]) -> str:
-    rows = []
-    dense = {r.dataset: r for r in results if r.method == "fedavg"}
-    for r in results:
-        s = r.settings
-        per_node_round = r.uplink_bytes / (s.nodes * s.rounds)
-        base = dense.get(r.dataset)
-        ratio = delta = "-"
-        if base is not None and base is not r and r.uplink_bytes:
-            ratio = f"1/{base.uplink_bytes / r.uplink_bytes:.1f}"
-            delta = f"{100 * (r.accuracy - base.accuracy):+.2f}"
-        label = _method_label(r)
-        values = "fp32" if r.method == "fedavg" else s.value_codec
-        rows.append([r.dataset, label, values, str(s.rounds), f"{100 * r.accuracy:.2f}%",
-                     delta, f"{r.uplink_bytes / MB:.3f}", f"{per_node_round:,.0f}", ratio])
-    header = ["dataset", "method", "values", "rounds", "accuracy", "Δ pt", "uplink MB (all)",
-              "uplink B / node / round", "uplink vs dense"]
-    return _table(header, rows)
-
-
-def table_b(results: Sequence[ExperimentResult], profile: Profile) -> str:
-    blocks = []
-    for sweep in profile.sweeps:
-        mine = [r for r in results if r.dataset == sweep.dataset and r.name.startswith("b-")]
-        dense = next((r for r in mine if r.method == "fedavg"), None)
-        rows = []
-        for s in sweep.sparsities:
-            cells = {r.method: r for r in mine if r.method != "fedavg"
-                     and abs(r.target_sparsity - s) < 1e-9}
-            mpfl = cells.get("mpfl")
-            row = [f"{s:.0%}"]
-            for method in ("mpfl", "fedavg-prune", "central"):
-                r = cells.get(method)
-                row.append(f"{100 * r.accuracy:.2f}%" if r else "-")
-            row.append(f"{mpfl.uplink_bytes / MB:.2f}" if mpfl else "-")
-            row.append(f"{dense.uplink_bytes / MB:.2f}" if dense else "-")
-            rows.append(row)
-        title = f"{sweep.dataset} / {sweep.model}, filter masks, {sweep.settings.rounds} rounds"
-        if dense is not None:
-            title += (f", {dense.train_samples:,} training / {dense.test_samples:,} test "
-                      f"images; dense FedAvg {100 * dense.accuracy:.2f}%")
-        header = ["sparsity", "MPFL", "FedAvg then prune", "centralised", "MPFL uplink MB",
-                  "FedAvg uplink MB"]
-        blocks.append(f"**{title}**\n\n" + _table(header, rows))
-    return "\n\n".join(blocks)
-
-
-# -- plots --------------------------------------------------------------------------------
-
-
-def plot_uplink(results: Sequence[ExperimentResult], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    datasets = list(dict.fromkeys(r.dataset for r in results))
-    fig, axes = plt.subplots(1, len(datasets), figsize=(5.5 * len(datasets), 4), squeeze=False)
-    for ax, dataset in zip(axes[0], datasets, strict=True):
-        for r in results:
-            if r.dataset != dataset:
-                continue
-            points = [(x.cumulative_uplink_bytes / MB, 100 * x.accuracy) for x in r.rounds
-                      if x.accuracy is not None]
-            label = _method_label(r) + (", fp32" if r.method == "fedavg"
-                                        else f", {r.settings.value_codec}")
-            ax.plot(*zip(*points, strict=True), marker="o", markersize=3, label=label)
-        ax.set_xscale("log")
-        ax.set_xlabel("cumulative uplink, all nodes (MB, log scale)")
-        ax.set_ylabel("test accuracy (%)")
-        first = next(r for r in results if r.dataset == dataset).settings
-        ax.set_title(f"{dataset} / LeNet-5, {first.nodes} nodes, {first.partition}")
-        ax.grid(True, which="both", alpha=0.3)
-        ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-
-
-def plot_sparsity(results: Sequence[ExperimentResult], profile: Profile, path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    n = len(profile.sweeps)
-    fig, axes = plt.subplots(1, n, figsize=(5.5 * n, 4), squeeze=False)
-    labels = {"mpfl": "MPFL (filter masks)", "fedavg-prune": "FedAvg then prune",
-              "central": "centralised iterative pruning"}
-    for ax, sweep in zip(axes[0], profile.sweeps, strict=True):
-        mine = [r for r in results if r.dataset == sweep.dataset and r.name.startswith("b-")]
-        for method, style in (("mpfl", "-o"), ("fedavg-prune", "--s"), ("central", "-.^")):
-            pts = sorted((100 * r.target_sparsity, 100 * r.accuracy) for r in mine
-                         if r.method == method)
-            if pts:
-                ax.plot(*zip(*pts, strict=True), style, label=labels[method])
-        dense = next((r for r in mine if r.method == "fedavg"), None)
-        if dense is not None:
-            ax.axhline(100 * dense.accuracy, color="grey", linestyle=":", label="dense FedAvg")
-        ax.set_xlim(0, 100)
-        ax.set_ylim(0, 100)
-        ax.set_xlabel("sparsity (% of filters / neurons pruned)")
-        ax.set_ylabel("test accuracy (%)")
-        ax.set_title(f"{sweep.dataset} / {sweep.model}, {sweep.settings.rounds} rounds")
-        ax.grid(True, alpha=0.3)
-        ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
 
 
 # -- main ---------------------------------------------------------------------------------

@@ -1,0 +1,146 @@
+"""What bench_learning.py runs: the full and quick profiles, and the jobs they break into.
+
+Kept apart from the runner so the plan (which points, in what order, with what settings)
+can be read and tested without starting any training.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+
+from apps.experiments import ExperimentSettings
+
+# The issue's reference settings: 1 local epoch, SGD lr 0.05 momentum 0.9, batch 32,
+# 10 nodes, Dirichlet(0.5), 20 rounds in all.
+REFERENCE = ExperimentSettings(nodes=10, partition="dirichlet:0.5", seed=0, local_epochs=1,
+                               batch_size=32, lr=0.05, momentum=0.9)
+
+
+# One trainer on the pooled data takes ten times the nodes' steps per round; at their
+# lr 0.05 (momentum 0.9) it diverged, so the centralised baseline uses a smaller one.
+CENTRAL_LR = 0.01
+
+
+@dataclasses.dataclass(frozen=True)
+class Sweep:
+    """One accuracy-vs-sparsity curve of part (b)."""
+
+    dataset: str
+    model: str
+    sparsities: tuple[float, ...]
+    settings: ExperimentSettings
+
+
+@dataclasses.dataclass(frozen=True)
+class Profile:
+    name: str
+    part_a_datasets: tuple[str, ...]
+    part_a: ExperimentSettings
+    sweeps: tuple[Sweep, ...]
+    notes: tuple[str, ...]
+
+
+def _rounds(s: ExperimentSettings) -> str:
+    return f"{s.rounds} rounds ({s.mask_rounds} mask + {s.train_rounds} training)"
+
+
+def _samples(s: ExperimentSettings, full: str) -> str:
+    return full if s.train_limit is None else f"a seeded {s.train_limit:,}-sample subset of {full}"
+
+
+def full_profile() -> Profile:
+    part_a = dataclasses.replace(REFERENCE, mask_rounds=5, train_rounds=15,
+                                 granularity="weight", value_codec="int8")
+    fashion = dataclasses.replace(REFERENCE, mask_rounds=5, train_rounds=15,
+                                  granularity="filter", train_limit=20_000,
+                                  central_lr=CENTRAL_LR, eval_every_round=False)
+    cifar = dataclasses.replace(REFERENCE, mask_rounds=4, train_rounds=8,
+                                granularity="filter", train_limit=10_000,
+                                central_lr=CENTRAL_LR, eval_every_round=False)
+    sweeps = (Sweep("fashion-mnist", "lenet5", (0.1, 0.3, 0.5, 0.7, 0.9), fashion),
+              Sweep("cifar10", "cnn-cifar", (0.3, 0.6, 0.9), cifar))
+    notes = (
+        f"(a) full MNIST / Fashion-MNIST (60k train, 10k test), {part_a.rounds} rounds each: "
+        f"MPFL {_rounds(part_a)}, {part_a.schedule} schedule to 90%, weight masks, "
+        f"{part_a.value_codec} values, {part_a.consensus} consensus; FedAvg "
+        f"{part_a.rounds} dense fp32 rounds. MPFL (joint): the same with mode = joint, "
+        "whose mask rounds also send and average the masked weights.",
+        *(f"(b) {sw.dataset}: {_samples(sw.settings, 'the training set')}"
+          + (" (data_batch_1 + data_batch_2)" if sw.dataset == "cifar10" else "")
+          + f", full test set, {_rounds(sw.settings)}, SGD lr {sw.settings.lr} on the "
+          f"nodes, sparsities "
+          + "/".join(f"{round(100 * x)}" for x in sw.sparsities) + "%." for sw in sweeps),
+        "(b) FedAvg then prune: the final dense FedAvg model pruned once, per layer by "
+        "filter L2 norm, evaluated without fine-tuning (as in the reference code). "
+        "Centralised: the same schedule on the pooled data, one epoch per mask round "
+        f"(rewinding to w0), then one epoch per training round, with SGD lr {CENTRAL_LR}: "
+        "at lr 0.05 (momentum 0.9) one trainer taking all the steps diverged "
+        "(Fashion-MNIST at 50% fell to chance after 11 of its 15 training epochs).",
+        "Sparsity is the fraction of prunable units removed (filters / hidden neurons for "
+        "filter masks, Conv/Linear weights for weight masks); the classifier head (filter "
+        "masks) and biases stay dense. Uplink bytes are the exact published messages "
+        "(envelope included); FedAvg's uplink is the same at every sparsity.",
+        "Rounds, data subsets and sparsity points were cut to fit ~35 min on a shared "
+        "2-core machine; seeds fixed (0), so a rerun gives the same split and init.",
+    )
+    return Profile("full", ("mnist", "fashion-mnist"), part_a, sweeps, notes)
+
+
+def quick_profile() -> Profile:
+    tiny = dataclasses.replace(REFERENCE, nodes=3, mask_rounds=1, train_rounds=1,
+                               train_limit=300, test_limit=200)
+    part_a = dataclasses.replace(tiny, granularity="weight", value_codec="int8")
+    sweep = dataclasses.replace(tiny, granularity="filter", eval_every_round=False)
+    return Profile(
+        "quick",
+        ("mnist", "fashion-mnist"),
+        part_a,
+        (Sweep("fashion-mnist", "lenet5", (0.5, 0.9), sweep),
+         Sweep("cifar10", "cnn-cifar", (0.5,), sweep)),
+        ("quick smoke profile: 3 nodes, 300 training and 200 test samples, 2 rounds; "
+         "the numbers are meaningless.",),
+    )
+
+
+@dataclasses.dataclass(frozen=True)
+class Job:
+    """One independent unit of work; jobs run in parallel worker processes."""
+
+    part: str
+    dataset: str
+    model: str
+    method: str  # "fedavg-prune" runs dense FedAvg once and prunes it at every sparsity
+    sparsities: tuple[float, ...]
+    settings: ExperimentSettings
+
+    @property
+    def key(self) -> str:
+        per_point = self.method in ("mpfl", "mpfl-joint", "central")
+        point = f":{round(100 * self.sparsities[0])}" if per_point else ""
+        return f"{self.part}:{self.dataset}:{self.method}{point}"
+
+
+def _by_priority(sparsities: Sequence[float]) -> list[float]:
+    """The highest sparsity, the one nearest 50%, the lowest, then the rest (high first):
+    if the time budget runs out, the curve still has its ends and middle."""
+    ordered = sorted(sparsities, reverse=True)
+    first = [ordered[0], min(ordered, key=lambda s: abs(s - 0.5)), ordered[-1]]
+    return list(dict.fromkeys(first + ordered))
+
+
+def jobs(profile: Profile) -> list[Job]:
+    """Every job of a profile, most important first: part (a), the dense runs, then the
+    sweep points by :func:`_by_priority`, CIFAR-10 (the longest) before the others."""
+    out = [Job("a", d, "lenet5", m, (0.9,), profile.part_a)
+           for d in profile.part_a_datasets for m in ("fedavg", "mpfl", "mpfl-joint")]
+    sweeps = sorted(profile.sweeps, key=lambda sw: sw.dataset != "cifar10")
+    out += [Job("b", sw.dataset, sw.model, "fedavg-prune", sw.sparsities, sw.settings)
+            for sw in sweeps]
+    ranked = [_by_priority(sw.sparsities) for sw in sweeps]
+    for rank in range(max(len(r) for r in ranked)):
+        for sw, order in zip(sweeps, ranked, strict=True):
+            if rank < len(order):
+                out += [Job("b", sw.dataset, sw.model, m, (order[rank],), sw.settings)
+                        for m in ("mpfl", "central")]
+    return out
