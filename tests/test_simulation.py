@@ -17,6 +17,7 @@ import pytest
 
 from mpfl.config.settings import FederationConfig
 from mpfl.federation import simulation
+from mpfl.federation.evaluation import dataset_evaluator
 from mpfl.federation.server import FederationServer
 from mpfl.federation.transport import MemoryBroker
 from mpfl.maths.partition import partition
@@ -77,7 +78,8 @@ def _run(rule: str, granularity: str) -> Run:
     RecordingBroker.instances.clear()
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(simulation, "MemoryBroker", RecordingBroker)
-        server = simulation.run_in_process(cfg, [train.subset(p) for p in parts], test)
+        server = simulation.run_in_process(cfg, [train.subset(p) for p in parts],
+                                           dataset_evaluator(cfg.model_spec, test))
     (broker,) = RecordingBroker.instances
     run = Run(cfg, server, broker.published, test)
     n_units = server.unit_map.n_units
