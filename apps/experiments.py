@@ -284,7 +284,7 @@ class Experiments:
         rounds = _records(server)
         return ExperimentResult(
             "", method, dataset, cfg.model, cfg.granularity, target, server.sparsity(),
-            accuracy, loss, server.uplink, server.downlink,
+            accuracy, loss, server.traffic.uplink, server.traffic.downlink,
             sum(r.dense_uplink_bytes for r in rounds), rounds, 0.0, s,
             final_state=server.final_state(), final_mask=server.mask.copy(),
         )

@@ -172,7 +172,7 @@ def test_bad_messages_are_counted_by_reason_and_never_aggregated() -> None:
     assert server.answered == {"n0"}
     assert server.dropped == {"malformed": 4, "fingerprint": 1, "stale-round": 1,
                               "unknown-node": 1, "duplicate": 1}
-    assert server.uplink == len(good)
+    assert server.traffic.uplink == len(good)
 
 
 def test_updates_out_of_phase_or_non_finite_are_dropped() -> None:

@@ -11,11 +11,11 @@ Rounds are numbered across phases: mask rounds 1..T_M, then training rounds. The
 tells nodes to resend a round they already finished (their cached bytes, no retraining).
 
 ``handle`` and ``tick`` return a :class:`Step`: what to publish and, when a round closed,
-its record, so the caller makes the round durable before it announces the next one.
-The pieces that are not orchestration live beside this module: the round in progress and
-the round mode (``rounds``), the checkpoint format (``snapshot``), the byte count
-(``traffic``); aggregation and consensus are policies looked up once from the config, and
-evaluation is a callable the caller passes in.
+its record, so the caller makes the round durable before it announces the next one. What
+is not orchestration lives beside this module: the round in progress and the round mode
+(``rounds``), the shared weights (``weights``), the checkpoint format (``snapshot``) and the
+byte count (``traffic``); aggregation and consensus are policies looked up once from the
+config, and evaluation is a callable the caller passes in.
 """
 
 from __future__ import annotations
@@ -24,7 +24,6 @@ import secrets
 import time
 from collections import Counter
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -33,37 +32,27 @@ from mpfl.config.settings import FederationConfig
 from mpfl.errors import FederationError, FingerprintMismatch, MpflError, WireError
 from mpfl.federation.evaluation import Evaluator
 from mpfl.federation.metrics import RoundLog
-from mpfl.federation.rounds import NodeInfo, OpenRound, get_mode
+from mpfl.federation.rounds import NodeInfo, OpenRound, Step, get_mode
 from mpfl.federation.snapshot import FINISHED, Saved, decode_snapshot, encode_snapshot
 from mpfl.federation.traffic import Traffic
+from mpfl.federation.weights import GlobalWeights
 from mpfl.maths.aggregate import new_aggregation
-from mpfl.maths.consensus import VoteInput, get_rule
+from mpfl.maths.consensus import get_rule
 from mpfl.maths.schedules import get_schedule
 from mpfl.maths.votes import VoteAccumulator
-from mpfl.ml.models import build_model
-from mpfl.ml.units import State, build_unit_map, model_state
+from mpfl.ml.units import State, UnitMap
 from mpfl.wire import (
     Envelope,
     Kind,
     decode_envelope,
-    decode_mask,
-    decode_values,
     encode_envelope,
     encode_mask,
     encode_values,
     topics,
 )
-from mpfl.wire.protocol import PROTOCOL_VERSION, Hello, Publish, decode_update, encode_json
+from mpfl.wire.protocol import PROTOCOL_VERSION, Hello, Publish, encode_json
 
 __all__ = ["FederationServer", "NodeInfo", "Step"]
-
-
-@dataclass(frozen=True)
-class Step:
-    """What one message or tick did: messages to publish, and the round it closed."""
-
-    publishes: list[Publish] = field(default_factory=list)
-    closed: RoundLog | None = None
 
 
 class FederationServer:
@@ -82,15 +71,7 @@ class FederationServer:
         self._rule = get_rule(cfg.consensus)
         self._schedule = get_schedule(cfg.schedule)
         self._weighted_votes = cfg.vote_weighting == "samples"
-        model = build_model(cfg.model_spec, seed=cfg.seed)
-        self.unit_map = build_unit_map(model, cfg.model_spec, cfg.granularity)
-        self.w0: State = model_state(model)
-        full = self.unit_map.full_mask()
-        self._w0_values = self.unit_map.alive_values(self.w0, full)
-        self._w0_sizes = self.unit_map.layer_sizes(full)
-        self.mask = full
-        self.history = np.zeros(self.unit_map.n_units)
-        self.global_values: np.ndarray | None = None  # alive values once training starts
+        self.weights = GlobalWeights.from_config(cfg)
         self.phase = "waiting"
         self.round = 0
         self.nodes: dict[str, NodeInfo] = {}
@@ -112,6 +93,19 @@ class FederationServer:
         return self.phase in FINISHED
 
     @property
+    def unit_map(self) -> UnitMap:
+        return self.weights.unit_map
+
+    @property
+    def mask(self) -> np.ndarray:
+        return self.weights.mask
+
+    @property
+    def global_values(self) -> np.ndarray | None:
+        """The global alive values, once training (or joint averaging) began."""
+        return self.weights.values
+
+    @property
     def deadline(self) -> float:
         return self.current.deadline if self.current is not None else 0.0
 
@@ -119,14 +113,6 @@ class FederationServer:
     def answered(self) -> set[str]:
         """Nodes that answered the round in progress."""
         return self.current.answered if self.current is not None else set()
-
-    @property
-    def uplink(self) -> int:
-        return self.traffic.uplink
-
-    @property
-    def downlink(self) -> int:
-        return self.traffic.downlink
 
     def _topic(self, name: str) -> str:
         return topics.server_topic(self.cfg.federation, name)
@@ -177,11 +163,7 @@ class FederationServer:
 
     def publish_model(self, t: int) -> Publish:
         """The weights that round ``t + 1`` starts from."""
-        if self.global_values is None:  # dense w0: the whole state, scope "all ones"
-            values, sizes = self._w0_values, self._w0_sizes
-        else:
-            values, sizes = self.global_values, self.unit_map.layer_sizes(self.mask)
-        codec, payload = encode_values(values, sizes, "fp32")
+        codec, payload = encode_values(*self.weights.published(), "fp32")
         return self._publish(topics.SERVER_MODEL, self._envelope(Kind.MODEL, codec, payload, t))
 
     def publish_mask(self, t: int) -> Publish:
@@ -247,32 +229,15 @@ class FederationServer:
                               expected_kind=want)
         if env.node_id != node_id:
             return "malformed"
-        current = self.current
-        if self.phase not in ("mask", "train") or current is None:
+        if self.phase not in ("mask", "train") or self.current is None:
             return "late"
         if env.round != self.round:
             return "stale-round" if env.round < self.round else "future-round"
-        refusal = current.refusal(node_id, want)
-        if refusal is not None:
-            return refusal
-        if want is Kind.LOCAL_MASK:
-            local = decode_mask(env.codec, env.payload, self.unit_map.n_units, scope=self.mask)
-            weight = float(self.nodes[node_id].samples) if self._weighted_votes else 1.0
-            current.votes.add(local, weight)
-        else:
-            samples, body = decode_update(env.payload)
-            base = self._published_values() if self.cfg.delta else None
-            values = decode_values(env.codec, body, current.sizes, base)
-            if not np.all(np.isfinite(values)):
-                return "malformed"
-            current.values.add(values, float(samples))
-        current.accepted(node_id, want)
-        self.traffic.received(len(payload))
-        return None
-
-    def _published_values(self) -> np.ndarray:
-        """The alive values of the model the current round started from."""
-        return self._w0_values if self.global_values is None else self.global_values
+        weight = float(self.nodes[node_id].samples) if self._weighted_votes else 1.0
+        refusal = self.current.take(env, want, weight)
+        if refusal is None:
+            self.traffic.received(len(payload))
+        return refusal
 
     # -- time and round transitions ------------------------------------------------------
 
@@ -318,21 +283,17 @@ class FederationServer:
         self.round = t
         self.phase = "mask" if t <= self.cfg.mask_rounds else "train"
         if self.phase == "train" and self.global_values is None:
-            # Training starts from the rewound, masked initial weights.
-            self.global_values = self.unit_map.alive_values(self.w0, self.mask)
+            self.weights.start_training()
             out.append(self.publish_model(t - 1))
-        sizes = self.unit_map.layer_sizes(self.mask)
+        base, sizes = self.weights.published()
         started = self.clock()
         self.current = OpenRound(
-            t,
             self._mode.mask_uploads if self.phase == "mask" else frozenset({Kind.UPDATE}),
             self.active_nodes(),
             VoteAccumulator(self.unit_map.n_units, self._weighted_votes),
             new_aggregation(self.cfg.aggregator, sum(sizes)),
-            sizes,
-            started,
-            started + self.cfg.round_timeout,
-            self.traffic.mark(),
+            self.mask, sizes, base if self.cfg.delta else None,
+            started, started + self.cfg.round_timeout, self.traffic.mark(),
         )
         out.append(self.publish_state())
         return out
@@ -341,20 +302,15 @@ class FederationServer:
         out: list[Publish] = []
         accuracy = loss = None
         if self.phase == "mask":
-            tally = closing.votes.tally()
-            previous = self.mask
-            self.mask = self._rule(VoteInput.from_tally(
-                tally, self.mask, self.unit_map.slices, self.target(), self.history))
-            self.history = self.history + tally.share
+            previous = self.weights.apply_consensus(closing.votes.tally(), self._rule,
+                                                    self.target())
             out.append(self.publish_mask(self.round))
-            carried = self._mode.values_after_consensus(
+            values = self._mode.values_after_consensus(
                 closing.values, self.unit_map, previous, self.mask)
-            if carried is not None:
-                self.global_values = carried
-                loss, accuracy = self._evaluate_global()
-                out.append(self.publish_model(self.round))
         else:
-            self.global_values = closing.values.result()
+            values = closing.values.result()
+        if values is not None:  # the nodes' average is the new global model
+            self.weights.values = values
             loss, accuracy = self._evaluate_global()
             out.append(self.publish_model(self.round))
         participants = sorted(closing.answered)
@@ -375,13 +331,10 @@ class FederationServer:
     # -- results -------------------------------------------------------------------------
 
     def sparsity(self) -> float:
-        """Fraction of prunable units pruned in the consensus."""
-        return 1.0 - float(self.mask.mean()) if self.mask.size else 0.0
+        return self.weights.sparsity()
 
     def final_state(self) -> State:
-        if self.global_values is None:
-            return self.unit_map.apply(self.w0, self.mask)
-        return self.unit_map.state_from_values(self.global_values, self.mask)
+        return self.weights.final_state()
 
     def _evaluate_global(self) -> tuple[float | None, float | None]:
         if self._evaluate is None:
@@ -407,7 +360,7 @@ class FederationServer:
         """Arrays and a JSON-able description of the state after the last closed round."""
         saved = Saved(
             self.run_id, self.phase if self.finished else "running", self.round, self.error,
-            self.mask, self.history, self.global_values, self.nodes, self.dropped,
+            self.mask, self.weights.history, self.global_values, self.nodes, self.dropped,
             self.traffic.uplink, self.traffic.downlink, self.log,
         )
         return encode_snapshot(saved, self.cfg.to_dict(), self.unit_map.fingerprint)
@@ -424,8 +377,10 @@ class FederationServer:
         """A server in the state ``snapshot`` saw, with the next round open (new session)."""
         server = cls(cfg, evaluate, clock)
         saved = decode_snapshot(arrays, meta, server.unit_map)
-        server.run_id, server.mask, server.history = saved.run_id, saved.mask, saved.history
-        server.global_values, server.nodes = saved.global_values, saved.nodes
+        weights = server.weights
+        weights.mask, weights.history = saved.mask, saved.history
+        weights.values = saved.global_values
+        server.run_id, server.nodes = saved.run_id, saved.nodes
         server.dropped, server.log = saved.dropped, saved.log
         server.traffic = Traffic(saved.uplink, saved.downlink)
         closed = saved.closed_round
