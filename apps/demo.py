@@ -15,6 +15,7 @@ import numpy as np
 
 from mpfl.config.settings import FederationConfig
 from mpfl.errors import ExportError
+from mpfl.federation.evaluation import dataset_evaluator
 from mpfl.federation.metrics import RoundLog
 from mpfl.federation.server import FederationServer
 from mpfl.federation.simulation import run_in_process
@@ -74,7 +75,8 @@ def run_demo(
     for line in partition_lines(train.y, parts, train.num_classes):
         echo(line)
     echo(HEADER)
-    server = run_in_process(cfg, [train.subset(p) for p in parts], test,
+    server = run_in_process(cfg, [train.subset(p) for p in parts],
+                            dataset_evaluator(cfg.model_spec, test),
                             on_round=lambda log: echo(format_round(log)))
     echo(totals_line(server.log))
     return server

@@ -34,6 +34,7 @@ from apps.baselines import (
 )
 from mpfl.config.settings import FederationConfig
 from mpfl.errors import ConfigError
+from mpfl.federation.evaluation import dataset_evaluator
 from mpfl.federation.metrics import RoundLog
 from mpfl.federation.server import FederationServer
 from mpfl.federation.simulation import run_in_process
@@ -269,8 +270,8 @@ class Experiments:
 
     def _federate(self, cfg: FederationConfig, data: ExperimentData, s: ExperimentSettings,
                   label: str) -> tuple[FederationServer, float, float]:
-        eval_data = data.test if s.eval_every_round else None
-        server = run_in_process(cfg, data.node_data, eval_data, self._on_round(label))
+        evaluate = dataset_evaluator(cfg.model_spec, data.test) if s.eval_every_round else None
+        server = run_in_process(cfg, data.node_data, evaluate, self._on_round(label))
         last = server.log[-1]
         if last.accuracy is not None and last.loss is not None:
             return server, last.loss, last.accuracy
@@ -283,7 +284,7 @@ class Experiments:
         rounds = _records(server)
         return ExperimentResult(
             "", method, dataset, cfg.model, cfg.granularity, target, server.sparsity(),
-            accuracy, loss, server.uplink, server.downlink,
+            accuracy, loss, server.traffic.uplink, server.traffic.downlink,
             sum(r.dense_uplink_bytes for r in rounds), rounds, 0.0, s,
             final_state=server.final_state(), final_mask=server.mask.copy(),
         )

@@ -20,7 +20,7 @@ import numpy as np
 import zstandard
 from threadpoolctl import threadpool_limits
 
-from mpfl.maths.consensus import VoteAccumulator
+from mpfl.maths.votes import VoteAccumulator
 from mpfl.wire import MaskCodec, binary_entropy, decode_mask, encode_mask
 
 RESULTS_PATH = Path(__file__).resolve().parent / "results" / "masks.json"

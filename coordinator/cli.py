@@ -56,7 +56,7 @@ def main() -> None:
 @reports_errors
 def run(**kwargs: Any) -> None:
     """Run (or resume) a federation until it is done or fails."""
-    from coordinator.service import CoordinatorService, ServiceOptions, load_eval_data
+    from coordinator.service import CoordinatorService, ServiceOptions, load_evaluator
     from mpfl.config.settings import load_config
     from mpfl.net.endpoint import parse_broker_url
     from mpfl.net.mqtt import DEFAULT_MAX_PAYLOAD
@@ -75,7 +75,7 @@ def run(**kwargs: Any) -> None:
                              kwargs["max_payload"] or DEFAULT_MAX_PAYLOAD,
                              on_broker_ready=announce)
     echo = _echo
-    service = CoordinatorService(cfg, options, echo, load_eval_data(cfg))
+    service = CoordinatorService(cfg, options, echo, load_evaluator(cfg))
 
     def on_signal(signum: int, _frame: FrameType | None) -> None:
         service.request_stop(signal.Signals(signum).name)

@@ -1,16 +1,18 @@
 """The coordinator service: the round state machine wired to MQTT and the run directory.
 
 One thread does the work: it drains the inbox (messages paho's thread received), feeds
-``FederationServer``, publishes what it returns, ticks it for deadlines, and after every
-closed round writes the checkpoint and one progress line. A stop request (SIGTERM or
-SIGINT) ends the loop between messages; the checkpoint of the last closed round stays,
-and running again with the same run directory resumes from it.
+``FederationServer``, ticks it for deadlines, and applies each ``Step`` it returns: when a
+round closed, first the checkpoint and one progress line, then the publishes (so a crash
+can never leave nodes a round ahead of the checkpoint they resume from). A stop request
+(SIGTERM or SIGINT) ends the loop between messages; the checkpoint of the last closed
+round stays, and running again with the same run directory resumes from it.
+
+Node liveness is the server's (``active_nodes``); the service keeps no copy of it.
 """
 
 from __future__ import annotations
 
 import time
-from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,14 +21,15 @@ from coordinator.broker import EmbeddedBroker, start_embedded_broker
 from coordinator.runstore import RunStore
 from mpfl.config.settings import FederationConfig
 from mpfl.errors import MpflError
+from mpfl.federation.evaluation import Evaluator, dataset_evaluator
 from mpfl.federation.metrics import RoundLog
-from mpfl.federation.server import FederationServer
-from mpfl.ml.data import Dataset, load_dataset
+from mpfl.federation.server import FederationServer, Step
+from mpfl.ml.data import load_dataset
 from mpfl.net.endpoint import BrokerAddress, parse_broker_url
 from mpfl.net.inbox import Inbox
 from mpfl.net.mqtt import DEFAULT_MAX_PAYLOAD, MqttTransport
 from mpfl.wire import topics
-from mpfl.wire.protocol import Hello, Publish, decode_json
+from mpfl.wire.protocol import Publish, decode_json
 
 TICK_S = 0.2
 LINGER_S = 15.0  # with an embedded broker: time for nodes to read "done" before it stops
@@ -44,10 +47,12 @@ class ServiceOptions:
     on_broker_ready: Callable[[str], None] | None = None
 
 
-def load_eval_data(cfg: FederationConfig) -> Dataset | None:
+def load_evaluator(cfg: FederationConfig) -> Evaluator | None:
+    """Scores the global model on the configured test split (None without one)."""
     if not cfg.eval_dataset:
         return None
-    return load_dataset(cfg.eval_dataset, cfg.eval_data_dir or None, "test")
+    data = load_dataset(cfg.eval_dataset, cfg.eval_data_dir or None, "test")
+    return dataset_evaluator(cfg.model_spec, data)
 
 
 def format_progress(log: RoundLog, total: int, nodes: int) -> str:
@@ -65,23 +70,20 @@ class CoordinatorService:
         cfg: FederationConfig,
         options: ServiceOptions,
         echo: Callable[[str], None] = print,
-        eval_data: Dataset | None = None,
+        evaluate: Evaluator | None = None,
     ) -> None:
         self.cfg = cfg
         self.options = options
         self.echo = echo
-        self.eval_data = eval_data
+        self.evaluate = evaluate
         self.store = RunStore(options.run_dir)
         self.inbox = Inbox()
         self.stop_requested: str | None = None
         self.broker: EmbeddedBroker | None = None
         self.transport: MqttTransport | None = None
         self.server: FederationServer | None = None
-        self._reported = 0
         self._bad_chunks = 0
         self._connects = 0
-        self._wire_at_close: dict[str, Counter[str]] = {"sent": Counter(), "received": Counter()}
-        self._offline: set[str] = set()
 
     def request_stop(self, reason: str) -> None:
         """Safe from a signal handler: the loop ends after the message in hand."""
@@ -93,14 +95,13 @@ class CoordinatorService:
         if self.store.has_checkpoint():
             self.store.check_config(self.cfg)
             arrays, meta = self.store.load()
-            server = FederationServer.restore(self.cfg, arrays, meta, self.eval_data)
+            server = FederationServer.restore(self.cfg, arrays, meta, self.evaluate)
             self.echo(f"resuming {self.options.run_dir}: {server.closed_round} of "
                       f"{server.total_rounds} rounds closed, phase {server.phase}")
         else:
             self.store.check_config(self.cfg)
-            server = FederationServer(self.cfg, self.eval_data)
+            server = FederationServer(self.cfg, self.evaluate)
         self.store.write_config(self.cfg)
-        self._reported = len(server.log)
         return server
 
     def _connect(self) -> MqttTransport:
@@ -128,7 +129,7 @@ class CoordinatorService:
         self.server = server = self._make_server()
         try:
             self.transport = self._connect()
-            self._publish(server.start())
+            self._publish_all(server.start())
             cfg = self.cfg
             self.echo(f"federation '{cfg.federation}': {server.total_rounds} rounds "
                       f"({cfg.mask_rounds} mask + {cfg.train_rounds} train), waiting for "
@@ -136,9 +137,9 @@ class CoordinatorService:
             while not server.finished and self.stop_requested is None:
                 self.inbox.dispatch(TICK_S)
                 self.transport.revive()
-                self._publish(server.tick())
-                self._after_rounds()
-            self._after_rounds()
+                self._apply(server.tick())
+                self._count_bad_chunks()
+            self._count_bad_chunks()
             if server.finished:
                 self._finish()
             else:
@@ -151,12 +152,15 @@ class CoordinatorService:
                 self.broker.stop()
         return server
 
-    def _publish(self, messages: list[Publish]) -> None:
-        assert self.transport is not None and self.server is not None
-        if len(self.server.log) > self._reported:
-            # A round just closed: make it durable before the next one is announced, so a
-            # crash can never leave nodes a round ahead of the checkpoint they resume from.
-            self._after_rounds()
+    def _apply(self, step: Step) -> None:
+        if step.closed is not None:
+            # Durable before the next round is announced: a crash can never leave nodes a
+            # round ahead of the checkpoint they resume from.
+            self._close(step.closed)
+        self._publish_all(step.publishes)
+
+    def _publish_all(self, messages: list[Publish]) -> None:
+        assert self.transport is not None
         for message in messages:
             self.transport.publish(message)
 
@@ -166,9 +170,7 @@ class CoordinatorService:
         if parsed is not None and parsed[1] == topics.NODE_METRICS:
             self._record_node_metrics(parsed[0], payload)
             return
-        if parsed is not None and parsed[1] == topics.NODE_STATUS:
-            self._note_status(parsed[0], payload)
-        self._publish(self.server.handle(topic, payload))
+        self._apply(self.server.handle(topic, payload))
 
     def _record_node_metrics(self, node_id: str, payload: bytes) -> None:
         try:
@@ -179,16 +181,6 @@ class CoordinatorService:
             return
         self.store.append_node_metrics(node_id, doc)
 
-    def _note_status(self, node_id: str, payload: bytes) -> None:
-        try:
-            online = Hello.decode(payload) is not None
-        except MpflError:
-            return
-        if online:
-            self._offline.discard(node_id)
-        else:
-            self._offline.add(node_id)
-
     def _on_connected(self, session_present: bool) -> None:
         self._connects += 1
         if self._connects == 1 or session_present or self.server is None:
@@ -197,32 +189,23 @@ class CoordinatorService:
         # flight may be gone. Re-publish everything under a new session id, which also
         # asks nodes to resend the open round's cached upload.
         self.echo("reconnected to a broker without our session: re-publishing state")
-        self._publish(self.server.new_session())
+        self._publish_all(self.server.new_session())
 
-    def _after_rounds(self) -> None:
-        server = self.server
-        assert server is not None
+    def _count_bad_chunks(self) -> None:
+        assert self.server is not None
         bad = self.inbox.bad_chunks - self._bad_chunks
         self._bad_chunks = self.inbox.bad_chunks
-        server.record_drop("malformed", bad)
-        if len(server.log) == self._reported:
-            return
-        server.record_drop("incomplete-chunks", self.inbox.reassembler.drop_incomplete())
-        for entry in server.log[self._reported :]:
-            entry.wire = self._wire_since_last_close()
-            self.echo(format_progress(entry, server.total_rounds, len(server.nodes)))
-        self._reported = len(server.log)
-        self.store.save(server, {"wire": self.inbox.ledger.as_dict()})
+        self.server.record_drop("malformed", bad)
 
-    def _wire_since_last_close(self) -> dict[str, dict[str, int]]:
-        ledger = self.inbox.ledger
-        out: dict[str, dict[str, int]] = {}
-        for name, counter in (("sent", ledger.sent), ("received", ledger.received)):
-            delta = Counter(counter)
-            delta.subtract(self._wire_at_close[name])
-            out[name] = {k: v for k, v in sorted(delta.items()) if v}
-            self._wire_at_close[name] = Counter(counter)
-        return out
+    def _close(self, record: RoundLog) -> None:
+        """A round closed: its wire bytes, one progress line, then the checkpoint."""
+        server = self.server
+        assert server is not None
+        self._count_bad_chunks()
+        server.record_drop("incomplete-chunks", self.inbox.reassembler.drop_incomplete())
+        record.wire = self.inbox.ledger.window()
+        self.echo(format_progress(record, server.total_rounds, len(server.nodes)))
+        self.store.save(server, {"wire": self.inbox.ledger.as_dict()})
 
     def _finish(self) -> None:
         server = self.server
@@ -245,7 +228,6 @@ class CoordinatorService:
         assert self.server is not None
         deadline = time.monotonic() + LINGER_S
         while time.monotonic() < deadline and self.stop_requested is None:
-            online = set(self.server.nodes) - self._offline
-            if not online:
+            if not self.server.active_nodes():
                 return
             self.inbox.dispatch(TICK_S)

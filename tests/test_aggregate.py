@@ -1,6 +1,4 @@
-import io
 import math
-from typing import Any
 
 import numpy as np
 import pytest
@@ -79,24 +77,6 @@ def test_merged_partial_averages_equal_one_average(
     left.merge(right)
     assert left.n_updates == whole.n_updates
     np.testing.assert_allclose(left.result(), whole.result(), rtol=1e-6, atol=1e-30)
-
-
-def test_averager_state_round_trips_through_npz_without_pickle() -> None:
-    rng = np.random.default_rng(2)
-    averager = WeightedAverager(40)
-    averager.add(rng.standard_normal(40).astype(np.float32), 3.0)
-    buffer = io.BytesIO()
-    arrays: dict[str, Any] = averager.state()
-    np.savez(buffer, **arrays)
-    buffer.seek(0)
-    with np.load(buffer, allow_pickle=False) as loaded:
-        restored = WeightedAverager.from_state(dict(loaded))
-    later = rng.standard_normal(40).astype(np.float32)
-    averager.add(later, 1.0)
-    restored.add(later, 1.0)
-    np.testing.assert_array_equal(restored.result(), averager.result())
-    with pytest.raises(ModelError):
-        WeightedAverager.from_state({"sums": np.zeros(3)})
 
 
 @given(batch=update_batches())
@@ -199,3 +179,19 @@ def test_unknown_aggregator_names_the_known_ones() -> None:
         assert name in str(err.value)
     with pytest.raises(ConfigError):
         clip_norm(np.zeros(2, np.float32), np.zeros(2, np.float32), 0.0)
+
+
+@pytest.mark.parametrize("name", sorted(AGGREGATORS))
+def test_every_aggregator_takes_updates_one_at_a_time(name: str) -> None:
+    rng = np.random.default_rng(4)
+    updates = [rng.standard_normal(6).astype(np.float32) for _ in range(5)]
+    weights = [1.0, 2.0, 3.0, 4.0, 5.0]
+    aggregation = agg.new_aggregation(name, 6)
+    with pytest.raises(FederationError):
+        aggregation.result()
+    for values, weight in zip(updates, weights, strict=True):
+        aggregation.add(values, weight)
+    np.testing.assert_array_equal(aggregation.result(), aggregate(name, updates, weights))
+    with pytest.raises(ModelError) as err:
+        aggregation.add(np.zeros(7, np.float32))
+    assert err.value.context["expected"] == 6

@@ -1,7 +1,5 @@
-import io
 import math
 from collections.abc import Sequence
-from typing import Any
 
 import numpy as np
 import pytest
@@ -12,15 +10,13 @@ from mpfl.errors import ConfigError, FederationError, ModelError
 from mpfl.maths.consensus import (
     DEFAULT_RULE,
     RULES,
-    VoteAccumulator,
     VoteInput,
-    VoteTally,
     check_layers,
     consensus_mask,
     get_rule,
-    packed_size,
 )
 from mpfl.maths.schedules import keep_count
+from mpfl.maths.votes import VoteAccumulator, VoteTally, packed_size
 
 # -- helpers -------------------------------------------------------------------------------
 
@@ -125,14 +121,13 @@ def test_pad_bits_of_a_packed_mask_are_ignored() -> None:
     expected = np.zeros(11, np.int64)
     expected[[0, 10]] = 1
     np.testing.assert_array_equal(acc.counts(), expected)
-    restored = VoteAccumulator.from_state(acc.state())
-    restored.add_packed(bytes([0xFF, 0xFF]))
-    np.testing.assert_array_equal(restored.counts(), expected + 1)
+    acc.add_packed(bytes([0xFF, 0xFF]))
+    np.testing.assert_array_equal(acc.counts(), expected + 1)
     # Padding alone never grows the counter.
     padding_only = VoteAccumulator(11)
     for _ in range(4):
         padding_only.add_packed(bytes([0x00, 0b0001_1111]))
-    assert padding_only.state()["planes"].shape[0] == 0
+    assert padding_only.counter_bits == 0
 
 
 @given(a=mask_tables, b=mask_tables)
@@ -185,37 +180,6 @@ def test_weighted_votes_match_a_plain_weighted_sum(
     assert tally.total_weight == pytest.approx(w.sum())
     left.merge(right)
     np.testing.assert_allclose(left.tally().share, expected, rtol=1e-12, atol=1e-12)
-
-
-@pytest.mark.parametrize("weighted", [False, True])
-def test_state_round_trips_through_npz_without_pickle(weighted: bool) -> None:
-    rng = np.random.default_rng(3)
-    masks = rng.random((37, 101)) < 0.6
-    acc = VoteAccumulator(101, weighted=weighted)
-    for mask in masks:
-        acc.add(mask, float(rng.integers(1, 50)) if weighted else 1.0)
-    buffer = io.BytesIO()
-    arrays: dict[str, Any] = acc.state()
-    np.savez(buffer, **arrays)
-    buffer.seek(0)
-    with np.load(buffer, allow_pickle=False) as loaded:
-        restored = VoteAccumulator.from_state(dict(loaded))
-    np.testing.assert_array_equal(restored.tally().share, acc.tally().share)
-    assert (restored.n_voters, restored.total_weight) == (acc.n_voters, acc.total_weight)
-    restored.add(masks[0], 2.0 if weighted else 1.0)
-    assert restored.n_voters == 38
-
-
-def test_from_state_rejects_arrays_that_do_not_fit() -> None:
-    acc = VoteAccumulator(20)
-    acc.add(np.ones(20, bool))
-    state = acc.state()
-    with pytest.raises(ModelError):
-        VoteAccumulator.from_state({**state, "planes": np.zeros((1, 2), np.uint8)})
-    with pytest.raises(ModelError):
-        VoteAccumulator.from_state({k: v for k, v in state.items() if k != "sums"})
-    with pytest.raises(ModelError):
-        VoteAccumulator.from_state({**state, "n_voters": np.array(-1)})
 
 
 def test_accumulator_rejects_masks_that_do_not_fit() -> None:

@@ -26,8 +26,8 @@ def _first_round(fit_batch: object) -> FederationNode:
     broker = MemoryBroker()
     server = FederationServer(CFG)
     node = FederationNode("n0", "hw", data, fit_batch=fit_batch)  # type: ignore[arg-type]
-    broker.subscribe(topics.nodes_filter("hw"), lambda t, p: [broker.publish(m)
-                                                              for m in server.handle(t, p)])
+    broker.subscribe(topics.nodes_filter("hw"),
+                     lambda t, p: [broker.publish(m) for m in server.handle(t, p).publishes])
     broker.subscribe(topics.server_filter("hw"), lambda t, p: [broker.publish(m)
                                                                for m in node.handle(t, p)])
     for message in [*server.start(), node.hello()]:

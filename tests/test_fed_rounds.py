@@ -58,7 +58,7 @@ class Federation:
             self.broker.publish(message)
 
     def _to_server(self, topic: str, payload: bytes) -> None:
-        self._send(self.server.handle(topic, payload))
+        self._send(self.server.handle(topic, payload).publishes)
 
     def _to_node(self, node: FederationNode, topic: str, payload: bytes) -> None:
         if node.node_id in self.muted:
@@ -76,7 +76,7 @@ class Federation:
 
     def advance(self, seconds: float) -> None:
         self.clock.now += seconds
-        self._send(self.server.tick())
+        self._send(self.server.tick().publishes)
         self.broker.pump()
 
     def swap_server(self, server: FederationServer) -> None:
@@ -121,7 +121,7 @@ def test_below_quorum_retries_then_fails() -> None:
     fed.start()
     first_deadline = fed.server.deadline
     fed.advance(CFG.round_timeout + 0.1)
-    assert fed.server.phase == "mask" and fed.server.attempts == 1
+    assert fed.server.phase == "mask" and fed.server.current.attempts == 1
     assert fed.server.deadline > first_deadline
     fed.advance(CFG.round_timeout + 0.1)
     assert fed.server.phase == "failed"
@@ -172,7 +172,7 @@ def test_bad_messages_are_counted_by_reason_and_never_aggregated() -> None:
     assert server.answered == {"n0"}
     assert server.dropped == {"malformed": 4, "fingerprint": 1, "stale-round": 1,
                               "unknown-node": 1, "duplicate": 1}
-    assert server.uplink == len(good)
+    assert server.traffic.uplink == len(good)
 
 
 def test_updates_out_of_phase_or_non_finite_are_dropped() -> None:

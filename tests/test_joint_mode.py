@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from mpfl.config.settings import FederationConfig
+from mpfl.federation.evaluation import dataset_evaluator
 from mpfl.federation.server import FederationServer
 from mpfl.federation.simulation import run_in_process
 from mpfl.maths.partition import partition
@@ -21,7 +22,8 @@ def _run(mode: str) -> FederationServer:
                            granularity="weight", final_sparsity=0.8, mask_rounds=3,
                            train_rounds=4, local_epochs=2, value_codec="int8", min_nodes=4,
                            quorum=3, mode=mode)
-    return run_in_process(cfg, [train.subset(p) for p in parts], test)
+    return run_in_process(cfg, [train.subset(p) for p in parts],
+                          dataset_evaluator(cfg.model_spec, test))
 
 
 @pytest.fixture(scope="module")

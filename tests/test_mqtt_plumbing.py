@@ -110,3 +110,15 @@ def test_every_config_key_has_a_flag_and_round_trips() -> None:
 def test_state_path_rejects_unsafe_names(tmp_path: Path) -> None:
     with pytest.raises(ConfigError):
         state_path(tmp_path, "f", "../etc")
+
+
+def test_ledger_windows_split_the_totals_without_overlap() -> None:
+    inbox = Inbox()
+    inbox.ledger.record_sent("mpfl/v1/f/server/state", 10)
+    inbox.ledger.record_received("mpfl/v1/f/nodes/pi-1/update", 30)
+    assert inbox.ledger.window() == {"sent": {"server/state": 10},
+                                     "received": {"nodes/update": 30}}
+    inbox.ledger.record_received("mpfl/v1/f/nodes/pi-2/update", 5)
+    assert inbox.ledger.window() == {"sent": {}, "received": {"nodes/update": 5}}
+    assert inbox.ledger.window() == {"sent": {}, "received": {}}
+    assert inbox.ledger.received["nodes/update"] == 35  # totals are untouched

@@ -17,6 +17,7 @@ import pytest
 
 from mpfl.config.settings import FederationConfig
 from mpfl.federation import simulation
+from mpfl.federation.evaluation import dataset_evaluator
 from mpfl.federation.server import FederationServer
 from mpfl.federation.transport import MemoryBroker
 from mpfl.maths.partition import partition
@@ -77,7 +78,8 @@ def _run(rule: str, granularity: str) -> Run:
     RecordingBroker.instances.clear()
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(simulation, "MemoryBroker", RecordingBroker)
-        server = simulation.run_in_process(cfg, [train.subset(p) for p in parts], test)
+        server = simulation.run_in_process(cfg, [train.subset(p) for p in parts],
+                                           dataset_evaluator(cfg.model_spec, test))
     (broker,) = RecordingBroker.instances
     run = Run(cfg, server, broker.published, test)
     n_units = server.unit_map.n_units
@@ -213,11 +215,11 @@ def test_uplink_bytes_are_the_bytes_the_nodes_put_on_the_wire(run: Run) -> None:
         assert log.uplink_bytes == run.uplink[log.round] > 0
         assert log.participants == [f"node-{i}" for i in range(N_NODES)]
         assert log.dropped == {}
-    assert run.server.uplink == sum(run.uplink.values())
+    assert run.server.traffic.uplink == sum(run.uplink.values())
     # masks are tiny next to the values; fp32 values cost 4 bytes per alive value and node
     mask_bytes = sum(log.uplink_bytes for log in run.server.log if log.phase == "mask")
     train_log = run.server.log[-1]
-    n_alive = len(run.server.unit_map.alive_values(run.server.w0, run.server.mask))
+    n_alive = len(run.server.unit_map.alive_values(run.server.weights.w0, run.server.mask))
     assert train_log.uplink_bytes >= 4 * n_alive * N_NODES
     assert mask_bytes < train_log.uplink_bytes
 

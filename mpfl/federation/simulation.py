@@ -10,6 +10,7 @@ from collections.abc import Callable, Sequence
 
 from mpfl.config.settings import FederationConfig
 from mpfl.errors import FederationError
+from mpfl.federation.evaluation import Evaluator
 from mpfl.federation.metrics import RoundLog
 from mpfl.federation.node import FederationNode
 from mpfl.federation.server import FederationServer
@@ -22,23 +23,23 @@ from mpfl.wire.protocol import Publish
 def run_in_process(
     cfg: FederationConfig,
     node_data: Sequence[Dataset],
-    eval_data: Dataset | None = None,
+    evaluate: Evaluator | None = None,
     on_round: Callable[[RoundLog], None] | None = None,
 ) -> FederationServer:
+    """``evaluate`` scores the global weights after each averaging (None: no evaluation);
+    ``on_round`` sees each round's record as it closes."""
     broker = MemoryBroker()
-    server = FederationServer(cfg, eval_data)
-    logged = 0
+    server = FederationServer(cfg, evaluate)
 
     def publish_all(messages: list[Publish]) -> None:
         for message in messages:
             broker.publish(message)
 
     def server_handler(topic: str, payload: bytes) -> None:
-        nonlocal logged
-        publish_all(server.handle(topic, payload))
-        while on_round is not None and logged < len(server.log):
-            on_round(server.log[logged])
-            logged += 1
+        step = server.handle(topic, payload)
+        if step.closed is not None and on_round is not None:
+            on_round(step.closed)
+        publish_all(step.publishes)
 
     broker.subscribe(topics.nodes_filter(cfg.federation), server_handler)
     publish_all(server.start())

@@ -1,10 +1,13 @@
 """Aggregation of the alive values nodes send in phase T.
 
 Every update is a flat float32 array of the alive values in canonical order, the same
-length for every node (the mask is shared, so no indices travel). FedAvg streams:
-:class:`WeightedAverager` holds O(values) float64 sums whatever the number of nodes. The
-robust rules (median, trimmed mean) need every update at once, O(nodes x values), and
-ignore sample counts: a node could claim any count, and robustness is their point.
+length for every node (the mask is shared, so no indices travel). One round's aggregate is
+an :class:`Aggregation`: ``add(values, weight)`` per update as it arrives, then
+``result()``. FedAvg streams: :class:`WeightedAverager` holds O(values) float64 sums
+whatever the number of nodes, and partial averages ``merge`` exactly. The robust rules
+(median, trimmed mean) need every update at once, so :class:`BufferedAggregation` holds
+them, O(nodes x values), and ignores sample counts: a node could claim any count, and
+robustness is their point. :data:`AGGREGATORS` maps a config name to a factory.
 """
 
 from __future__ import annotations
@@ -12,7 +15,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Mapping, Sequence
 from types import MappingProxyType
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 from numpy.typing import NDArray
@@ -46,6 +49,18 @@ def _check_weight(weight: float, index: int | None = None) -> float:
             "an update weight must be positive and finite", weight=weight, update=index
         )
     return weight
+
+
+class Aggregation(Protocol):
+    """One round's aggregate of node values."""
+
+    def add(self, values: NDArray[Any], weight: float = 1.0) -> None:
+        """Take one node's values; ``weight`` is its sample count (or 1)."""
+        ...
+
+    def result(self) -> Values:
+        """The aggregate as float32; FederationError before the first update."""
+        ...
 
 
 class WeightedAverager:
@@ -89,37 +104,6 @@ class WeightedAverager:
         if self.n_updates == 0:
             raise FederationError("no updates were received this round", n_values=self.n_values)
         return (self._sums / self.total_weight).astype(np.float32)
-
-    def state(self) -> dict[str, NDArray[Any]]:
-        """Plain arrays for a checkpoint (``np.savez``, no pickle)."""
-        return {
-            "sums": self._sums.copy(),
-            "n_updates": np.array(self.n_updates, dtype=np.int64),
-            "total_weight": np.array(self.total_weight, dtype=np.float64),
-        }
-
-    @classmethod
-    def from_state(cls, state: Mapping[str, NDArray[Any]]) -> WeightedAverager:
-        """Rebuild an averager from :meth:`state`; ModelError if the arrays do not fit."""
-        try:
-            sums = np.asarray(state["sums"])
-            n_updates = int(state["n_updates"])
-            total_weight = float(state["total_weight"])
-        except (KeyError, TypeError, ValueError) as exc:
-            raise ModelError("averager checkpoint is incomplete", reason=str(exc)) from None
-        if sums.ndim != 1 or sums.dtype != np.float64:
-            raise ModelError("averager checkpoint sums do not fit", got=sums.shape)
-        if n_updates < 0 or not math.isfinite(total_weight) or total_weight < 0:
-            raise ModelError(
-                "averager checkpoint has bad totals",
-                n_updates=n_updates,
-                total_weight=total_weight,
-            )
-        averager = cls(sums.size)
-        averager._sums[:] = sums
-        averager.n_updates = n_updates
-        averager.total_weight = total_weight
-        return averager
 
 
 def _common_length(updates: Sequence[NDArray[Any]]) -> int:
@@ -192,21 +176,43 @@ def clip_norm(update: NDArray[Any], base: NDArray[Any], max_norm: float) -> Valu
     return (base.astype(np.float64) + delta).astype(np.float32)
 
 
-Aggregator = Callable[[Sequence[NDArray[Any]], Sequence[float] | None], Values]
+class BufferedAggregation:
+    """Holds every update for a rule that needs them all at once: O(nodes x values).
+
+    Weights are checked like FedAvg's but not used (see the module docstring).
+    """
+
+    def __init__(self, n_values: int, rule: Callable[[Sequence[NDArray[Any]]], Values]) -> None:
+        self.n_values = n_values
+        self.rule = rule
+        self._updates: list[NDArray[Any]] = []
+
+    def add(self, values: NDArray[Any], weight: float = 1.0) -> None:
+        index = len(self._updates)
+        _check_values(values, self.n_values, index=index)
+        _check_weight(weight, index=index)
+        self._updates.append(values)
+
+    def result(self) -> Values:
+        if not self._updates:
+            raise FederationError("no updates were received this round", n_values=self.n_values)
+        return self.rule(self._updates)
 
 
-def _median(updates: Sequence[NDArray[Any]], weights: Sequence[float] | None) -> Values:
-    _check_weights(weights, len(updates))
-    return median(updates)
+AggregationFactory = Callable[[int], Aggregation]
+"""Makes an empty aggregation for updates of ``n_values`` values."""
 
 
-def _trimmed_mean(updates: Sequence[NDArray[Any]], weights: Sequence[float] | None) -> Values:
-    _check_weights(weights, len(updates))
-    return trimmed_mean(updates)
+def _median(n_values: int) -> Aggregation:
+    return BufferedAggregation(n_values, median)
 
 
-AGGREGATORS: Mapping[AggregatorName, Aggregator] = MappingProxyType({
-    AggregatorName.FEDAVG: weighted_mean,
+def _trimmed_mean(n_values: int) -> Aggregation:
+    return BufferedAggregation(n_values, trimmed_mean)
+
+
+AGGREGATORS: Mapping[AggregatorName, AggregationFactory] = MappingProxyType({
+    AggregatorName.FEDAVG: WeightedAverager,
     AggregatorName.MEDIAN: _median,
     AggregatorName.TRIMMED_MEAN: _trimmed_mean,
 })
@@ -214,13 +220,16 @@ AGGREGATORS: Mapping[AggregatorName, Aggregator] = MappingProxyType({
 DEFAULT_AGGREGATOR = AggregatorName.FEDAVG
 
 
-def get_aggregator(name: str) -> Aggregator:
-    """Look an aggregator up by its config name."""
-    return lookup(AGGREGATORS, name, "aggregator", "aggregator")
+def new_aggregation(name: str, n_values: int) -> Aggregation:
+    """An empty aggregation by its config name, for updates of ``n_values`` values."""
+    return lookup(AGGREGATORS, name, "aggregator", "aggregator")(n_values)
 
 
 def aggregate(
     name: str, updates: Sequence[NDArray[Any]], weights: Sequence[float] | None = None
 ) -> Values:
     """Aggregate a batch of updates with the named rule (weights are sample counts)."""
-    return get_aggregator(name)(updates, weights)
+    aggregation = new_aggregation(name, _common_length(updates))
+    for values, weight in zip(updates, _check_weights(weights, len(updates)), strict=True):
+        aggregation.add(values, weight)
+    return aggregation.result()

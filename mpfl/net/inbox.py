@@ -7,6 +7,8 @@ therefore never stalls the network loop (keepalives, acknowledgements, reconnect
 
 ``ByteLedger`` counts the exact bytes each side sends and receives, by message kind
 (``server/model``, ``nodes/update``, ...), as they cross the wire: chunk headers included.
+It is the transport's measurement; the protocol figures of the round records are the
+coordinator's (``mpfl.federation.traffic``).
 """
 
 from __future__ import annotations
@@ -38,6 +40,8 @@ class ByteLedger:
     received: Counter[str] = field(default_factory=Counter)
     sent_messages: Counter[str] = field(default_factory=Counter)
     received_messages: Counter[str] = field(default_factory=Counter)
+    # Totals at the last ``window()``: what a round's share is measured from.
+    _window_start: dict[str, Counter[str]] = field(default_factory=dict, repr=False)
 
     def record_sent(self, topic: str, size: int) -> None:
         kind = message_kind(topic)
@@ -48,6 +52,16 @@ class ByteLedger:
         kind = message_kind(topic)
         self.received[kind] += size
         self.received_messages[kind] += 1
+
+    def window(self) -> dict[str, dict[str, int]]:
+        """Bytes sent and received by kind since the previous call (or since the start)."""
+        out: dict[str, dict[str, int]] = {}
+        for name, counter in (("sent", self.sent), ("received", self.received)):
+            delta = Counter(counter)
+            delta.subtract(self._window_start.get(name, Counter()))
+            out[name] = {k: v for k, v in sorted(delta.items()) if v}
+            self._window_start[name] = Counter(counter)
+        return out
 
     def as_dict(self) -> dict[str, dict[str, int]]:
         return {

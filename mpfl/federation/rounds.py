@@ -1,0 +1,166 @@
+"""The coordinator's round pieces: known nodes, the round in progress, the round mode.
+
+:class:`OpenRound` gathers one round's answers as they arrive (who sent what, the votes
+and the values, what was dropped, its deadline and retries), so the state machine only
+decides when a round opens and closes; a :class:`Step` is what the state machine returns
+for each input. A :class:`RoundMode` is the policy of the mask rounds, chosen once from
+the config by name in :data:`MODES`.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Protocol
+
+import numpy as np
+
+from mpfl.choices import Mode
+from mpfl.errors import lookup
+from mpfl.federation.metrics import RoundLog
+from mpfl.federation.traffic import ByteWindow
+from mpfl.maths.aggregate import Aggregation
+from mpfl.maths.votes import VoteAccumulator
+from mpfl.ml.units import UnitMap
+from mpfl.wire import Envelope, Kind, decode_mask, decode_values
+from mpfl.wire.protocol import Publish, decode_update
+
+
+@dataclass(frozen=True)
+class Step:
+    """What one message or tick did: messages to publish, and the round it closed (whose
+    record the caller makes durable before it publishes the next round's state)."""
+
+    publishes: list[Publish] = field(default_factory=list)
+    closed: RoundLog | None = None
+
+
+@dataclass
+class NodeInfo:
+    """A node the coordinator heard from; ``online`` is the fleet's one liveness flag."""
+
+    samples: int
+    hardware: str = "unknown"
+    online: bool = True
+
+
+class RoundMode(Protocol):
+    """What a node sends in a mask round and what the round's close does with values."""
+
+    @property
+    def mask_uploads(self) -> frozenset[Kind]: ...
+
+    def values_after_consensus(
+        self, values: Aggregation, unit_map: UnitMap, before: np.ndarray, after: np.ndarray
+    ) -> np.ndarray | None:
+        """The alive values (under ``after``) the next round starts from; None: from w0."""
+        ...
+
+
+class Rewind:
+    """The reference code: nodes send masks only, every mask round restarts from w0 * C."""
+
+    mask_uploads = frozenset({Kind.LOCAL_MASK})
+
+    def values_after_consensus(
+        self, values: Aggregation, unit_map: UnitMap, before: np.ndarray, after: np.ndarray
+    ) -> np.ndarray | None:
+        return None
+
+
+class Joint:
+    """Mask rounds also send and average the masked weights; the next round starts there."""
+
+    mask_uploads = frozenset({Kind.LOCAL_MASK, Kind.UPDATE})
+
+    def values_after_consensus(
+        self, values: Aggregation, unit_map: UnitMap, before: np.ndarray, after: np.ndarray
+    ) -> np.ndarray | None:
+        # The average is over the units alive before this round's consensus; the next
+        # round starts from it under the new mask.
+        state = unit_map.state_from_values(values.result(), before)
+        return unit_map.alive_values(state, after)
+
+
+MODES: Mapping[Mode, RoundMode] = MappingProxyType({Mode.REWIND: Rewind(), Mode.JOINT: Joint()})
+
+
+def get_mode(name: str) -> RoundMode:
+    return lookup(MODES, name, "mode", "mode")
+
+
+class OpenRound:
+    """One round's answers so far. A node has answered once it sent every kind in
+    ``uploads``; a second message of a kind it already sent is a duplicate.
+
+    Masks are decoded in the scope of the mask in force (only its alive units travel),
+    values by the per-tensor ``sizes`` under it, as deltas from ``base`` when one is given.
+    """
+
+    def __init__(
+        self,
+        uploads: frozenset[Kind],
+        expected: set[str],
+        votes: VoteAccumulator,
+        values: Aggregation,
+        scope: np.ndarray,
+        sizes: list[int],
+        base: np.ndarray | None,
+        started: float,
+        deadline: float,
+        traffic_at_open: ByteWindow,
+    ) -> None:
+        self.uploads = uploads
+        self.expected = expected  # nodes active when the round (or its retry) opened
+        self.votes = votes
+        self.values = values
+        self.scope = scope
+        self.sizes = sizes
+        self.base = base
+        self.started = started
+        self.deadline = deadline
+        self.traffic_at_open = traffic_at_open
+        self.attempts = 0
+        self.answered: set[str] = set()
+        self.dropped: Counter[str] = Counter()
+        self._seen: dict[str, set[Kind]] = {}
+
+    def refusal(self, node_id: str, kind: Kind) -> str | None:
+        """Why this round cannot take ``kind`` from ``node_id``, or None if it can."""
+        if kind not in self.uploads:
+            return "wrong-phase"
+        if kind in self._seen.get(node_id, ()):
+            return "duplicate"
+        return None
+
+    def take(self, env: Envelope, kind: Kind, vote_weight: float) -> str | None:
+        """Decode and add one upload of the round; the reason it was refused, or None.
+        A payload that does not decode raises (an MpflError) before anything is added."""
+        refusal = self.refusal(env.node_id, kind)
+        if refusal is not None:
+            return refusal
+        if kind is Kind.LOCAL_MASK:
+            local = decode_mask(env.codec, env.payload, self.votes.n_units, scope=self.scope)
+            self.votes.add(local, vote_weight)
+        else:
+            samples, body = decode_update(env.payload)
+            values = decode_values(env.codec, body, self.sizes, self.base)
+            if not np.all(np.isfinite(values)):
+                return "malformed"
+            self.values.add(values, float(samples))
+        seen = self._seen.setdefault(env.node_id, set())
+        seen.add(kind)
+        if seen == self.uploads:
+            self.answered.add(env.node_id)
+        return None
+
+    def waiting_for(self, active: set[str]) -> set[str]:
+        return (self.expected & active) - self.answered
+
+    def retry(self, deadline: float, active: set[str]) -> None:
+        """Another attempt below quorum: a new deadline, awaiting whoever is active now."""
+        self.attempts += 1
+        self.deadline = deadline
+        self.expected = set(active)
