@@ -8,12 +8,13 @@ known nodes, not the node's state or finished round."""
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import pytest
-from _fuzz import FUZZ, fix_envelope_crc, hostile, json_hostile, no_hang, view
-from hypothesis import given
+from _fuzz import EXAMPLES, FUZZ, fix_envelope_crc, hostile, json_hostile, no_hang, view
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from coordinator.service import CoordinatorService, ServiceOptions
@@ -227,3 +228,32 @@ def test_inbox_dispatch(tmp_path_factory: pytest.TempPathFactory,
         assert agent.inbox.dispatch() == len(messages)
     service._count_bad_chunks()
     assert service.server.phase != "failed"
+
+
+@settings(FUZZ, max_examples=max(EXAMPLES // 5, 20))  # each example builds two models
+@given(image_size=st.integers(1, 24), channels=st.integers(1, 3), classes=st.integers(1, 12),
+       hidden=st.lists(st.integers(1, 32), max_size=2))
+def test_node_survives_a_model_that_does_not_fit_its_data(
+    image_size: int, channels: int, classes: int, hidden: list[int]
+) -> None:
+    """A coordinator (or a forger) whose model, fingerprint, weights and mask are all
+    consistent, but for other images or fewer classes than this node's data: the node
+    refuses the state (reason "model") before it trains, instead of dying in torch."""
+    args = {"image_size": image_size, "in_channels": channels, "num_classes": classes,
+            "hidden": hidden}
+    other = FederationServer(replace(CFG, model_args=args))
+    messages = other.start()
+    doc = json.loads(other.state_doc().encode())
+    doc.update(phase="mask", round=1)
+    messages.append(Publish(topics.server_topic(FED, topics.SERVER_STATE),
+                            json.dumps(doc).encode()))
+    node = FederationNode("n0", FED, DATA, seed=1)
+    for message in messages:
+        with no_hang():
+            node.handle(message.topic, message.payload)  # never raises
+    fits = image_size == 8 and channels == 1 and classes >= DATA.num_classes
+    if fits:
+        assert node.finished is not None and not node.rejected
+    else:
+        assert node.finished is None and node.rejected["model"] >= 1
+        assert node.state is None or node.state.model.args != args

@@ -28,7 +28,7 @@ from mpfl.errors import DocumentError, FingerprintMismatch, ModelError, WireErro
 from mpfl.ml.data import Dataset
 from mpfl.ml.masks import local_mask, unit_scores
 from mpfl.ml.models import ModelSpec, ZooModel, build_model, parameter_count
-from mpfl.ml.train import MaskEnforcer, load_state, train_local
+from mpfl.ml.train import MaskEnforcer, check_fits, load_state, train_local
 from mpfl.ml.units import UnitMap, build_unit_map, model_state
 from mpfl.wire import (
     Envelope,
@@ -171,6 +171,7 @@ class FederationNode:
             raise FingerprintMismatch("this node builds a different model than the coordinator",
                                       node=self.node_id, got=doc.fingerprint,
                                       expected=unit_map.fingerprint.hex())
+        check_fits(model, self.data)
         if self.fit_batch is not None:
             wanted = self.batch_size or doc.train.batch_size
             self.batch_size = self.fit_batch(parameter_count(model), wanted)

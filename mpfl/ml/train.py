@@ -121,6 +121,31 @@ def train_local(
 
 
 @torch.no_grad()
+def check_fits(model: nn.Module, data: Dataset) -> None:
+    """ModelError unless ``model`` takes ``data``'s images and scores all its classes.
+
+    The model a node trains is named by a message; one that does not fit the node's data
+    must be refused when the message arrives, not fail (and end the process) inside torch.
+    Eval mode for the probe, so no batch-norm statistics move.
+    """
+    if len(data) == 0:
+        return
+    was_training = model.training
+    model.eval()
+    try:
+        out = model(torch.from_numpy(data.x[:1]))
+    except (RuntimeError, ValueError, IndexError) as exc:
+        raise ModelError("the model does not take this node's images",
+                         images="x".join(map(str, data.shape)),
+                         reason=str(exc).splitlines()[0][:120]) from None
+    finally:
+        model.train(was_training)
+    if out.ndim != 2 or out.shape[1] < data.num_classes:
+        raise ModelError("the model cannot score every class of this node's data",
+                         outputs=tuple(out.shape), classes=data.num_classes)
+
+
+@torch.no_grad()
 def evaluate(model: nn.Module, data: Dataset, batch_size: int = 1000) -> tuple[float, float]:
     """(mean cross-entropy, top-1 accuracy) over ``data``."""
     model.eval()
