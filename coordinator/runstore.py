@@ -17,8 +17,10 @@ checkpoint's round log, so each round appears exactly once even across restarts.
 from __future__ import annotations
 
 import json
+import os
+import time
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import numpy as np
 
@@ -26,6 +28,13 @@ from mpfl.config.settings import FederationConfig
 from mpfl.errors import ConfigError, ModelError
 from mpfl.federation.server import FederationServer
 from mpfl.ml.checkpoint import SavedModel, atomic_write, read_npz, save_model, write_json, write_npz
+
+# Fault injection for benchmarks/bench_faults.py: with this set to a path, every checkpoint
+# write stops with its bytes written and synced, right before the rename that commits them,
+# creates that file (holding "arrays|state <round>") and waits until it is removed; so a
+# `kill -9` sent while the file exists provably lands inside the write. Unset: no cost.
+PAUSE_ENV = "MPFL_FAULT_PAUSE_FILE"
+PAUSE_MAX_S = 60.0
 
 # Keys a resumed run may change: they steer the round timing, not its results.
 OPERATIONAL_KEYS = frozenset({"round_timeout", "start_timeout", "retries", "quorum", "min_nodes"})
@@ -78,13 +87,32 @@ class RunStore:
         """Checkpoint, then the files derived from it (metrics, summary)."""
         arrays, meta = server.snapshot()
         name = f"round-{server.closed_round:04d}.npz"
-        write_npz(self.checkpoint_dir / name, arrays)
-        write_json(self.state_path, {**meta, "arrays": name})
+        if os.environ.get(PAUSE_ENV):
+            self._save_pausing(server.closed_round, name, arrays, {**meta, "arrays": name})
+        else:
+            write_npz(self.checkpoint_dir / name, arrays)
+            write_json(self.state_path, {**meta, "arrays": name})
         for old in self.checkpoint_dir.glob("round-*.npz"):
             if old.name != name:
                 old.unlink(missing_ok=True)
         self.write_metrics(server)
         self.write_summary(server, extra)
+
+    def _save_pausing(self, closed: int, name: str, arrays: dict[str, np.ndarray],
+                      meta: dict[str, Any]) -> None:
+        """``save``'s two writes, each pausing before its rename (see ``PAUSE_ENV``)."""
+        state = json.dumps(meta, indent=2, sort_keys=True).encode()
+
+        def arrays_then_pause(f: IO[bytes]) -> None:
+            np.savez(f, **arrays)  # type: ignore[arg-type]
+            _pause_before_rename(f, f"arrays {closed}")
+
+        def state_then_pause(f: IO[bytes]) -> None:
+            f.write(state)
+            _pause_before_rename(f, f"state {closed}")
+
+        atomic_write(self.checkpoint_dir / name, arrays_then_pause)
+        atomic_write(self.state_path, state_then_pause)
 
     def write_metrics(self, server: FederationServer) -> None:
         lines = "".join(json.dumps(e.to_dict(), sort_keys=True) + "\n" for e in server.log)
@@ -128,3 +156,13 @@ class RunStore:
         })
         save_model(self.root / "final", saved)
         return self.root / "final"
+
+
+def _pause_before_rename(f: IO[bytes], what: str) -> None:
+    f.flush()
+    os.fsync(f.fileno())  # what is left of the write is the rename (and a no-op flush)
+    marker = Path(os.environ[PAUSE_ENV])
+    marker.write_text(what)
+    deadline = time.monotonic() + PAUSE_MAX_S
+    while marker.exists() and time.monotonic() < deadline:
+        time.sleep(0.01)
