@@ -106,6 +106,7 @@ class CoordinatorService:
             self.store.check_config(self.cfg)
             server = FederationServer(self.cfg, self.evaluate)
         self.store.write_config(self.cfg)
+        self.gate = ServerGate(server, self.options.keys, say=self.echo)
         return server
 
     def _connect(self) -> MqttTransport:
@@ -131,7 +132,6 @@ class CoordinatorService:
 
     def run(self) -> FederationServer:
         self.server = server = self._make_server()
-        self.gate = ServerGate(server, self.options.keys, say=self.echo)
         try:
             self.transport = self._connect()
             self._publish_all(server.start())
