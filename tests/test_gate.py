@@ -162,3 +162,37 @@ def test_frames_are_on_the_wire() -> None:
     _run(True, AttackBroker)
     (broker,) = AttackBroker.instances
     assert all(is_framed(m.payload) for m in broker.captured)
+
+
+def test_without_keys_both_sides_say_so_once_and_pass_everything() -> None:
+    from mpfl.federation.gate import NodeGate, ServerGate
+    from mpfl.federation.node import FederationNode
+
+    said: list[str] = []
+    server = FederationServer(_config())
+    gate = ServerGate(server, None, say=said.append)
+    train = load_dataset("digits", None, "train")
+    node = NodeGate(FederationNode("node-0", FED, train.subset(np.arange(20))), None,
+                    say=said.append)
+    assert len(said) == 2 and all("NOT authenticated" in line for line in said)
+    assert gate.open("any/topic", b"raw") == b"raw"
+    messages = server.start()
+    assert gate.seal(messages) == messages  # unchanged: no frame
+    assert [m.payload for m in node.on_connect()] == [node.node.hello().payload]
+
+
+def test_rejections_are_counted_each_and_logged_once_per_reason() -> None:
+    from mpfl.federation.gate import CoordinatorKeys, ServerGate
+    from mpfl.wire.signing import Keyring
+
+    said: list[str] = []
+    server = FederationServer(_config())
+    gate = ServerGate(server, CoordinatorKeys(SigningKey.generate(), Keyring()),
+                      say=said.append)
+    topic = topics.node_topic(FED, "node-0", topics.NODE_UPDATE)
+    for _ in range(100):
+        assert gate.open(topic, b"unsigned") is None
+        step = gate.handle(topic, b"MPFS" + b"\0" * 200)
+        assert step.publishes == [] and step.closed is None
+    assert server.dropped == {"unsigned": 100, "bad-frame": 100}
+    assert len(said) == 2 and not server.nodes

@@ -9,7 +9,9 @@ Who may sign what follows from the topic: ``nodes/<id>/...`` only ``<id>`` (an e
 node), ``server/...`` only the coordinator. Freshness:
 
 * Every sender numbers its messages from ``time.time_ns()`` at process start, one more
-  per message, so counters keep increasing across restarts without being stored.
+  per message, so counters keep increasing across restarts without being stored (as long
+  as the clock does not jump back: a board without a real-time clock must sync its time
+  before it starts, or its messages are replays until the clock passes its last ones).
 * A receiver keeps the last counter it accepted per topic and rejects one not greater
   (a replay). Per topic rather than per sender because MQTT does not order retained
   messages of different topics: the retained ``server/model`` may arrive after a newer
