@@ -20,6 +20,7 @@ import numpy as np
 from edge_node.state import load_finished, save_finished, state_path
 from mpfl.choices import Phase
 from mpfl.errors import FederationError
+from mpfl.federation.gate import NodeGate, NodeKeys
 from mpfl.federation.node import FederationNode, Finished
 from mpfl.maths.partition import parse_share, partition
 from mpfl.ml.data import Dataset, load_dataset
@@ -27,7 +28,7 @@ from mpfl.net.endpoint import BrokerAddress
 from mpfl.net.inbox import Inbox
 from mpfl.net.mqtt import DEFAULT_MAX_PAYLOAD, MqttTransport
 from mpfl.wire import topics
-from mpfl.wire.protocol import OFFLINE, Publish
+from mpfl.wire.protocol import Publish
 
 UPLOAD_ACK_TIMEOUT_S = 120.0
 
@@ -62,6 +63,8 @@ class AgentOptions:
     max_payload: int = DEFAULT_MAX_PAYLOAD
     state_dir: Path | None = None
     connect_timeout: float | None = None
+    # This node's key and the coordinator's public key; None: unauthenticated.
+    keys: NodeKeys | None = None
 
 
 class EdgeAgent:
@@ -79,6 +82,7 @@ class EdgeAgent:
         self.inbox = Inbox()
         self.stop_requested: str | None = None
         self.transport: MqttTransport | None = None
+        self.gate = NodeGate(node, options.keys, say=echo)
         fed, nid = node.federation, node.node_id
         self.status_topic = topics.node_topic(fed, nid, topics.NODE_STATUS)
         self.path = state_path(options.state_dir, fed, nid) if options.state_dir else None
@@ -96,9 +100,10 @@ class EdgeAgent:
     def run(self) -> str:
         """Take part until the federation ends; its final phase, or "stopped"."""
         node = self.node
-        offline = Publish(self.status_topic, OFFLINE, retain=True, qos=1)
+        # Signed now: the broker publishes the will when this node vanishes, unsigned by it.
+        offline = self.gate.will()
         self.inbox.subscribe(topics.server_filter(node.federation), self._on_message)
-        self.inbox.on_connected = lambda _session_present: self._publish([node.hello()])
+        self.inbox.on_connected = lambda _session_present: self._publish(self.gate.on_connect())
         client_id = f"mpfl-{node.federation}-{node.node_id}"
         self.transport = MqttTransport(self.address, client_id, self.inbox, will=offline,
                                        protocol=self.options.protocol,
@@ -112,7 +117,7 @@ class EdgeAgent:
                 self.inbox.dispatch(0.5)
                 self.transport.revive()
         finally:
-            self.transport.close(final=offline)
+            self.transport.close(final=self.gate.goodbye())
             if node.rejected:
                 counts = ", ".join(f"{reason} {n}" for reason, n in sorted(node.rejected.items()))
                 self.echo(f"node {node.node_id}: dropped {node.rejected.total()} unusable "
@@ -132,10 +137,11 @@ class EdgeAgent:
 
     def _on_message(self, topic: str, payload: bytes) -> None:
         trained_before = self.node.last_metrics
-        out = self.node.handle(topic, payload)  # never raises for a message it cannot use
-        if not out:
-            return
+        # Never raises for a message it cannot use; a hello is due when the session changed.
+        out = self.gate.handle(topic, payload)
         self._publish(out)
+        if all(m.topic == self.status_topic for m in out):
+            return
         assert self.transport is not None
         if not self.transport.flush(UPLOAD_ACK_TIMEOUT_S):
             self.echo("upload not yet acknowledged by the broker; it stays queued")

@@ -95,7 +95,7 @@ class Fleet:
         train = load_dataset("digits", None, "train")
         self.node = FederationNode("n0", FED, train.subset(np.arange(0, 200)), seed=1)
         self.broker.subscribe(topics.nodes_filter(FED), lambda t, p: self._send(
-            self.server.handle(t, p)))
+            self.server.handle(t, p).publishes))
         self.broker.subscribe(topics.server_filter(FED), lambda t, p: self._send(
             self.node.handle(t, p)))
 
