@@ -20,6 +20,7 @@ from hypothesis import strategies as st
 from coordinator.service import CoordinatorService, ServiceOptions
 from edge_node.agent import AgentOptions, EdgeAgent
 from mpfl.config.settings import FederationConfig
+from mpfl.federation.gate import ServerGate
 from mpfl.federation.node import FederationNode
 from mpfl.federation.server import FederationServer
 from mpfl.ml.data import load_dataset
@@ -215,6 +216,7 @@ def test_inbox_dispatch(tmp_path_factory: pytest.TempPathFactory,
     service = CoordinatorService(CFG, ServiceOptions(run_dir), echo=lambda _line: None)
     service.transport = FakeTransport()  # type: ignore[assignment]
     service.server = open_round()
+    service.gate = ServerGate(service.server, None, say=lambda _line: None)  # unkeyed
     service.inbox.subscribe(topics.nodes_filter(FED), service._on_message)
     agent = EdgeAgent(waiting_node(), parse_broker_url("mqtt://127.0.0.1:1"), AgentOptions(),
                       echo=lambda _line: None)
