@@ -74,6 +74,7 @@ class RunStore:
         write_json(self.root / "config.json", cfg.to_dict())
 
     def load(self) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+        self.discard_partial_writes()
         try:
             meta = json.loads(self.state_path.read_text())
             arrays_name = str(meta["arrays"])
@@ -82,6 +83,18 @@ class RunStore:
         if "/" in arrays_name or arrays_name.startswith("."):
             raise ModelError("checkpoint points outside its directory", path=str(self.state_path))
         return read_npz(self.checkpoint_dir / arrays_name), meta
+
+    def discard_partial_writes(self) -> list[Path]:
+        """Remove the temp files of writes that a killed coordinator never renamed.
+
+        ``atomic_write`` writes ``.<name>.<random>`` beside its target and renames it; a
+        kill between the two leaves the temp file, which nothing reads and each such kill
+        would add to. A run directory has one coordinator, so on resume none is in flight.
+        """
+        stale = [p for p in self.checkpoint_dir.glob(".*") if p.is_file()]
+        for path in stale:
+            path.unlink(missing_ok=True)
+        return stale
 
     def save(self, server: FederationServer, extra: dict[str, Any]) -> None:
         """Checkpoint, then the files derived from it (metrics, summary)."""

@@ -202,9 +202,13 @@ def test_resume_from_snapshot_repeats_and_loses_no_round(tmp_path: Path) -> None
     assert old.closed_round == 2 and old.round == 3
     store = RunStore(tmp_path / "run")
     store.save(old, {})
-    # The coordinator dies here: n0 and n1 have already sent round 3 to the dead process.
+    # The coordinator dies here: n0 and n1 have already sent round 3 to the dead process,
+    # and a write it had begun left its temp file (killed before the rename).
     fed.muted.discard("n2")
+    partial = store.checkpoint_dir / ".round-0003.npz.k1ll3d"
+    partial.write_bytes(b"half a checkpoint")
     arrays, meta = store.load()
+    assert not partial.exists()
     restored = FederationServer.restore(CFG, arrays, meta)
     assert restored.round == 3 and restored.phase == "train" and not restored.answered
     assert restored.session != old.session and restored.run_id == old.run_id
