@@ -257,3 +257,24 @@ def test_run_store_refuses_a_changed_config(tmp_path: Path) -> None:
     store.check_config(replace(CFG, round_timeout=99.0, quorum=1))  # operational: allowed
     with pytest.raises(Exception, match="final_sparsity"):
         store.check_config(replace(CFG, final_sparsity=0.7))
+
+
+def test_nodes_going_offline_do_not_close_a_round_below_quorum() -> None:
+    """A broker restart sends every last will: with one answer in and the others
+    offline, nobody is left to wait for, but one answer is below the quorum of 2."""
+    fed = Federation()
+    fed.muted |= {"n1", "n2"}
+    fed.start()
+    assert fed.server.answered == {"n0"}
+    for node_id in ("n1", "n2"):
+        fed.broker.publish(Publish(topics.node_topic("t", node_id, "status"), b"offline"))
+    fed.broker.pump()
+    assert fed.server.round == 1 and not fed.server.log
+    fed.advance(CFG.round_timeout + 0.1)  # deadline below quorum: a retry, not a close
+    assert not fed.server.log and fed.server.current.attempts == 1
+    fed.muted.clear()
+    for node in fed.nodes[1:]:
+        fed.broker.publish(node.hello())
+    fed._send(fed.server.start())  # they came back (and missed the retained catch-up)
+    fed.broker.pump()
+    assert fed.server.log and len(fed.server.log[0].participants) >= CFG.quorum

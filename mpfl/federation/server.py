@@ -1,7 +1,8 @@
 """The coordinator's round state machine, free of I/O.
 
-waiting -> mask rounds -> training rounds -> done (or failed). A round closes when every
-node active at its start has answered, or at its deadline with at least the quorum;
+waiting -> mask rounds -> training rounds -> done (or failed). A round closes when it has
+the quorum and every node active at its start (and still online) has answered, or at its
+deadline with at least the quorum;
 below quorum it is retried (the deadline moves on), then fails. Every incoming message
 is decoded and checked completely before it touches an accumulator, so a bad one is
 counted by reason and dropped, never half-applied.
@@ -259,7 +260,10 @@ class FederationServer:
         current = self.current
         if not self.phase.is_round or current is None:
             return Step()
-        if current.answered and not current.waiting_for(self.active_nodes()):
+        # Early close only with the quorum: nodes that dropped offline (a broker restart
+        # sends every last will) leave nobody to wait for, but one answer is not a round.
+        quorate = len(current.answered) >= self.cfg.quorum
+        if quorate and not current.waiting_for(self.active_nodes()):
             return self._close_round(current)
         if now < current.deadline:
             return Step()
