@@ -70,6 +70,7 @@ KEY_HELP = {
     "value_codec": "How nodes send alive values: fp32, fp16 or int8 per-layer scale.",
     "delta": "Send values as deltas from the global model.",
     "aggregator": "fedavg (streaming), median, trimmed-mean or norm-clip (buffered).",
+    "trim": "Fraction of values trimmed-mean cuts on each side (>= bad nodes / nodes).",
     "max_samples": "Cap on the sample count a node may claim (FedAvg and vote weight).",
     "min_nodes": "Nodes to wait for before round 1.",
     "quorum": "Fewest answers with which a round may close at its deadline.",
@@ -115,6 +116,7 @@ class FederationConfig:
     # A claim above it is clamped, not refused: an honest large node keeps taking part,
     # and no node weighs more than this many samples (a forged hello claimed 2^32 - 1).
     max_samples: int = 100_000
+    trim: float = 0.1
     # rounds
     min_nodes: int = 2
     quorum: int = 1
@@ -158,6 +160,7 @@ class FederationConfig:
             (self.round_timeout > 0, "round_timeout must be > 0"),
             (self.start_timeout > 0, "start_timeout must be > 0"),
             (self.retries >= 0, "retries must be >= 0"),
+            (0.0 <= self.trim < 0.5, "trim must be in [0, 0.5)"),
             (1 <= self.max_samples <= 0xFFFF_FFFF, "max_samples must be in [1, 2^32 - 1]"),
         ]
         for ok, message in checks:

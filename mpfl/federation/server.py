@@ -292,7 +292,7 @@ class FederationServer:
             self._mode.mask_uploads if self.phase is Phase.MASK else frozenset({Kind.UPDATE}),
             self.active_nodes(),
             new_votes(self.unit_map.n_units, self._weighted_votes, self.cfg.vote_agreement),
-            new_aggregation(self.cfg.aggregator, sum(sizes), base),
+            new_aggregation(self.cfg.aggregator, sum(sizes), base, self.cfg.trim),
             self.mask, sizes, base if self.cfg.delta else None,
             started, started + self.cfg.round_timeout, self.traffic.mark(),
         )

@@ -6,10 +6,11 @@ and byte counts match a real deployment; only the network is missing.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 from mpfl.config.settings import FederationConfig
 from mpfl.errors import FederationError
+from mpfl.federation.corruption import CorruptedNode
 from mpfl.federation.evaluation import Evaluator
 from mpfl.federation.metrics import RoundLog
 from mpfl.federation.node import FederationNode
@@ -25,9 +26,11 @@ def run_in_process(
     node_data: Sequence[Dataset],
     evaluate: Evaluator | None = None,
     on_round: Callable[[RoundLog], None] | None = None,
+    corrupt: Mapping[int, str] | None = None,
 ) -> FederationServer:
     """``evaluate`` scores the global weights after each averaging (None: no evaluation);
-    ``on_round`` sees each round's record as it closes."""
+    ``on_round`` sees each round's record as it closes; ``corrupt`` maps a node index to
+    how its uploads are corrupted (``mpfl.federation.corruption``: simulation only)."""
     broker = MemoryBroker()
     server = FederationServer(cfg, evaluate)
 
@@ -44,9 +47,14 @@ def run_in_process(
     broker.subscribe(topics.nodes_filter(cfg.federation), server_handler)
     publish_all(server.start())
     for i, data in enumerate(node_data):
-        node = FederationNode(f"node-{i}", cfg.federation, data, seed=cfg.seed + i)
+        honest = FederationNode(f"node-{i}", cfg.federation, data, seed=cfg.seed + i)
+        node: FederationNode | CorruptedNode = honest
+        if corrupt and i in corrupt:
+            node = CorruptedNode(honest, corrupt[i], seed=cfg.seed + i)
 
-        def node_handler(topic: str, payload: bytes, node: FederationNode = node) -> None:
+        def node_handler(
+            topic: str, payload: bytes, node: FederationNode | CorruptedNode = node
+        ) -> None:
             publish_all(node.handle(topic, payload))
 
         broker.subscribe(topics.server_filter(cfg.federation), node_handler)

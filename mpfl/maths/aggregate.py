@@ -242,37 +242,47 @@ class BufferedAggregation:
         return self.rule(self._updates)
 
 
-AggregationFactory = Callable[[int, "NDArray[Any] | None"], Aggregation]
-"""Makes an empty aggregation for updates of ``n_values`` values; the second argument is
-the global values the round started from (None: unknown), for rules relative to it."""
+AggregationFactory = Callable[[int, "NDArray[Any] | None", float], Aggregation]
+"""Makes an empty aggregation for updates of ``n_values`` values; then the global values
+the round started from (None: unknown), for rules relative to it, and the trimmed mean's
+cut fraction."""
 
 
-def _fedavg(n_values: int, base: NDArray[Any] | None) -> Aggregation:
+def _fedavg(n_values: int, base: NDArray[Any] | None, trim: float) -> Aggregation:
     return WeightedAverager(n_values)
 
 
-def _median(n_values: int, base: NDArray[Any] | None) -> Aggregation:
+def _median(n_values: int, base: NDArray[Any] | None, trim: float) -> Aggregation:
     return BufferedAggregation(n_values, median)
 
 
-def _trimmed_mean(n_values: int, base: NDArray[Any] | None) -> Aggregation:
-    return BufferedAggregation(n_values, trimmed_mean)
+def _trimmed_mean(n_values: int, base: NDArray[Any] | None, trim: float) -> Aggregation:
+    if not (0.0 <= trim < 0.5):
+        raise ConfigError("trim must be in [0, 0.5)", trim=trim)
+    return BufferedAggregation(n_values, lambda updates: trimmed_mean(updates, trim))
+
+
+def _norm_clip(n_values: int, base: NDArray[Any] | None, trim: float) -> Aggregation:
+    return NormClipped(n_values, base)
 
 
 AGGREGATORS: Mapping[AggregatorName, AggregationFactory] = MappingProxyType({
     AggregatorName.FEDAVG: _fedavg,
     AggregatorName.MEDIAN: _median,
     AggregatorName.TRIMMED_MEAN: _trimmed_mean,
-    AggregatorName.NORM_CLIP: NormClipped,
+    AggregatorName.NORM_CLIP: _norm_clip,
 })
 
 DEFAULT_AGGREGATOR = AggregatorName.FEDAVG
 
 
-def new_aggregation(name: str, n_values: int, base: NDArray[Any] | None = None) -> Aggregation:
+def new_aggregation(
+    name: str, n_values: int, base: NDArray[Any] | None = None, trim: float = 0.1
+) -> Aggregation:
     """An empty aggregation by its config name, for updates of ``n_values`` values, from
-    the global values ``base`` (norm clipping measures each update's step from it)."""
-    return lookup(AGGREGATORS, name, "aggregator", "aggregator")(n_values, base)
+    the global values ``base`` (norm clipping measures each update's step from it);
+    ``trim``: the fraction the trimmed mean cuts on each side."""
+    return lookup(AGGREGATORS, name, "aggregator", "aggregator")(n_values, base, trim)
 
 
 def aggregate(
