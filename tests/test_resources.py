@@ -25,6 +25,7 @@ from mpfl.wire.chunks import (
     EVICTED,
     EXPIRED,
     OVER_BUDGET,
+    SENDER_BYTES,
     ChunkHeader,
     Reassembler,
     split_payload,
@@ -55,6 +56,19 @@ def test_100_mb_of_never_completing_chunks_stay_within_the_sender_budget() -> No
         peak = max(peak, r.held_bytes)
     assert peak <= 16 * MIB
     assert r.expired[OVER_BUDGET] > 0
+
+
+def test_the_coordinator_inbox_holds_at_most_its_default_sender_budget() -> None:
+    inbox = Inbox()  # the coordinator's: default budgets
+    peak = 0
+    for i, (topic, chunk) in enumerate(_never_completing("f/nodes", 100)):
+        inbox.put(topic, chunk)
+        if i % 8 == 0:
+            inbox.dispatch()
+            peak = max(peak, inbox.reassembler.held_bytes)
+    inbox.dispatch()
+    assert peak <= SENDER_BYTES and inbox.reassembler.held_bytes <= SENDER_BYTES
+    assert inbox.reassembler.expired[OVER_BUDGET] > 0
 
 
 def test_many_senders_stay_within_the_total_budget() -> None:
