@@ -36,6 +36,7 @@ import numpy as np
 
 from apps.experiments import ExperimentData, ExperimentSettings, prepare_data
 from mpfl.config.settings import FederationConfig
+from mpfl.errors import FederationError
 from mpfl.federation.evaluation import dataset_evaluator
 from mpfl.federation.simulation import run_in_process
 
@@ -135,50 +136,71 @@ def run_one(profile: Profile, data_dir: str | None, attack: str, rule: str,
     corrupt = {} if attack in ("clean", *DATA_ATTACKS) else dict.fromkeys(bad, attack)
     start = time.perf_counter()
     evaluate = dataset_evaluator(cfg.model_spec, data.test)
-    server = run_in_process(cfg, data.node_data, None, corrupt=corrupt)
+    out: dict[str, Any] = {"attack": attack, "rule": rule, "seed": seed}
+    try:
+        server = run_in_process(cfg, data.node_data, None, corrupt=corrupt)
+    except FederationError as exc:
+        # The attack won: e.g. x100 values drove the average (and then every honest
+        # node) to NaN, whose uploads the coordinator drops, so the round never closes.
+        return {**out, "accuracy": None, "failed": str(exc),
+                "seconds": time.perf_counter() - start}
     loss, accuracy = evaluate(server.final_state())
-    return {"attack": attack, "rule": rule, "seed": seed, "accuracy": accuracy,
-            "loss": loss if np.isfinite(loss) else None, "sparsity": server.sparsity(),
-            "seconds": time.perf_counter() - start}
+    return {**out, "accuracy": accuracy, "loss": loss if np.isfinite(loss) else None,
+            "sparsity": server.sparsity(), "seconds": time.perf_counter() - start}
 
 
-def run_all(profile: Profile, data_dir: str | None, jobs: int) -> list[dict[str, Any]]:
+def run_all(profile: Profile, data_dir: str | None, jobs: int,
+            log: Path | None = None) -> list[dict[str, Any]]:
+    """Every run; each one's result is also appended to ``log`` as it arrives."""
     todo = [(a, r, s) for s in profile.seeds for a in ATTACKS for r in RULES]
+    out: list[dict[str, Any]] = []
+
+    def done(result: dict[str, Any]) -> None:
+        out.append(result)
+        if log is not None:
+            with log.open("a") as f:
+                f.write(json.dumps(result) + "\n")
+        acc = "failed" if result["accuracy"] is None else f"{result['accuracy']:.4f}"
+        print(f"[{len(out)}/{len(todo)}] {result['attack']:<11} {result['rule']:<20} seed "
+              f"{result['seed']}: {acc} ({result['seconds']:.0f} s)", flush=True)
+
     if jobs <= 1:
-        return [run_one(profile, data_dir, *t) for t in todo]
-    with ProcessPoolExecutor(max_workers=jobs) as pool:
-        futures = [pool.submit(run_one, profile, data_dir, *t) for t in todo]
-        out = []
-        for i, future in enumerate(futures):
-            out.append(future.result())
-            r = out[-1]
-            print(f"[{i + 1}/{len(todo)}] {r['attack']:<11} {r['rule']:<20} seed {r['seed']}: "
-                  f"{r['accuracy']:.4f} ({r['seconds']:.0f} s)", flush=True)
+        for t in todo:
+            done(run_one(profile, data_dir, *t))
         return out
+    with ProcessPoolExecutor(max_workers=jobs) as pool:
+        for future in [pool.submit(run_one, profile, data_dir, *t) for t in todo]:
+            done(future.result())
+    return out
 
 
-def summarize(runs: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
-    """Mean accuracy by attack and rule."""
-    table: dict[str, dict[str, float]] = {}
+def summarize(runs: list[dict[str, Any]]) -> dict[str, dict[str, float | None]]:
+    """Mean accuracy by attack and rule; a failed run counts as 0 (None: all failed)."""
+    table: dict[str, dict[str, float | None]] = {}
     for attack in ATTACKS:
         table[attack] = {}
         for rule in RULES:
             accs = [r["accuracy"] for r in runs if r["attack"] == attack and r["rule"] == rule]
-            table[attack][rule] = float(np.mean(accs))
+            ok = [a for a in accs if a is not None]
+            table[attack][rule] = float(np.sum(ok) / len(accs)) if ok else None
     return table
 
 
-def markdown(profile: Profile, table: dict[str, dict[str, float]], command: str,
+def _cell(acc: float | None) -> str:
+    return "failed" if acc is None else f"{100 * acc:.1f}"
+
+
+def markdown(profile: Profile, table: dict[str, dict[str, float | None]], command: str,
              elapsed: float, jobs: int) -> str:
-    reference = table["clean"]["fedavg"]
+    reference = table["clean"]["fedavg"] or 0.0
     rules = list(RULES)
     head = "| bad nodes | " + " | ".join(rules) + " | best rule | drop (pt) | <= 1 pt |"
     rows = [head, "|" + "---|" * (len(rules) + 4)]
     for attack in ATTACKS:
         accs = table[attack]
-        best = max(rules, key=lambda r: accs[r])
-        drop = 100 * (reference - accs[best])
-        cells = " | ".join(f"{100 * accs[r]:.1f}" for r in rules)
+        best = max(rules, key=lambda r: accs[r] or 0.0)
+        drop = 100 * (reference - (accs[best] or 0.0))
+        cells = " | ".join(_cell(accs[r]) for r in rules)
         verdict = "-" if attack == "clean" else ("yes" if drop <= 1.0 else "no")
         rows.append(f"| {attack} | {cells} | {best} | {drop:+.1f} | {verdict} |")
     seeds = (f"mean over {len(profile.seeds)} seeds" if len(profile.seeds) > 1
@@ -193,7 +215,8 @@ def markdown(profile: Profile, table: dict[str, dict[str, float]], command: str,
         "",
         f"Final test accuracy (%), {seeds}. Drop: the clean fedavg run "
         f"({100 * reference:.1f}%) minus the best rule's accuracy under that attack "
-        "(negative: better than clean).",
+        "(negative: better than clean). failed: the run never finished (the attack drove "
+        "the model to NaN, whose uploads are dropped, so a round never closed).",
         "",
         *rows,
     ])
@@ -239,7 +262,9 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     command = env + "python benchmarks/bench_robust.py" + "".join(
         f" {shlex.quote(a)}" for a in given)
     start = time.perf_counter()
-    runs = run_all(profile, None if args.quick else args.data_dir, args.jobs)
+    log = out_dir / "robust_runs.jsonl"
+    log.unlink(missing_ok=True)
+    runs = run_all(profile, None if args.quick else args.data_dir, args.jobs, log)
     elapsed = time.perf_counter() - start
     table = summarize(runs)
     text = markdown(profile, table, command, elapsed, args.jobs)
