@@ -6,9 +6,10 @@ towards its own mask. :class:`AgreementVotes` keeps each voter's mask bit-packed
 filter-granularity or small weight-granularity masks), and at ``tally`` scores each
 voter by its agreement with the weighted majority: the fraction of the units anyone
 kept (units dead for everyone agree trivially) on which the node's bit equals the
-majority's. Two independent masks agree on about half the units, so a score is mapped
-onto a weight factor from 0.5 (a coin flip: factor 0) to the round's median score
-(factor 1): honest voters keep their weight, random ones lose it. The tally is then
+majority's. A random mask that keeps a fraction p of those units, against a majority
+keeping q, agrees on p q + (1 - p)(1 - q) of them by chance; a voter's weight factor goes
+from 0 at that chance level to 1 at the round's median excess over chance: honest voters
+keep their weight, random ones lose it. The tally is then
 recounted with the new weights. It has the interface of ``VoteAccumulator``.
 """
 
@@ -20,7 +21,7 @@ from numpy.typing import NDArray
 from mpfl.errors import FederationError, ModelError
 from mpfl.maths.votes import BoolArray, FloatArray, VoteAccumulator, VoteTally
 
-CHANCE = 0.5  # the agreement of a mask that shares nothing with the majority
+CHANCE = 0.5  # two coin-flip masks
 
 
 class AgreementVotes:
@@ -57,12 +58,17 @@ class AgreementVotes:
         majority = share >= 0.5
         contested = share > 0.0
         if contested.any():
-            self.scores = (masks[:, contested] == majority[contested]).mean(axis=1)
+            kept, wanted = masks[:, contested], majority[contested]
+            self.scores = (kept == wanted).mean(axis=1)
+            # What a random mask keeping as many units would score: p q + (1 - p)(1 - q).
+            p, q = kept.mean(axis=1), wanted.mean()
+            chance = p * q + (1.0 - p) * (1.0 - q)
         else:
-            self.scores = np.ones(len(masks))
-        reference = float(np.median(self.scores))
-        if reference > CHANCE:
-            self.factors = np.clip((self.scores - CHANCE) / (reference - CHANCE), 0.0, 1.0)
+            self.scores, chance = np.ones(len(masks)), np.full(len(masks), CHANCE)
+        above = self.scores - chance
+        reference = float(np.median(above))
+        if reference > 0.0:
+            self.factors = np.clip(above / reference, 0.0, 1.0)
         else:  # no agreement to speak of: leave the votes as they are
             self.factors = np.ones(len(masks))
         adjusted = weights * self.factors
