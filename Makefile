@@ -4,7 +4,10 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 PACKAGES := mpfl edge_node coordinator export hardware apps
 
-.PHONY: demo test lint install mosquitto clean
+EMULATORS := $(VENV)/emulators
+EMULATORS_STAMP := $(EMULATORS)/.ready
+
+.PHONY: demo test lint install mosquitto emulators clean
 
 $(PY):
 	python3 -m venv $(VENV)
@@ -23,6 +26,14 @@ mosquitto:
 	  { echo "installing mosquitto (integration tests start their own broker)"; \
 	    apt-get update -qq && apt-get install -y -qq mosquitto >/dev/null; }
 
+# qemu-user, an arm64 Python sysroot and aarch64 wheels: the export tests run every export
+# on an emulated Raspberry Pi 4 core and on an AVX2-only x86 (tests/test_export_emulated.py).
+$(EMULATORS_STAMP): tests/setup_export_emulators.sh | $(STAMP)
+	sh tests/setup_export_emulators.sh $(abspath $(EMULATORS)) $(abspath $(PY))
+	touch $(EMULATORS_STAMP)
+
+emulators: $(EMULATORS_STAMP)
+
 demo: $(STAMP)
 	$(VENV)/bin/mpfl demo
 
@@ -31,7 +42,7 @@ lint: $(STAMP)
 	$(VENV)/bin/mypy $(PACKAGES)
 	$(VENV)/bin/lint-imports
 
-test: $(STAMP) mosquitto lint
+test: $(STAMP) mosquitto emulators lint
 	$(VENV)/bin/pytest -q
 
 clean:

@@ -77,7 +77,7 @@ def run_demo(
     echo(HEADER)
     server = run_in_process(cfg, [train.subset(p) for p in parts],
                             dataset_evaluator(cfg.model_spec, test),
-                            on_round=lambda log: echo(format_round(log)))
+                            on_round=lambda log: echo(format_round(log)), signed=True)
     echo(totals_line(server.log))
     return server
 

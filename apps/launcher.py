@@ -24,6 +24,7 @@ from coordinator.ready import read_ready_file
 from mpfl.config.flags import config_to_args
 from mpfl.config.settings import FederationConfig
 from mpfl.errors import FederationError
+from mpfl.wire.signing import SigningKey, write_enrolment
 
 BROKER_WAIT_S = 60.0
 READY_POLL_S = 0.05
@@ -45,6 +46,26 @@ class SimulationPlan:
     eval_dataset: str | None = None
     extra_node_args: list[str] = field(default_factory=list)
     corrupt: dict[int, str] = field(default_factory=dict)  # node index -> --corrupt kind
+    # Throwaway Ed25519 keys in <run_dir>/keys, so a simulation runs signed as a fleet does.
+    signed: bool = True
+
+    @property
+    def keys_dir(self) -> Path:
+        return self.run_dir / "keys"
+
+    def write_keys(self) -> None:
+        """A fresh coordinator key, one per node and the enrolment list (every run)."""
+        if not self.signed:
+            return
+        keys = self.keys_dir
+        keys.mkdir(mode=0o700, parents=True, exist_ok=True)
+        coordinator = SigningKey.generate()
+        coordinator.save(keys / "coordinator.key")
+        coordinator.public_key.save(keys / "coordinator.pub")
+        nodes = {f"node-{i}": SigningKey.generate() for i in range(self.nodes)}
+        for node_id, key in nodes.items():
+            key.save(keys / f"{node_id}.key")
+        write_enrolment(keys / "enrolled.toml", {n: k.public_key for n, k in nodes.items()})
 
     @property
     def ready_file(self) -> Path:
@@ -64,6 +85,9 @@ class SimulationPlan:
                 cmd += ["--data-dir", self.data_dir]
         if self.broker:
             cmd += ["--broker", self.broker]
+        if self.signed:
+            cmd += ["--key", str(self.keys_dir / "coordinator.key"),
+                    "--enrolment", str(self.keys_dir / "enrolled.toml")]
         return cmd
 
     def node_command(self, index: int, broker_url: str) -> list[str]:
@@ -79,6 +103,9 @@ class SimulationPlan:
             cmd += ["--limit", str(self.limit)]
         if index in self.corrupt:
             cmd += ["--corrupt", self.corrupt[index]]
+        if self.signed:
+            cmd += ["--key", str(self.keys_dir / f"node-{index}.key"),
+                    "--coordinator-key", str(self.keys_dir / "coordinator.pub")]
         return cmd
 
 
@@ -125,6 +152,7 @@ def run_simulation(plan: SimulationPlan, echo: Callable[[str], None] = print) ->
     logs = plan.coordinator_log.parent
     logs.mkdir(exist_ok=True)
     plan.ready_file.unlink(missing_ok=True)
+    plan.write_keys()
     env = child_env()
     with plan.coordinator_log.open("w", encoding="utf-8") as coordinator_log:
         coordinator = subprocess.Popen(plan.coordinator_command(), stdout=subprocess.PIPE,

@@ -12,6 +12,12 @@ RSS is that of an `mpfl-infer` process classifying 64 images at batch 1 and at b
 (os.wait4 of that child, started from a small launcher). Sizes are raw and zstd-19,
 against the dense fp32 export.
 
+The int8 exports of the rows BENCHMARKS.md shows (90% weights, 50% filters) also run in
+the torch-free runner on emulated CPUs (`--emulate`, after `make emulators`): an x86 with
+AVX2 but no VNNI (qemu -cpu Haswell) and a Raspberry Pi 4's Cortex-A72, whose int8 kernels
+differ from this machine's; on the first EMULATED_SAMPLES test images, as emulation is
+slow (accuracy only: emulated timings mean nothing).
+
 Writes benchmarks/results/export.json and export.md and prints the markdown table.
 `--quick` runs a tiny version as a smoke test; its numbers mean nothing.
 """
@@ -35,6 +41,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from export import emulate
+from export.cpu import cpu_info
 from export.onnx_export import export_model, reference_model
 from export.options import ExportOptions
 from export.verify import VerifyData, verify_export
@@ -84,6 +92,9 @@ QUICK = Profile(
 TRAIN = DEFAULT_TRAIN.replace(epochs=1, batch_size=64, lr=0.05, momentum=0.9)
 FINETUNE = DEFAULT_TRAIN.replace(epochs=1, batch_size=64, lr=0.01, momentum=0.9)
 FORMATS = {"weight": ("dense", "sparse", "packed"), "filter": ("dense", "pruned", "packed")}
+EMULATED_CONFIGS = (("weight", 0.9), ("filter", 0.5))
+EMULATED_SAMPLES = {"lenet5": 500, "cnn-cifar": 100}  # cnn-cifar: ~0.7 s an image on Haswell
+EMULATED_TARGETS = ("haswell", "cortex-a72")
 
 
 def say(text: str) -> None:
@@ -142,7 +153,31 @@ def import_floor_rss() -> float:
     return peak_rss([sys.executable, "-c", "import numpy, onnxruntime"])
 
 
-def run_case(case: Case, profile: Profile, data_dir: Path, work: Path) -> list[dict[str, Any]]:
+def emulated_accuracy(
+    rows: list[dict[str, Any]], paths: list[Path], test: Dataset, n: int, work: Path,
+    torch_top1: np.ndarray,
+) -> None:
+    """Test accuracy (first ``n`` images) and top-1 agreement with the masked torch model
+    of each file on each emulated CPU, beside this CPU's on the same images."""
+    data = work / "emulated-inputs.npz"
+    np.savez(data, x=test.x[:n])
+    y = test.y[:n]
+    for name in EMULATED_TARGETS:
+        target = emulate.target(name)
+        outs = emulate.logits(target, data, paths, work, timeout=3600)
+        for row, out in zip(rows, outs, strict=True):
+            top1 = np.load(out).argmax(axis=1)
+            row[f"emulated_{name}"] = {
+                "samples": n, "accuracy": float((top1 == y).mean()),
+                "accuracy_masked_torch": float((torch_top1[:n] == y).mean()),
+                "top1_agreement": float((top1 == torch_top1[:n]).mean()),
+            }
+            say(f"    {name}: {row['format']} int8 acc {(top1 == y).mean():.2%} on {n}")
+
+
+def run_case(
+    case: Case, profile: Profile, data_dir: Path, work: Path, emulated: bool = False
+) -> list[dict[str, Any]]:
     spec = ModelSpec(case.model)
     train = load_dataset(case.dataset, data_dir, "train")
     test = subset(load_dataset(case.dataset, data_dir, "test"), case.test_samples, seed=2)
@@ -164,6 +199,8 @@ def run_case(case: Case, profile: Profile, data_dir: Path, work: Path) -> list[d
         reference, _ = reference_model(saved)
         mask_sparsity = 1.0 - float(saved.mask.mean())
         dense_path = work / f"{case.model}-{granularity}{sparsity}-baseline.onnx"
+        int8_rows: list[dict[str, Any]] = []
+        int8_paths: list[Path] = []
         for fmt in FORMATS[granularity]:
             for int8 in (False, True):
                 options = ExportOptions(format=fmt, int8=int8)
@@ -194,8 +231,20 @@ def run_case(case: Case, profile: Profile, data_dir: Path, work: Path) -> list[d
                     f"{result.model_bytes / KB:8.1f} KiB, b64 {report.latency_b64_ms or 0:.2f} ms, "
                     f"acc {report.accuracy_onnx or 0:.2%}, "
                     f"{'verified' if report.passed else 'FAILED ' + '; '.join(report.failures)}")
+                if int8:
+                    int8_rows.append(rows[-1])
+                    int8_paths.append(result.path)
+        if emulated and (granularity, sparsity) in EMULATED_CONFIGS:
+            n = min(EMULATED_SAMPLES.get(case.model, 100), len(test))
+            emulated_accuracy(int8_rows, int8_paths, test, n, work,
+                              torch_top1(reference, test.x[:n]))
     _add_ratios(rows)
     return rows
+
+
+@torch.no_grad()
+def torch_top1(model: torch.nn.Module, x: np.ndarray) -> np.ndarray:
+    return model.eval()(torch.from_numpy(x)).argmax(dim=1).numpy()
 
 
 def _add_ratios(rows: list[dict[str, Any]]) -> None:
@@ -223,6 +272,29 @@ def markdown(rows: Sequence[dict[str, Any]]) -> str:
             f"{r['accuracy_onnx']:.2%}",
             f"{r['accuracy_delta'] * 100:+.2f} pt", "yes" if r["verified"] else "NO",
         ]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def emulated_markdown(rows: Sequence[dict[str, Any]], cpus: dict[str, str]) -> str:
+    """int8 accuracy on this CPU and on each emulated one, same images, same files."""
+    done = [r for r in rows if any(f"emulated_{n}" in r for n in EMULATED_TARGETS)]
+    if not done:
+        return ""
+    names = [n for n in EMULATED_TARGETS if n in cpus]
+    lines = ["int8 exports on emulated CPUs (qemu-user; same files, first N test images): "
+             + "; ".join(f"{n} = {cpus[n]}" for n in names) + ".", ""]
+    header = ["model", "mask", "format", "N", "acc masked torch",
+              *[f"acc / top-1 agreement {n}" for n in names], "max Δacc"]
+    lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for r in done:
+        emu = [r[f"emulated_{n}"] for n in names]
+        base = emu[0]["accuracy_masked_torch"]
+        worst = max(abs(e["accuracy"] - base) for e in emu)
+        cells = [r["model"], f"{r['granularity']} {r['sparsity']:.0%}", r["format"],
+                 str(emu[0]["samples"]), f"{base:.2%}",
+                 *[f"{e['accuracy']:.2%} / {e['top1_agreement']:.2%}" for e in emu],
+                 f"{worst * 100:.2f} pt"]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -267,30 +339,46 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--data-dir", default=os.environ.get("MPFL_DATA_DIR"))
     parser.add_argument("--quick", action="store_true", help="tiny smoke-test version")
     parser.add_argument("--out", type=Path, default=RESULTS_DIR)
+    parser.add_argument("--emulate", action="store_true",
+                        help="int8 accuracy on emulated AVX2-only x86 and Cortex-A72 too")
     args = parser.parse_args(argv)
     if not args.data_dir:
         parser.error("needs --data-dir or MPFL_DATA_DIR (MNIST and CIFAR-10)")
+    if args.emulate:
+        for name in EMULATED_TARGETS:
+            reason = emulate.unavailable(emulate.target(name))
+            if reason:
+                parser.error(reason)
     torch.set_num_threads(1)
     profile = QUICK if args.quick else FULL
     start = time.perf_counter()
     rows: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory(prefix="mpfl-bench-export-") as tmp:
         for case in profile.cases:
-            rows += run_case(case, profile, Path(args.data_dir), Path(tmp))
+            rows += run_case(case, profile, Path(args.data_dir), Path(tmp), args.emulate)
     floor = import_floor_rss()
     table = markdown(rows)
     summary = goals(rows, floor)
     command = "MPFL_DATA_DIR=" + shlex.quote(str(args.data_dir)) + " python " + " ".join(
-        ["benchmarks/bench_export.py", *(["--quick"] if args.quick else [])])
+        ["benchmarks/bench_export.py", *(["--quick"] if args.quick else []),
+         *(["--emulate"] if args.emulate else [])])
+    cpu = cpu_info()
+    emulated_cpus = ({name: emulate.describe(emulate.target(name)) for name in EMULATED_TARGETS}
+                     if args.emulate else {})
     doc = {
         "command": command, "quick": args.quick, "seconds": time.perf_counter() - start,
         "machine": {"platform": platform.platform(), "python": platform.python_version(),
-                    "cpus": os.cpu_count(), "threads": 1},
+                    "cpus": os.cpu_count(), "threads": 1, "cpu": cpu.describe(),
+                    "emulated_cpus": emulated_cpus},
         "import_floor_rss_mib": floor, "goals": summary, "rows": rows,
     }
     args.out.mkdir(parents=True, exist_ok=True)
     name = "export-quick" if args.quick else "export"
     (args.out / f"{name}.json").write_text(json.dumps(doc, indent=2))
+    table = f"Measured on {cpu.describe()}.\n\n{table}"
+    emulated_table = emulated_markdown(rows, emulated_cpus)
+    if emulated_table:
+        table += "\n\n" + emulated_table
     (args.out / f"{name}.md").write_text(f"{table}\n\n" + "\n".join(f"- {g}" for g in summary)
                                          + f"\n\nCommand: `{command}`\n")
     print(table)

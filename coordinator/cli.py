@@ -52,6 +52,12 @@ def main() -> None:
 @click.option("--ready-file", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Once the broker is up, write {\"broker\": URL, \"pid\": PID} here as JSON "
                    "(atomically), for a launcher that needs the embedded broker's address.")
+@click.option("--key", "key_file", envvar="MPFL_KEY", type=click.Path(dir_okay=False),
+              default=None, help="This coordinator's Ed25519 private key (env MPFL_KEY); with "
+                                 "--enrolment every message is signed and verified.")
+@click.option("--enrolment", "enrolment_file", envvar="MPFL_ENROLMENT",
+              type=click.Path(dir_okay=False), default=None,
+              help="enrolled.toml: the node ids and public keys to accept (env MPFL_ENROLMENT).")
 @config_options(skip=("eval_dataset", "eval_data_dir"))
 @reports_errors
 def run(**kwargs: Any) -> None:
@@ -73,7 +79,8 @@ def run(**kwargs: Any) -> None:
         announce(broker.url)  # an external broker is up already
     options = ServiceOptions(run_dir, broker, kwargs["embedded_broker"], kwargs["mqtt_protocol"],
                              kwargs["max_payload"] or DEFAULT_MAX_PAYLOAD,
-                             on_broker_ready=announce)
+                             on_broker_ready=announce,
+                             keys=_coordinator_keys(kwargs["key_file"], kwargs["enrolment_file"]))
     echo = _echo
     service = CoordinatorService(cfg, options, echo, load_evaluator(cfg))
 
@@ -86,6 +93,20 @@ def run(**kwargs: Any) -> None:
     if service.stop_requested is not None:
         sys.exit(130 if service.stop_requested == "SIGINT" else 0)
     server.require_success()
+
+
+def _coordinator_keys(key_file: str | None, enrolment_file: str | None) -> Any:
+    """The coordinator's keys, None without both files (the service then warns loudly)."""
+    from mpfl.errors import ConfigError
+    from mpfl.federation.gate import CoordinatorKeys
+    from mpfl.wire.signing import Keyring, SigningKey
+
+    if key_file is None and enrolment_file is None:
+        return None
+    if key_file is None or enrolment_file is None:
+        raise ConfigError("--key and --enrolment go together: sign and verify, or neither")
+    return CoordinatorKeys(SigningKey.load(Path(key_file)),
+                           Keyring.load_enrolment(Path(enrolment_file)))
 
 
 def _ready_writer(path: Path | None) -> Callable[[str], None] | None:

@@ -23,6 +23,7 @@ from coordinator.runstore import RunStore
 from mpfl.config.settings import FederationConfig
 from mpfl.errors import MpflError
 from mpfl.federation.evaluation import Evaluator, dataset_evaluator
+from mpfl.federation.gate import CoordinatorKeys, ServerGate
 from mpfl.federation.metrics import RoundLog
 from mpfl.federation.rejections import RejectionLog
 from mpfl.federation.server import FederationServer, Step
@@ -50,6 +51,8 @@ class ServiceOptions:
     connect_timeout: float | None = 60.0
     # Called with the embedded broker's URL once it is up (``--ready-file`` writes it out).
     on_broker_ready: Callable[[str], None] | None = None
+    # The coordinator's key and the enrolled nodes' public keys; None: unauthenticated.
+    keys: CoordinatorKeys | None = None
 
 
 def load_evaluator(cfg: FederationConfig) -> Evaluator | None:
@@ -87,6 +90,7 @@ class CoordinatorService:
         self.broker: EmbeddedBroker | None = None
         self.transport: MqttTransport | None = None
         self.server: FederationServer | None = None
+        self.gate: ServerGate | None = None
         self._chunk_drops: Counter[str] = Counter()
         self._connects = 0
         self.rejections = RejectionLog(echo, "coordinator")
@@ -109,6 +113,7 @@ class CoordinatorService:
             server = FederationServer(self.cfg, self.evaluate)
         self.store.write_config(self.cfg)
         self.rejections.baseline(server.dropped)  # a resumed run's drops were logged before
+        self.gate = ServerGate(server, self.options.keys, say=self.echo)
         return server
 
     def _connect(self) -> MqttTransport:
@@ -170,12 +175,17 @@ class CoordinatorService:
         self._publish_all(step.publishes)
 
     def _publish_all(self, messages: list[Publish]) -> None:
-        assert self.transport is not None
-        for message in messages:
+        assert self.transport is not None and self.gate is not None
+        for message in self.gate.seal(messages):
             self.transport.publish(message)
 
     def _on_message(self, topic: str, payload: bytes) -> None:
-        assert self.server is not None
+        assert self.server is not None and self.gate is not None
+        # Verified first: an unenrolled or forged sender never reaches the server or disk.
+        opened = self.gate.open(topic, payload)
+        if opened is None:
+            return
+        payload = opened
         parsed = topics.parse_node_topic(self.cfg.federation, topic)
         if parsed is not None and parsed[1] == topics.NODE_METRICS:
             self._record_node_metrics(parsed[0], payload)

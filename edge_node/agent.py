@@ -21,6 +21,7 @@ import numpy as np
 from edge_node.state import load_finished, save_finished, state_path
 from mpfl.choices import Phase
 from mpfl.errors import FederationError
+from mpfl.federation.gate import NodeGate, NodeKeys
 from mpfl.federation.node import FederationNode, Finished
 from mpfl.maths.partition import parse_share, partition
 from mpfl.ml.data import Dataset, load_dataset
@@ -29,7 +30,7 @@ from mpfl.net.inbox import Inbox
 from mpfl.net.mqtt import DEFAULT_MAX_PAYLOAD, MqttTransport
 from mpfl.wire import topics
 from mpfl.wire.chunks import Reassembler
-from mpfl.wire.protocol import OFFLINE, Publish
+from mpfl.wire.protocol import Publish
 
 UPLOAD_ACK_TIMEOUT_S = 120.0
 EDGE_CHUNK_BYTES = 16 << 20
@@ -65,6 +66,8 @@ class AgentOptions:
     max_payload: int = DEFAULT_MAX_PAYLOAD
     state_dir: Path | None = None
     connect_timeout: float | None = None
+    # This node's key and the coordinator's public key; None: unauthenticated.
+    keys: NodeKeys | None = None
 
 
 class EdgeAgent:
@@ -86,6 +89,7 @@ class EdgeAgent:
         self._chunk_drops: Counter[str] = Counter()
         self.stop_requested: str | None = None
         self.transport: MqttTransport | None = None
+        self.gate = NodeGate(node, options.keys, say=echo)
         fed, nid = node.federation, node.node_id
         self.status_topic = topics.node_topic(fed, nid, topics.NODE_STATUS)
         self.path = state_path(options.state_dir, fed, nid) if options.state_dir else None
@@ -103,9 +107,10 @@ class EdgeAgent:
     def run(self) -> str:
         """Take part until the federation ends; its final phase, or "stopped"."""
         node = self.node
-        offline = Publish(self.status_topic, OFFLINE, retain=True, qos=1)
+        # Signed now: the broker publishes the will when this node vanishes, unsigned by it.
+        offline = self.gate.will()
         self.inbox.subscribe(topics.server_filter(node.federation), self._on_message)
-        self.inbox.on_connected = lambda _session_present: self._publish([node.hello()])
+        self.inbox.on_connected = lambda _session_present: self._publish(self.gate.on_connect())
         client_id = f"mpfl-{node.federation}-{node.node_id}"
         self.transport = MqttTransport(self.address, client_id, self.inbox, will=offline,
                                        protocol=self.options.protocol,
@@ -121,7 +126,7 @@ class EdgeAgent:
                 self._count_chunk_drops()
                 node.rejections.flush()
         finally:
-            self.transport.close(final=offline)
+            self.transport.close(final=self.gate.goodbye())
             self._count_chunk_drops()
             node.rejections.flush(force=True)
             if node.rejected:
@@ -152,10 +157,11 @@ class EdgeAgent:
 
     def _on_message(self, topic: str, payload: bytes) -> None:
         trained_before = self.node.last_metrics
-        out = self.node.handle(topic, payload)  # never raises for a message it cannot use
-        if not out:
-            return
+        # Never raises for a message it cannot use; a hello is due when the session changed.
+        out = self.gate.handle(topic, payload)
         self._publish(out)
+        if all(m.topic == self.status_topic for m in out):
+            return
         assert self.transport is not None
         if not self.transport.flush(UPLOAD_ACK_TIMEOUT_S):
             self.echo("upload not yet acknowledged by the broker; it stays queued")

@@ -8,6 +8,7 @@ import signal
 import sys
 from pathlib import Path
 from types import FrameType
+from typing import Any
 
 import click
 
@@ -62,6 +63,12 @@ def main() -> None:
               help="Split uploads larger than this many bytes.  [default: 1 MiB]")
 @click.option("--connect-timeout", type=float, default=None,
               help="Give up if the broker is unreachable this long (default: keep trying).")
+@click.option("--key", "key_file", envvar="MPFL_KEY", type=click.Path(dir_okay=False),
+              default=None, help="This node's Ed25519 private key (env MPFL_KEY); with "
+                                 "--coordinator-key every message is signed and verified.")
+@click.option("--coordinator-key", "coordinator_key_file", envvar="MPFL_COORDINATOR_KEY",
+              type=click.Path(dir_okay=False), default=None,
+              help="The coordinator's public key file (env MPFL_COORDINATOR_KEY).")
 @reports_errors
 def start(
     broker: str, federation: str, node_id: str, dataset: str, data_dir: str | None,
@@ -69,7 +76,7 @@ def start(
     corrupt: str | None, hardware: str | None, threads: int | None, state_dir: str | None,
     ca_file: str | None,
     username: str | None, password: str | None, mqtt_protocol: str, max_payload: int | None,
-    connect_timeout: float | None,
+    connect_timeout: float | None, key_file: str | None, coordinator_key_file: str | None,
 ) -> None:
     """Join a federation and take part until it is done."""
     # One line per event on stdout, beside the agent's own lines (a dropped server
@@ -86,6 +93,7 @@ def start(
     from mpfl.wire import topics
 
     topics.validate_node_id(node_id)
+    keys = _node_keys(key_file, coordinator_key_file)  # before the slow parts: fail fast
     topics.validate_name(federation, what="federation")
     address = parse_broker_url(broker, ca_file=ca_file, username=username, password=password)
     batch_size = None
@@ -123,7 +131,7 @@ def start(
     node = FederationNode(node_id, federation, data, hardware=label, seed=seed * 1000 + index,
                           batch_size=batch_size, fit_batch=fit_batch)
     options = AgentOptions(mqtt_protocol, max_payload or DEFAULT_MAX_PAYLOAD,
-                           Path(state_dir or _default_state_dir()), connect_timeout)
+                           Path(state_dir or _default_state_dir()), connect_timeout, keys)
     agent = EdgeAgent(node, address, options, echo=_echo)
 
     def on_signal(signum: int, _frame: FrameType | None) -> None:
@@ -135,6 +143,19 @@ def start(
     _echo(f"node {node_id}: {outcome}")
     if agent.stop_requested == "SIGINT":
         sys.exit(130)
+
+
+def _node_keys(key_file: str | None, coordinator_key_file: str | None) -> Any:
+    """This node's keys, None without both files (the agent then warns loudly)."""
+    from mpfl.errors import ConfigError
+    from mpfl.federation.gate import NodeKeys
+    from mpfl.wire.signing import PublicKey, SigningKey
+
+    if key_file is None and coordinator_key_file is None:
+        return None
+    if key_file is None or coordinator_key_file is None:
+        raise ConfigError("--key and --coordinator-key go together: sign and verify, or neither")
+    return NodeKeys(SigningKey.load(Path(key_file)), PublicKey.load(Path(coordinator_key_file)))
 
 
 def _echo(line: str) -> None:

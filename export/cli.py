@@ -79,6 +79,8 @@ def main(
     result, report = export_and_verify(saved, out, options, data, dataset=name,
                                        threads=threads, latency_runs=latency_runs)
     click.echo(report.table())
+    if result.note:
+        click.echo(f"note: {result.note}")
     if result.candidates:
         weighed = ", ".join(f"{f} {n / 1024:.1f} KiB" for f, n in result.candidates)
         click.echo(f"auto chose {result.format} from: {weighed}")

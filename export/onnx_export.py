@@ -45,6 +45,7 @@ class Artifact:
     format: str
     precision: str
     data: bytes
+    note: str = ""  # what was written instead of what was asked, and why
 
     @property
     def size(self) -> int:
@@ -62,6 +63,7 @@ class ExportResult:
     dense_bytes: int  # the dense fp32 export of the same masked model
     dense_zstd_bytes: int
     candidates: tuple[tuple[str, int], ...] = ()  # what ``auto`` weighed, by size
+    note: str = ""
 
 
 def zstd(data: bytes, level: int = ZSTD_LEVEL) -> bytes:
@@ -107,7 +109,16 @@ def torch_to_onnx(model: nn.Module, shape: tuple[int, int, int], opset: int) -> 
     return onnx.load_from_string(buffer.getvalue())
 
 
-def _finish(model: onnx.ModelProto, fmt: str, precision: str, dataset: str | None) -> Artifact:
+SPARSE_STORED_DENSE = (
+    "sparse: no weight has enough zeros for a sparse initializer to pay (about 2/3 of a "
+    "tensor: 8 bytes of index per value), so every weight was written dense; "
+    "--format auto, pruned (filter masks) or packed store the mask smaller"
+)
+
+
+def _finish(
+    model: onnx.ModelProto, fmt: str, precision: str, dataset: str | None, note: str = ""
+) -> Artifact:
     model = compact(model)
     meta = {"format": fmt, "precision": precision}
     if dataset:
@@ -117,7 +128,7 @@ def _finish(model: onnx.ModelProto, fmt: str, precision: str, dataset: str | Non
         onnx.checker.check_model(model)
     except onnx.checker.ValidationError as exc:
         raise ExportError(f"exported model fails the ONNX checker: {exc}", format=fmt) from exc
-    return Artifact(fmt, precision, model.SerializeToString())
+    return Artifact(fmt, precision, model.SerializeToString(), note)
 
 
 def build_artifacts(
@@ -143,11 +154,13 @@ def build_artifacts(
             base = quantized[0]
         else:
             base = dense
+        note = ""
         if fmt == "sparse":
             base = to_sparse(base)
+            note = "" if base.graph.sparse_initializer else SPARSE_STORED_DENSE
         elif fmt == "packed":
             base = to_packed(base)
-        return _finish(base, fmt, precision, dataset)
+        return _finish(base, fmt, precision, dataset, note)
 
     if options.format != "auto":
         return make(options.format), baseline, ()
@@ -178,7 +191,7 @@ def export_model(
         path=path, format=artifact.format, precision=artifact.precision,
         model_bytes=artifact.size, file_bytes=len(payload), zstd_bytes=len(packed),
         dense_bytes=baseline.size, dense_zstd_bytes=len(zstd(baseline.data)),
-        candidates=candidates,
+        candidates=candidates, note=artifact.note,
     )
     return result, baseline
 

@@ -1,7 +1,15 @@
 """int8 exports: dynamic quantization for dense layers, int8 storage for convolutions.
 
 - MatMul / Gemm go through onnxruntime's ``quantize_dynamic`` (int8 weights, activations
-  quantized per batch, MatMulInteger): smaller and faster on CPU.
+  quantized per batch, MatMulInteger): smaller and faster on CPU. The weights use 7 bits
+  ([-64, 64], ``reduce_range``) with one scale per output column (``per_channel``): on
+  x86 CPUs with AVX2 but no VNNI, onnxruntime's u8s8 kernel adds pairs of products in a
+  saturating int16, and full-range weights clip there (0.115 of the output scale and
+  4.7% of top-1 flips on the digits MLP, emulated Haswell) while VNNI and ARM64 CPUs do
+  not. 7-bit weights cannot clip (2 x 255 x 64 < 32767), so every CPU computes the same
+  integers; per-column scales win back most of the lost bit (BENCHMARKS.md, Export).
+  uint8 weights would not clip either, but their zero point is not 0, so pruned weights
+  would no longer be zeros that the packed and sparse formats drop.
 - Conv weights are stored as int8 with one symmetric scale per output channel and turned
   back into fp32 by a Cast and a Mul that onnxruntime folds when the session is created.
   The file shrinks as much, but the convolution itself stays fp32: onnxruntime's
@@ -21,13 +29,20 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
+from export.saturation import saturation_risks
 from mpfl.errors import ExportError
 
 _QMAX = 127
 
 
-def quantize_linear_layers(model: onnx.ModelProto) -> onnx.ModelProto:
-    """onnxruntime's dynamic int8 quantization, applied to MatMul and Gemm only."""
+def quantize_linear_layers(
+    model: onnx.ModelProto, reduce_range: bool = True, per_channel: bool = True
+) -> onnx.ModelProto:
+    """onnxruntime's dynamic int8 quantization, applied to MatMul and Gemm only.
+
+    The defaults are what every export uses; the flags exist so tests can build the
+    full-range file that clips on AVX2-only CPUs and show the checks catch it.
+    """
     import logging
     import warnings
 
@@ -41,7 +56,8 @@ def quantize_linear_layers(model: onnx.ModelProto) -> onnx.ModelProto:
             warnings.simplefilter("ignore")
             out = Path(tmp) / "int8.onnx"
             quantize_dynamic(model, out, op_types_to_quantize=["MatMul"],
-                             weight_type=QuantType.QInt8)
+                             weight_type=QuantType.QInt8, reduce_range=reduce_range,
+                             per_channel=per_channel)
             return onnx.load(out)
     except Exception as exc:  # noqa: BLE001 - any quantizer failure is one export error
         raise ExportError(f"int8 quantization failed: {exc}") from exc
@@ -95,4 +111,10 @@ def store_conv_weights_int8(model: onnx.ModelProto) -> onnx.ModelProto:
 
 
 def quantize_int8(model: onnx.ModelProto) -> onnx.ModelProto:
-    return store_conv_weights_int8(quantize_linear_layers(model))
+    """The int8 graph, refused if any CPU class could compute it differently."""
+    quantized = store_conv_weights_int8(quantize_linear_layers(model))
+    risky = saturation_risks(quantized)
+    if risky:  # a quantizer change, never a user's doing: stop before writing a file
+        raise ExportError("int8 weights exceed 7 bits and would clip on x86 CPUs without "
+                          "VNNI", layers=", ".join(risky))
+    return quantized

@@ -26,9 +26,13 @@ class Tolerance:
 TOLERANCES: dict[str, Tolerance] = {
     "fp32": Tolerance(max_rel_diff=1e-5, tie_margin=2e-5, min_top1_agreement=1.0,
                       max_accuracy_drop=0.001),
-    # Dynamic int8 rounds weights to 1/127 of their range and activations per batch.
-    "int8": Tolerance(max_rel_diff=0.1, tie_margin=0.0, min_top1_agreement=0.9,
-                      max_accuracy_drop=0.02),
+    # Dynamic int8 rounds weights to 1/64 of a column's range and activations per batch.
+    # What a user sees is judged (top-1 and test accuracy); the output difference only
+    # has to stay clear of gross errors. Every CPU class computes the same integers
+    # (export.saturation), so these hold on each: measured worst 0.016 of the output
+    # scale, 97.3% agreement on random inputs, -0.2 pt on real test sets.
+    "int8": Tolerance(max_rel_diff=0.1, tie_margin=0.02, min_top1_agreement=0.95,
+                      max_accuracy_drop=0.01),
 }
 
 # The share of the mask's zeros a format may still store. ``None``: not checked (dense
@@ -70,6 +74,7 @@ class VerifyReport:
     dense_latency_b1_ms: float | None
     dense_latency_b64_ms: float | None
     failures: tuple[str, ...] = field(default_factory=tuple)
+    cpu: str = ""  # the CPU that ran the check (export.cpu), int8 kernels differ by class
 
     @property
     def passed(self) -> bool:
@@ -99,6 +104,7 @@ class VerifyReport:
         rows = [
             ("model", f"{self.model} ({self.format}, {self.precision})"),
             ("inputs", f"{self.inputs}, {self.samples} samples"),
+            ("run on", self.cpu or "unknown CPU"),
             ("max abs diff", f"{self.max_abs_diff:.3g} ({self.rel_diff:.3g} of output scale "
                              f"{self.output_scale:.3g})"),
             ("top-1 agreement", f"{self.top1_agreement:.2%} ({self.top1_mismatches} differ, "

@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 import onnxruntime as ort
 
+from export.cpu import cpu_info
 from mpfl.errors import DataError, ModelError
 
 ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
@@ -155,7 +156,9 @@ def verification_worker(job: dict[str, Any]) -> None:
     ``result.json`` in ``job["out_dir"]`` (no pickled data crosses the process boundary).
     """
     out_dir = Path(job["out_dir"])
-    result: dict[str, Any] = {"ok": False}
+    cpu = cpu_info()
+    result: dict[str, Any] = {"ok": False, "cpu": cpu.describe(),
+                              "saturating_u8s8": cpu.saturating_u8s8}
     try:
         x = np.load(job["inputs"], allow_pickle=False)
         runner = Runner(job["model"], threads=job.get("threads"))

@@ -33,6 +33,7 @@ from export.onnx_export import (
 from export.options import ExportOptions
 from export.report import SPARSITY_SLACK, TOLERANCES, Tolerance, VerifyReport
 from export.runner import read_model_bytes, verification_worker
+from export.saturation import saturation_risks
 from mpfl.errors import DataError, ExportError
 from mpfl.ml.checkpoint import SavedModel
 from mpfl.ml.data import load_dataset
@@ -168,9 +169,31 @@ def compare_outputs(
                       acc_torch, acc_onnx, tuple(failures))
 
 
-def _stored_sparsity(path: Path, total_weights: int) -> float:
-    count = stored_weights(onnx.load_from_string(read_model_bytes(path)))
+def _stored_sparsity(model: onnx.ModelProto, total_weights: int) -> float:
+    count = stored_weights(model)
     return 1.0 - count.stored / total_weights if total_weights else 0.0
+
+
+def int8_kernel_checks(
+    model: onnx.ModelProto, run: dict[str, Any], numeric_failures: bool
+) -> list[str]:
+    """Failures of an int8 file that depend on the CPU class, each saying which and why.
+
+    Judged from the weights, so a VNNI or ARM machine refuses a file that an AVX2-only
+    x86 device would run wrongly; when the numbers fail on such a device, says so.
+    """
+    risky = saturation_risks(model)
+    out: list[str] = []
+    if risky:
+        out.append(f"int8 weights of {len(risky)} MatMul layer(s) use more than 7 bits: x86 "
+                   "CPUs with AVX2 but no VNNI clip their products to 16 bits and compute "
+                   "something else (re-export with this mpfl-export)")
+    if numeric_failures and run.get("saturating_u8s8"):
+        cause = ("the clipping above is the likely cause" if risky else
+                 "the file's weights cannot clip, so the cause is not this CPU's kernel")
+        out.append(f"checked on {run.get('cpu')}, whose int8 MatMul adds products in "
+                   f"saturating 16-bit pairs (no VNNI): {cause}")
+    return out
 
 
 def verify_export(
@@ -196,7 +219,10 @@ def verify_export(
         failures += comparison.failures
     weight_sparsity = weight_zero_fraction(reference)
     try:
-        stored = _stored_sparsity(result.path, weight_count(reference))
+        stored_model = onnx.load_from_string(read_model_bytes(result.path))
+        stored = _stored_sparsity(stored_model, weight_count(reference))
+        if result.precision == "int8":
+            failures += int8_kernel_checks(stored_model, run, bool(comparison.failures))
     except (DecodeError, ValueError, DataError) as exc:
         failures.append(f"cannot read the exported file back: {exc}")
         stored = 0.0
@@ -220,7 +246,7 @@ def verify_export(
         latency_b1_ms=run.get("latency_b1_ms"), latency_b64_ms=run.get("latency_b64_ms"),
         dense_latency_b1_ms=run.get("dense_latency_b1_ms"),
         dense_latency_b64_ms=run.get("dense_latency_b64_ms"),
-        failures=tuple(failures),
+        failures=tuple(failures), cpu=str(run.get("cpu", "")),
     )
 
 
@@ -268,6 +294,7 @@ __all__ = [
     "VerifyData",
     "compare_outputs",
     "export_and_verify",
+    "int8_kernel_checks",
     "report_path",
     "require_pass",
     "run_isolated",

@@ -111,3 +111,21 @@ def test_the_coordinator_is_asked_for_a_ready_file_in_the_run_dir(tmp_path: Path
     plan = SimulationPlan(FederationConfig(), 2, "digits", tmp_path)
     command = plan.coordinator_command()
     assert command[command.index("--ready-file") + 1] == str(tmp_path / "coordinator.ready.json")
+
+
+def test_a_simulation_runs_signed_with_throwaway_keys(tmp_path: Path) -> None:
+    from mpfl.wire.signing import Keyring, PublicKey, SigningKey
+
+    plan = SimulationPlan(FederationConfig(), 2, "digits", tmp_path)
+    plan.write_keys()
+    coordinator = plan.coordinator_command()
+    enrolled = Keyring.load_enrolment(Path(coordinator[coordinator.index("--enrolment") + 1]))
+    coordinator_key = SigningKey.load(Path(coordinator[coordinator.index("--key") + 1]))
+    for i in range(2):
+        node = plan.node_command(i, "mqtt://127.0.0.1:1")
+        key = SigningKey.load(Path(node[node.index("--key") + 1]))
+        assert enrolled.node(f"node-{i}") == key.public_key
+        pub = PublicKey.load(Path(node[node.index("--coordinator-key") + 1]))
+        assert pub == coordinator_key.public_key
+    unsigned = SimulationPlan(FederationConfig(), 2, "digits", tmp_path, signed=False)
+    assert "--key" not in unsigned.coordinator_command() + unsigned.node_command(0, "x")

@@ -104,9 +104,7 @@ def test_clients_reconnect_and_resubscribe_after_a_broker_restart() -> None:
         _wait(inbox, lambda: len(events) >= 2)
         assert events[-1] is False  # the broker lost our session
         assert tx.connected.wait(20)
-        tx.publish(Publish(UPLOAD, b"after the restart", qos=1))
-        _wait(inbox, lambda: bool(got))
-        assert got == [b"after the restart"]
+        _deliver(tx, inbox, got, b"after the restart")
         tx.close()
         rx.close()
     finally:
@@ -132,18 +130,23 @@ def test_a_client_whose_reconnects_stall_is_replaced(monkeypatch: pytest.MonkeyP
         tx.revive()
         assert tx._client is not wedged and tx.connected.is_set()
         assert rx.connected.wait(20)
-        # The restarted broker is empty: rx's re-subscription races the first publish, so
-        # publish until one arrives; what is tested is that the fresh client delivers.
-        deadline = time.monotonic() + 30
-        while not got:
-            assert time.monotonic() < deadline, "the revived client delivered nothing"
-            tx.publish(Publish(UPLOAD, b"after the revival", qos=1))
-            inbox.dispatch(1.0)
-        assert set(got) == {b"after the revival"}
+        _deliver(tx, inbox, got, b"after the revival")
         tx.close()
         rx.close()
     finally:
         broker.stop()
+
+
+def _deliver(tx: MqttTransport, inbox: Inbox, got: list[bytes], payload: bytes) -> None:
+    """Publish until the receiver gets ``payload``: after a broker restart the receiver's
+    re-subscription races the sender's first publish (a broker drops a message nobody is
+    subscribed to yet), and what is tested is that both clients work again."""
+    deadline = time.monotonic() + 30
+    while not got:
+        assert time.monotonic() < deadline, "nothing was delivered after the restart"
+        tx.publish(Publish(UPLOAD, payload, qos=1))
+        inbox.dispatch(1.0)
+    assert set(got) == {payload}
 
 
 def _connected_within(transport: MqttTransport, seconds: float) -> bool:

@@ -115,11 +115,33 @@ def test_kit_layout_credentials_and_modes(tmp_path: Path, hasher: str) -> None:
         "MPFL_USERNAME": "pi-02",
         "MPFL_PASSWORD": result.nodes["pi-02"].password,
         "MPFL_CA_FILE": "/etc/mpfl/ca.crt",
+        "MPFL_KEY": "/etc/mpfl/node.key",
+        "MPFL_COORDINATOR_KEY": "/etc/mpfl/coordinator.pub",
     }
     coordinator_env = _env(out / "coordinator.env")
     assert coordinator_env["MPFL_USERNAME"] == "coordinator"
     assert coordinator_env["MPFL_PASSWORD"] == result.coordinator.password
     assert "MPFL_NODE_ID" not in coordinator_env
+    assert coordinator_env["MPFL_KEY"] == "/etc/mpfl/coordinator.key"
+    assert coordinator_env["MPFL_ENROLMENT"] == "/etc/mpfl/enrolled.toml"
+
+
+def test_the_kit_holds_every_identity(tmp_path: Path) -> None:
+    from mpfl.wire.signing import Keyring, PublicKey, SigningKey
+
+    out = tmp_path / "kit"
+    result = provision(["pi-01", "pi-02"], out, hasher="builtin")
+    enrolled = Keyring.load_enrolment(out / "enrolled.toml")
+    assert set(enrolled.nodes) == {"pi-01", "pi-02"}
+    coordinator = SigningKey.load(out / "coordinator.key")
+    assert PublicKey.load(out / "coordinator.pub") == coordinator.public_key
+    for node in ("pi-01", "pi-02"):
+        key = out / "nodes" / f"{node}.key"
+        assert _mode(key) == 0o600 and key in result.files
+        assert SigningKey.load(key).public_key == enrolled.node(node)
+    assert _mode(out / "coordinator.key") == 0o600
+    readme = (out / "README.txt").read_text()
+    assert "coordinator.key" in readme and "node.key" in readme and "enrolled.toml" in readme
 
 
 def test_acl_gives_each_node_only_its_own_topics(tmp_path: Path) -> None:
@@ -220,7 +242,8 @@ def test_refuses_to_overwrite_a_kit_unless_forced(tmp_path: Path) -> None:
     assert (out / "passwd").read_text() == before
 
     second = provision(["pi-01", "pi-03"], out, hasher="builtin", force=True)
-    assert sorted(p.name for p in (out / "nodes").iterdir()) == ["pi-01.env", "pi-03.env"]
+    assert sorted(p.name for p in (out / "nodes").iterdir()) == [
+        "pi-01.env", "pi-01.key", "pi-03.env", "pi-03.key"]
     assert second.nodes["pi-01"].password != first.nodes["pi-01"].password
     assert set(_passwd(out / "passwd")) == {"coordinator", "pi-01", "pi-03"}
     assert cert.read_text() == "user's certificate"

@@ -9,6 +9,7 @@ from __future__ import annotations
 import re
 import ssl
 import threading
+import time
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -81,12 +82,12 @@ OpenSession = Callable[[str, str], Session]
 
 
 def _connect(
-    kit: Kit, username: str | None, password: str | None
+    kit: Kit, username: str | None, password: str | None, client_id: str | None = None
 ) -> tuple[mqtt.Client, ReasonCode]:
     """Connect over TLS; return the client (loop running) and the CONNACK reason code."""
     client = mqtt.Client(
         callback_api_version=mqtt.CallbackAPIVersion.VERSION2,
-        client_id=f"{username or 'anon'}-{uuid.uuid4().hex[:8]}",
+        client_id=client_id or f"{username or 'anon'}-{uuid.uuid4().hex[:8]}",
         protocol=mqtt.MQTTv5,
     )
     client.tls_set(ca_certs=str(kit.cafile), tls_version=ssl.PROTOCOL_TLS_CLIENT)
@@ -266,3 +267,56 @@ def test_clients_must_trust_the_brokers_certificate(kit: Kit, tmp_path: Path) ->
     client.username_pw_set(*_creds(kit, "pi-01"))
     with pytest.raises(ssl.SSLCertVerificationError):
         client.connect(kit.broker.host, kit.broker.port, keepalive=30)
+
+
+def test_a_login_cannot_knock_another_client_off(kit: Kit) -> None:
+    """Issue 12: pi-01's login connecting with pi-02's (or the coordinator's) client id
+    used to close their connections ("already connected, closing old connection"). The
+    victims use the client ids the mpfl services ask for."""
+    victims = {
+        user: _connect(kit, *_creds(kit, user), client_id=client_id)[0]
+        for user, client_id in (("pi-02", f"mpfl-{FEDERATION}-pi-02"),
+                                ("coordinator", f"mpfl-coordinator-{FEDERATION}"))
+    }
+    dropped: list[str] = []
+    for user, client in victims.items():
+        client.on_disconnect = lambda *_args, user=user: dropped.append(user)
+    try:
+        for stolen in (f"mpfl-{FEDERATION}-pi-02", f"mpfl-coordinator-{FEDERATION}"):
+            client, rc = _connect(kit, *_creds(kit, "pi-01"), client_id=stolen)
+            try:
+                assert not rc.is_failure, rc
+                time.sleep(0.5)  # a take-over closes the victim's connection at once
+            finally:
+                _close(client)
+        assert dropped == [], f"{dropped} knocked off\n{kit.broker.log()}"
+    finally:
+        for client in victims.values():
+            client.on_disconnect = None
+            _close(client)
+
+
+def test_the_mpfl_transport_works_with_ids_bound_to_logins(
+    kit: Kit, session_for: OpenSession
+) -> None:
+    """The services' own MQTT client asks for ids the broker now replaces: it still
+    connects, publishes (QoS 1, acknowledged) and is received."""
+    from mpfl.net.endpoint import parse_broker_url
+    from mpfl.net.inbox import Inbox
+    from mpfl.net.mqtt import MqttTransport
+    from mpfl.wire.protocol import Publish
+
+    coordinator = session_for(*_creds(kit, "coordinator"))
+    coordinator.subscribe(nodes_filter(FEDERATION))
+    user, password = _creds(kit, "pi-01")
+    address = parse_broker_url(f"mqtts://{kit.broker.host}:{kit.broker.port}",
+                               ca_file=str(kit.cafile), username=user, password=password)
+    transport = MqttTransport(address, f"mpfl-{FEDERATION}-pi-01", Inbox())
+    transport.connect(TIMEOUT_S)
+    try:
+        topic, payload = node_topic(FEDERATION, "pi-01", "status"), uuid.uuid4().bytes
+        transport.publish(Publish(topic, payload))
+        assert transport.flush(TIMEOUT_S)
+        assert coordinator.wait_for(topic, payload), kit.broker.log()
+    finally:
+        transport.close()

@@ -6,7 +6,11 @@
       passwd              Mosquitto password file (PBKDF2-SHA512 hashes)
       acl                 per-node topic rights
       coordinator.env     coordinator credentials   -> gateway:/etc/mpfl/coordinator.env
+      coordinator.key     its Ed25519 signing key   -> gateway:/etc/mpfl/coordinator.key
+      enrolled.toml       the nodes' public keys    -> gateway:/etc/mpfl/enrolled.toml
+      coordinator.pub     its public key            -> node:/etc/mpfl/coordinator.pub
       nodes/<id>.env      one node's credentials    -> node:/etc/mpfl/node.env
+      nodes/<id>.key      its Ed25519 signing key   -> node:/etc/mpfl/node.key
       systemd/            the two service units
       certs/              empty: put ca.crt, server.crt, server.key here (see README.txt)
 

@@ -45,7 +45,7 @@ def provision_command(
     broker_dir: str,
     force: bool,
 ) -> None:
-    """Generate broker credentials, ACLs, config and per-node env files for a fleet."""
+    """Generate broker credentials, signing keys, ACLs, config and per-node env files."""
     try:
         result = provision(
             [n.strip() for n in nodes.split(",")],
@@ -64,7 +64,8 @@ def provision_command(
         f"wrote a kit for {len(result.nodes)} nodes of federation {result.federation!r} "
         f"(broker {result.broker_url}) to {result.out}/"
     )
-    click.echo(f"passwords hashed with {result.password_tool}; secrets are in *.env (mode 0600)")
+    click.echo(f"passwords hashed with {result.password_tool}; secrets are in *.env and *.key "
+               "(mode 0600)")
     click.echo(
         f"next: put ca.crt, server.crt, server.key in {result.out / 'certs'}/ and "
         f"follow {result.out / 'README.txt'}"

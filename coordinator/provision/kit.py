@@ -28,10 +28,16 @@ from coordinator.provision.templates import (
     unit_text,
 )
 from mpfl.errors import ConfigError
+from mpfl.wire.signing import SigningKey, write_enrolment
 from mpfl.wire.topics import topic_prefix, validate_name
 
 PUBLIC_MODE = 0o644
 _HOST_RE = re.compile(r"[A-Za-z0-9.\-:\[\]]{1,253}")
+# Where the kit's key files go on the machines (the env files point the services at them).
+COORDINATOR_KEY = "/etc/mpfl/coordinator.key"
+ENROLMENT = "/etc/mpfl/enrolled.toml"
+NODE_KEY = "/etc/mpfl/node.key"
+COORDINATOR_PUB = "/etc/mpfl/coordinator.pub"
 
 
 @dataclass(frozen=True)
@@ -47,9 +53,11 @@ class ProvisionResult:
 
 def _generated_paths(out: Path) -> list[Path]:
     """Files an earlier run of provision may have left in ``out`` (certs/ is the user's)."""
-    paths = [out / name for name in ("README.txt", "mosquitto.conf", "passwd", "acl")]
-    paths.append(out / "coordinator.env")
-    paths += sorted((out / "nodes").glob("*.env")) if (out / "nodes").is_dir() else []
+    paths = [out / name for name in ("README.txt", "mosquitto.conf", "passwd", "acl",
+                                     "coordinator.env", "coordinator.key", "coordinator.pub",
+                                     "enrolled.toml")]
+    for pattern in ("*.env", "*.key"):
+        paths += sorted((out / "nodes").glob(pattern)) if (out / "nodes").is_dir() else []
     paths += [out / "systemd" / unit for unit in UNITS]
     return paths
 
@@ -132,6 +140,15 @@ def provision(
 
     write_password_file(users, out / "passwd", binary)
     written.append(out / "passwd")
+    # Identities: the coordinator signs server messages and verifies node ones against the
+    # enrolment list; each node signs with its own key. Private keys are written 0600.
+    coordinator_key = SigningKey.generate()
+    node_keys = {n: SigningKey.generate() for n in node_ids}
+    written.append(coordinator_key.save(out / "coordinator.key"))
+    written.append(coordinator_key.public_key.save(out / "coordinator.pub"))
+    written.append(write_enrolment(out / "enrolled.toml",
+                                   {n: k.public_key for n, k in node_keys.items()}))
+    written += [key.save(out / "nodes" / f"{n}.key") for n, key in node_keys.items()]
     emit("acl", acl_text(federation, node_ids, coordinator_user))
     emit(
         "mosquitto.conf",
@@ -147,6 +164,8 @@ def provision(
                 "MPFL_USERNAME": coordinator.username,
                 "MPFL_PASSWORD": coordinator.password,
                 "MPFL_CA_FILE": ca_file,
+                "MPFL_KEY": COORDINATOR_KEY,
+                "MPFL_ENROLMENT": ENROLMENT,
             },
         ),
         SECRET_MODE,
@@ -162,6 +181,8 @@ def provision(
                     "MPFL_USERNAME": creds.username,
                     "MPFL_PASSWORD": creds.password,
                     "MPFL_CA_FILE": ca_file,
+                    "MPFL_KEY": NODE_KEY,
+                    "MPFL_COORDINATOR_KEY": COORDINATOR_PUB,
                 },
             ),
             SECRET_MODE,

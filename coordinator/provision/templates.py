@@ -80,12 +80,22 @@ Files
   passwd, acl       gateway: {broker_dir}/ (group mosquitto, mode 0640)
   certs/            gateway: {broker_dir}/certs/ (ca.crt, server.crt, server.key)
   coordinator.env   gateway: /etc/mpfl/coordinator.env (owner mpfl, mode 0600)
+  coordinator.key   gateway: /etc/mpfl/coordinator.key (owner mpfl, mode 0600): signs
+                    every server message
+  enrolled.toml     gateway: /etc/mpfl/enrolled.toml: the nodes' public keys; a node
+                    not listed there is never accepted
+  coordinator.pub   every node: /etc/mpfl/coordinator.pub (public)
   nodes/<id>.env    node <id>: /etc/mpfl/node.env (owner mpfl, mode 0600)
+  nodes/<id>.key    node <id>: /etc/mpfl/node.key (owner mpfl, mode 0600): signs its
+                    messages
   systemd/          /etc/systemd/system/ on the gateway (coordinator) and nodes (edge)
   ca.crt            every machine: {ca_file} (from certs/, public)
 
-The env files and passwd hold secrets: copy them over SSH, never commit them.
-Provisioning again with --force replaces every password.
+The env files, the *.key files and passwd hold secrets: copy them over SSH, never commit
+them. Provisioning again with --force replaces every password and every key. The env
+files name the key files (MPFL_KEY, MPFL_ENROLMENT, MPFL_COORDINATOR_KEY), which the
+services read as --key / --enrolment / --coordinator-key: every message is signed and
+checked, so a client on the broker cannot pose as a node or the coordinator.
 
 1. TLS certificates (skip if you have a CA). The server certificate must name
    {broker_host} in its subjectAltName:
@@ -111,18 +121,23 @@ Provisioning again with --force replaces every password.
      sudo install -d -m 0755 {ca_dir}
      sudo install -m 0644 certs/ca.crt {ca_file}
      sudo install -o mpfl -m 0600 coordinator.env /etc/mpfl/coordinator.env
+     sudo install -o mpfl -m 0600 coordinator.key /etc/mpfl/coordinator.key
+     sudo install -m 0644 enrolled.toml /etc/mpfl/enrolled.toml
      sudo install -m 0644 systemd/mpfl-coordinator.service /etc/systemd/system/
      sudo systemctl daemon-reload && sudo systemctl enable --now mpfl-coordinator
 
 3. Each node, e.g. {first} (64-bit OS, toolkit in /opt/mpfl/venv):
-     scp nodes/{first}.env certs/ca.crt systemd/mpfl-edge.service {first}:
+     scp nodes/{first}.env nodes/{first}.key coordinator.pub certs/ca.crt \
+       systemd/mpfl-edge.service {first}:
      ssh {first}
      sudo useradd --system --home-dir /var/lib/mpfl --shell /usr/sbin/nologin mpfl
      sudo install -d -m 0755 {ca_dir}
      sudo install -m 0644 ca.crt {ca_file}
      sudo install -o mpfl -m 0600 {first}.env /etc/mpfl/node.env
+     sudo install -o mpfl -m 0600 {first}.key /etc/mpfl/node.key
+     sudo install -m 0644 coordinator.pub /etc/mpfl/coordinator.pub
      sudo install -m 0644 mpfl-edge.service /etc/systemd/system/
      sudo systemctl daemon-reload && sudo systemctl enable --now mpfl-edge
-     rm {first}.env
+     rm {first}.env {first}.key
    Logs: journalctl -u mpfl-edge -f
 """

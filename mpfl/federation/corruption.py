@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from types import MappingProxyType
+from typing import Any
 
 import numpy as np
 
@@ -48,6 +49,10 @@ class CorruptedNode:
         self.node = node
         self.kind = kind
         self.rng = np.random.default_rng(seed)
+
+    def __getattr__(self, name: str) -> Any:
+        # Everything but what it sends is the honest node's (id, federation, counters).
+        return getattr(self.node, name)
 
     @property
     def node_id(self) -> str:

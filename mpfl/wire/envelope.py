@@ -17,11 +17,11 @@ All integers are little-endian and unsigned. The layout, in order:
     27+N        L     payload
     end-4       4     CRC32            zlib.crc32 of every byte before it
 
-The CRC catches corruption, not forgery. Signatures are not implemented yet: flags bit 0
-is kept to mark a signed envelope in a later version, and until a receiver can verify a
-signature, a message claiming one is rejected ("signed envelopes are not supported")
-rather than accepted as if it were trusted. Splitting large messages into chunks is the
-transport's job, so the envelope has no chunk fields. Decoding is strict: one byte too few
+The CRC catches corruption, not forgery: authenticity comes from the signed frame every
+message travels in when keys are configured (``mpfl.wire.frame``), around the envelope,
+not in it. Flags bit 0 stays reserved, and an envelope claiming it is still rejected.
+Splitting large messages into chunks is the transport's job, so the envelope has no chunk
+fields. Decoding is strict: one byte too few
 or too many is an error, so every valid message has exactly one encoding.
 """
 
