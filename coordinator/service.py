@@ -13,6 +13,7 @@ Node liveness is the server's (``active_nodes``); the service keeps no copy of i
 from __future__ import annotations
 
 import time
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,6 +25,7 @@ from mpfl.errors import MpflError
 from mpfl.federation.evaluation import Evaluator, dataset_evaluator
 from mpfl.federation.gate import CoordinatorKeys, ServerGate
 from mpfl.federation.metrics import RoundLog
+from mpfl.federation.rejections import RejectionLog
 from mpfl.federation.server import FederationServer, Step
 from mpfl.ml.data import load_dataset
 from mpfl.net.endpoint import BrokerAddress, parse_broker_url
@@ -33,6 +35,9 @@ from mpfl.wire import topics
 from mpfl.wire.protocol import Publish, decode_json
 
 TICK_S = 0.2
+# nodes/<id>/metrics is informational: a line of a few hundred bytes per round. Anything
+# larger is refused, and the whole file is capped so no client can fill the disk.
+MAX_NODE_METRICS_BYTES = 16 << 10
 LINGER_S = 15.0  # with an embedded broker: time for nodes to read "done" before it stops
 
 
@@ -86,8 +91,9 @@ class CoordinatorService:
         self.transport: MqttTransport | None = None
         self.server: FederationServer | None = None
         self.gate: ServerGate | None = None
-        self._bad_chunks = 0
+        self._chunk_drops: Counter[str] = Counter()
         self._connects = 0
+        self.rejections = RejectionLog(echo, "coordinator")
 
     def request_stop(self, reason: str) -> None:
         """Safe from a signal handler: the loop ends after the message in hand."""
@@ -106,6 +112,7 @@ class CoordinatorService:
             self.store.check_config(self.cfg)
             server = FederationServer(self.cfg, self.evaluate)
         self.store.write_config(self.cfg)
+        self.rejections.baseline(server.dropped)  # a resumed run's drops were logged before
         self.gate = ServerGate(server, self.options.keys, say=self.echo)
         return server
 
@@ -143,8 +150,11 @@ class CoordinatorService:
                 self.inbox.dispatch(TICK_S)
                 self.transport.revive()
                 self._apply(server.tick())
-                self._count_bad_chunks()
-            self._count_bad_chunks()
+                self._count_chunk_drops()
+                self.rejections.observe(server.dropped)
+            self._count_chunk_drops()
+            self.rejections.observe(server.dropped)
+            self.rejections.flush(force=True)
             if server.finished:
                 self._finish()
             else:
@@ -183,13 +193,23 @@ class CoordinatorService:
         self._apply(self.server.handle(topic, payload))
 
     def _record_node_metrics(self, node_id: str, payload: bytes) -> None:
+        """Append a node's report to node_metrics.jsonl: only from a node that said hello,
+        within a size per message and per run."""
+        server = self.server
+        assert server is not None
+        if node_id not in server.nodes:
+            server.record_drop("metrics-unknown-node")
+            return
+        if len(payload) > MAX_NODE_METRICS_BYTES:
+            server.record_drop("metrics-too-large")
+            return
         try:
             doc = decode_json(payload, "node metrics")
         except MpflError:
-            assert self.server is not None
-            self.server.record_drop("malformed")
+            server.record_drop("malformed")
             return
-        self.store.append_node_metrics(node_id, doc)
+        if not self.store.append_node_metrics(node_id, doc):
+            server.record_drop("metrics-quota")
 
     def _on_connected(self, session_present: bool) -> None:
         self._connects += 1
@@ -201,18 +221,22 @@ class CoordinatorService:
         self.echo("reconnected to a broker without our session: re-publishing state")
         self._publish_all(self.server.new_session())
 
-    def _count_bad_chunks(self) -> None:
+    def _count_chunk_drops(self) -> None:
+        """Chunks the transport refused (malformed) and unfinished sets it dropped
+        (expired, over a sender's budget, evicted, abandoned at a round's close)."""
         assert self.server is not None
-        bad = self.inbox.bad_chunks - self._bad_chunks
-        self._bad_chunks = self.inbox.bad_chunks
-        self.server.record_drop("malformed", bad)
+        now = Counter(self.inbox.reassembler.expired)
+        now["malformed"] = self.inbox.bad_chunks
+        for reason, total in now.items():
+            self.server.record_drop(reason, total - self._chunk_drops[reason])
+        self._chunk_drops = now
 
     def _close(self, record: RoundLog) -> None:
         """A round closed: its wire bytes, one progress line, then the checkpoint."""
         server = self.server
         assert server is not None
-        self._count_bad_chunks()
-        server.record_drop("incomplete-chunks", self.inbox.reassembler.drop_incomplete())
+        self.inbox.reassembler.drop_incomplete()
+        self._count_chunk_drops()
         record.wire = self.inbox.ledger.window()
         self.echo(format_progress(record, server.total_rounds, len(server.nodes)))
         self.store.save(server, {"wire": self.inbox.ledger.as_dict()})

@@ -11,6 +11,7 @@ may have been replaced by the last will, or lost with the broker).
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,9 +29,11 @@ from mpfl.net.endpoint import BrokerAddress
 from mpfl.net.inbox import Inbox
 from mpfl.net.mqtt import DEFAULT_MAX_PAYLOAD, MqttTransport
 from mpfl.wire import topics
+from mpfl.wire.chunks import Reassembler
 from mpfl.wire.protocol import Publish
 
 UPLOAD_ACK_TIMEOUT_S = 120.0
+EDGE_CHUNK_BYTES = 16 << 20
 
 
 def load_node_data(
@@ -79,7 +82,11 @@ class EdgeAgent:
         self.address = address
         self.options = options
         self.echo = echo
-        self.inbox = Inbox()
+        # The coordinator never chunks what it sends (see mpfl.wire.chunks), so chunks on
+        # the server's topics are foreign: a small budget bounds what they may hold.
+        self.inbox = Inbox(reassembler=Reassembler(max_bytes=EDGE_CHUNK_BYTES,
+                                                   sender_bytes=EDGE_CHUNK_BYTES))
+        self._chunk_drops: Counter[str] = Counter()
         self.stop_requested: str | None = None
         self.transport: MqttTransport | None = None
         self.gate = NodeGate(node, options.keys, say=echo)
@@ -116,8 +123,12 @@ class EdgeAgent:
             while not node.done and self.stop_requested is None:
                 self.inbox.dispatch(0.5)
                 self.transport.revive()
+                self._count_chunk_drops()
+                node.rejections.flush()
         finally:
             self.transport.close(final=self.gate.goodbye())
+            self._count_chunk_drops()
+            node.rejections.flush(force=True)
             if node.rejected:
                 counts = ", ".join(f"{reason} {n}" for reason, n in sorted(node.rejected.items()))
                 self.echo(f"node {node.node_id}: dropped {node.rejected.total()} unusable "
@@ -129,6 +140,15 @@ class EdgeAgent:
             raise FederationError(f"the federation failed: {node.state.error}",
                                   node=node.node_id)
         return "done"
+
+    def _count_chunk_drops(self) -> None:
+        """Chunk sets the transport dropped (expired, over budget, malformed) count as
+        rejected server messages."""
+        now = Counter(self.inbox.reassembler.expired)
+        now["malformed-chunk"] = self.inbox.bad_chunks
+        for reason, total in now.items():
+            self.node.record_drop(reason, total - self._chunk_drops[reason])
+        self._chunk_drops = now
 
     def _publish(self, messages: list[Publish]) -> None:
         assert self.transport is not None

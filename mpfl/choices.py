@@ -78,6 +78,7 @@ class AggregatorName(StrEnum):
     FEDAVG = "fedavg"
     MEDIAN = "median"
     TRIMMED_MEAN = "trimmed-mean"
+    NORM_CLIP = "norm-clip"
 
 
 class ScheduleName(StrEnum):

@@ -195,3 +195,31 @@ def test_every_aggregator_takes_updates_one_at_a_time(name: str) -> None:
     with pytest.raises(ModelError) as err:
         aggregation.add(np.zeros(7, np.float32))
     assert err.value.context["expected"] == 6
+
+
+def test_norm_clip_bounds_a_scaled_or_flipped_update_by_the_median_step() -> None:
+    rng = np.random.default_rng(7)
+    base = rng.standard_normal(50).astype(np.float32)
+    steps = [0.1 * rng.standard_normal(50) for _ in range(5)]
+    honest = [(base + s).astype(np.float32) for s in steps]
+    clean = aggregate("norm-clip", honest)  # base unknown: clipped around 0, any answer
+    bound = float(np.median([np.linalg.norm(s) for s in steps]))
+    for attack in (100.0, -1.0):
+        aggregation = agg.new_aggregation("norm-clip", 50, base)
+        for values in honest[:4]:
+            aggregation.add(values)
+        aggregation.add((base + attack * steps[4]).astype(np.float32))
+        moved = aggregation.result().astype(np.float64) - base
+        assert np.linalg.norm(moved) <= bound + 1e-5
+    fedavg = aggregate("fedavg", honest[:4] + [(base + 100 * steps[4]).astype(np.float32)])
+    assert np.linalg.norm(fedavg - base) > 10 * bound  # what the clip prevents
+    assert clean.shape == (50,)
+
+
+def test_norm_clip_keeps_honest_updates_of_equal_steps_as_fedavg() -> None:
+    base = np.zeros(8, np.float32)
+    updates = [np.full(8, v, np.float32) for v in (1.0, -1.0, 1.0)]
+    aggregation = agg.new_aggregation("norm-clip", 8, base)
+    for values, weight in zip(updates, (1.0, 2.0, 1.0), strict=True):
+        aggregation.add(values, weight)
+    np.testing.assert_allclose(aggregation.result(), weighted_mean(updates, [1.0, 2.0, 1.0]))

@@ -338,3 +338,26 @@ def test_rules_only_read_their_inputs(round_: tuple[VoteInput, np.ndarray]) -> N
         rule(votes)
     np.testing.assert_array_equal(votes.share, before[0])
     np.testing.assert_array_equal(votes.alive, before[1])
+
+
+def test_mask_agreement_down_weights_random_voters() -> None:
+    from mpfl.maths.agreement import AgreementVotes
+
+    rng = np.random.default_rng(3)
+    n = 400
+    truth = rng.random(n) < 0.5
+    honest = [truth ^ (rng.random(n) < 0.05) for _ in range(8)]
+    noisy = [rng.random(n) < 0.5 for _ in range(2)]
+    votes = AgreementVotes(n)
+    plain = VoteAccumulator(n)
+    for mask in honest + noisy:
+        votes.add(mask)
+        plain.add(mask)
+    tally = votes.tally()
+    assert votes.factors[:8].min() > 0.8 and votes.factors[8:].max() < 0.2
+    assert tally.n_voters >= 8
+    # Without the outliers the shares sit closer to the honest majority.
+    err = np.abs(tally.share - truth).mean()
+    assert err < np.abs(plain.tally().share - truth).mean()
+    with pytest.raises(ModelError):
+        votes.add(np.ones(n + 1, bool))

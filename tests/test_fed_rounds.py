@@ -261,3 +261,52 @@ def test_run_store_refuses_a_changed_config(tmp_path: Path) -> None:
     store.check_config(replace(CFG, round_timeout=99.0, quorum=1))  # operational: allowed
     with pytest.raises(Exception, match="final_sparsity"):
         store.check_config(replace(CFG, final_sparsity=0.7))
+
+
+def test_nodes_going_offline_do_not_close_a_round_below_quorum() -> None:
+    """A broker restart sends every last will: with one answer in and the others
+    offline, nobody is left to wait for, but one answer is below the quorum of 2."""
+    fed = Federation()
+    fed.muted |= {"n1", "n2"}
+    fed.start()
+    assert fed.server.answered == {"n0"}
+    for node_id in ("n1", "n2"):
+        fed.broker.publish(Publish(topics.node_topic("t", node_id, "status"), b"offline"))
+    fed.broker.pump()
+    assert fed.server.round == 1 and not fed.server.log
+    fed.advance(CFG.round_timeout + 0.1)  # deadline below quorum: a retry, not a close
+    assert not fed.server.log and fed.server.current.attempts == 1
+    fed.muted.clear()
+    for node in fed.nodes[1:]:
+        fed.broker.publish(node.hello())
+    fed._send(fed.server.start())  # they came back (and missed the retained catch-up)
+    fed.broker.pump()
+    assert fed.server.log and len(fed.server.log[0].participants) >= CFG.quorum
+
+
+def test_a_claimed_sample_count_is_clamped_to_max_samples() -> None:
+    from mpfl.wire.protocol import Hello
+
+    server = FederationServer(replace(CFG, max_samples=1000), None, Clock())
+    status = topics.node_topic("t", "ghost", "status")
+    server.handle(status, Hello("ghost", 0xFFFF_FFFF).encode())
+    server.handle(topics.node_topic("t", "n0", "status"), Hello("n0", 50).encode())
+    assert server.nodes["ghost"].samples == 1000 and server.nodes["n0"].samples == 50
+    assert server.dropped["samples-clamped"] == 1
+
+
+def test_an_update_weighs_at_most_the_count_its_hello_claimed() -> None:
+    from mpfl.federation.rounds import OpenRound
+    from mpfl.federation.traffic import ByteWindow
+    from mpfl.maths.aggregate import WeightedAverager
+    from mpfl.maths.votes import VoteAccumulator
+
+    fp = bytes(8)
+    rnd = OpenRound(frozenset({Kind.UPDATE}), {"a", "b"}, VoteAccumulator(1),
+                    WeightedAverager(4), np.ones(1, bool), [4], None, 0.0, 1.0,
+                    ByteWindow(0, 0))
+    for node, value, claimed in (("a", 0.0, 10), ("b", 1.0, 0xFFFF_FFFF)):
+        codec, body = encode_values(np.full(4, value, np.float32), [4], "fp32")
+        env = Envelope(Kind.UPDATE, 1, fp, node, codec, encode_update(claimed, body))
+        assert rnd.take(env, Kind.UPDATE, 1.0, max_samples=10) is None
+    np.testing.assert_allclose(rnd.values.result(), 0.5)

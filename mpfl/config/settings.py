@@ -57,6 +57,7 @@ KEY_HELP = {
     "schedule": "Sparsity per mask round: linear, geometric or cubic.",
     "consensus": "Rule turning the nodes' votes into the global mask.",
     "vote_weighting": "Weigh each node's vote equally or by its sample count.",
+    "vote_agreement": "Down-weight voters whose mask disagrees with the round's majority.",
     "mask_rounds": "Rounds of mask consensus (phase M).",
     "train_rounds": "Rounds of masked federated training (phase T).",
     "mode": "rewind: mask rounds restart from w0 (reference); joint: they also average.",
@@ -68,7 +69,9 @@ KEY_HELP = {
     "optimizer": "sgd or adam.",
     "value_codec": "How nodes send alive values: fp32, fp16 or int8 per-layer scale.",
     "delta": "Send values as deltas from the global model.",
-    "aggregator": "fedavg (streaming), median or trimmed-mean.",
+    "aggregator": "fedavg (streaming), median, trimmed-mean or norm-clip (buffered).",
+    "trim": "Fraction of values trimmed-mean cuts on each side (>= bad nodes / nodes).",
+    "max_samples": "Cap on the sample count a node may claim (FedAvg and vote weight).",
     "min_nodes": "Nodes to wait for before round 1.",
     "quorum": "Fewest answers with which a round may close at its deadline.",
     "round_timeout": "Seconds a round waits for answers before its deadline.",
@@ -95,6 +98,7 @@ class FederationConfig:
     schedule: str = ScheduleName.LINEAR.value
     consensus: str = ConsensusName.TOP_VOTES.value
     vote_weighting: str = VoteWeighting.UNIFORM.value
+    vote_agreement: bool = False
     mask_rounds: int = 5
     train_rounds: int = 5
     mode: str = Mode.REWIND.value
@@ -109,6 +113,10 @@ class FederationConfig:
     value_codec: str = ValueCodecName.FP32.value
     delta: bool = False
     aggregator: str = AggregatorName.FEDAVG.value
+    # A claim above it is clamped, not refused: an honest large node keeps taking part,
+    # and no node weighs more than this many samples (a forged hello claimed 2^32 - 1).
+    max_samples: int = 100_000
+    trim: float = 0.1
     # rounds
     min_nodes: int = 2
     quorum: int = 1
@@ -152,6 +160,8 @@ class FederationConfig:
             (self.round_timeout > 0, "round_timeout must be > 0"),
             (self.start_timeout > 0, "start_timeout must be > 0"),
             (self.retries >= 0, "retries must be >= 0"),
+            (0.0 <= self.trim < 0.5, "trim must be in [0, 0.5)"),
+            (1 <= self.max_samples <= 0xFFFF_FFFF, "max_samples must be in [1, 2^32 - 1]"),
         ]
         for ok, message in checks:
             if not ok:

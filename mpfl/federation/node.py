@@ -9,7 +9,8 @@ only resent when a restarted coordinator (new session) asks for the same round a
 A node never dies on a server message it cannot use (not JSON, another protocol version,
 an unknown, missing or mistyped field, a value out of range, a model it cannot build, a
 fingerprint it does not reproduce, an envelope that does not decode): it counts it in
-``rejected`` by reason, logs one line, keeps its last good state and waits for the next.
+``rejected`` by reason, logs it (the first of each reason, then rate-limited summaries:
+``mpfl.federation.rejections``), keeps its last good state and waits for the next.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ import numpy as np
 
 from mpfl.choices import Granularity, Mode, ModelScope, Phase
 from mpfl.errors import DocumentError, FingerprintMismatch, ModelError, WireError
+from mpfl.federation.rejections import RejectionLog
 from mpfl.ml.data import Dataset
 from mpfl.ml.masks import local_mask, unit_scores
 from mpfl.ml.models import ModelSpec, ZooModel, build_model, parameter_count
@@ -91,6 +93,9 @@ class FederationNode:
         self.fit_batch = fit_batch
         self.state: StateDocument | None = None  # the last good one
         self.rejected: Counter[str] = Counter()  # server messages dropped, by reason
+        # One line for the first drop of each reason, then periodic summaries: a flood of
+        # bad messages must not flood the device's log.
+        self.rejections = RejectionLog(log.warning, f"node {self.node_id}")
         self._model_env: Envelope | None = None
         self._mask_env: Envelope | None = None
         self._model: ZooModel | None = None
@@ -145,8 +150,13 @@ class FederationNode:
 
     def _reject(self, topic: str, reason: str, exc: Exception) -> None:
         self.rejected[reason] += 1
-        log.warning("node %s: dropped a message on %s (%s): %s", self.node_id, topic, reason,
-                    exc)
+        self.rejections.note(reason, topic, str(exc))
+
+    def record_drop(self, reason: str, count: int = 1) -> None:
+        """Count server messages the transport dropped before they reached ``handle``."""
+        if count > 0:
+            self.rejected[reason] += count
+            self.rejections.note(reason, count=count)
 
     def _take_state(self, doc: StateDocument) -> None:
         """Adopt a decoded state document once this node can follow it."""

@@ -22,10 +22,11 @@ from mpfl.errors import lookup
 from mpfl.federation.metrics import RoundLog
 from mpfl.federation.traffic import ByteWindow
 from mpfl.maths.aggregate import Aggregation
+from mpfl.maths.agreement import AgreementVotes
 from mpfl.maths.votes import VoteAccumulator
 from mpfl.ml.units import UnitMap
 from mpfl.wire import Envelope, Kind, decode_mask, decode_values
-from mpfl.wire.protocol import Publish, decode_update
+from mpfl.wire.protocol import Hello, Publish, decode_update
 
 
 @dataclass(frozen=True)
@@ -44,6 +45,18 @@ class NodeInfo:
     samples: int
     hardware: str = "unknown"
     online: bool = True
+
+    @classmethod
+    def from_hello(cls, hello: Hello, max_samples: int) -> NodeInfo:
+        """An online node; its claimed sample count is clamped to ``max_samples`` (not
+        refused: a large honest node still takes part, but weighs no more than that in
+        FedAvg or in the votes)."""
+        return cls(min(hello.samples, max_samples), hello.hardware, online=True)
+
+
+def new_votes(n_units: int, weighted: bool, agreement: bool) -> VoteAccumulator | AgreementVotes:
+    """One round's vote count; with ``agreement``, outlier voters are down-weighted."""
+    return (AgreementVotes if agreement else VoteAccumulator)(n_units, weighted)
 
 
 class RoundMode(Protocol):
@@ -103,7 +116,7 @@ class OpenRound:
         self,
         uploads: frozenset[Kind],
         expected: set[str],
-        votes: VoteAccumulator,
+        votes: VoteAccumulator | AgreementVotes,
         values: Aggregation,
         scope: np.ndarray,
         sizes: list[int],
@@ -135,9 +148,12 @@ class OpenRound:
             return "duplicate"
         return None
 
-    def take(self, env: Envelope, kind: Kind, vote_weight: float) -> str | None:
+    def take(
+        self, env: Envelope, kind: Kind, vote_weight: float, max_samples: int = 0xFFFF_FFFF
+    ) -> str | None:
         """Decode and add one upload of the round; the reason it was refused, or None.
-        A payload that does not decode raises (an MpflError) before anything is added."""
+        A payload that does not decode raises (an MpflError) before anything is added.
+        An update's own sample count weighs at most ``max_samples`` (the node's hello)."""
         refusal = self.refusal(env.node_id, kind)
         if refusal is not None:
             return refusal
@@ -149,7 +165,7 @@ class OpenRound:
             values = decode_values(env.codec, body, self.sizes, self.base)
             if not np.all(np.isfinite(values)):
                 return "malformed"
-            self.values.add(values, float(samples))
+            self.values.add(values, float(min(samples, max_samples)))
         seen = self._seen.setdefault(env.node_id, set())
         seen.add(kind)
         if seen == self.uploads:

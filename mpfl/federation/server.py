@@ -1,8 +1,8 @@
 """The coordinator's round state machine, free of I/O.
 
-waiting -> mask rounds -> training rounds -> done (or failed). A round closes when every
-node active at its start has answered, or at its deadline with at least the quorum;
-below quorum it is retried (the deadline moves on), then fails. Every incoming message
+waiting -> mask rounds -> training rounds -> done (or failed). A round closes with the
+quorum once every node active at its start (and still online) answered, or at its
+deadline; below quorum it is retried (the deadline moves on), then fails. Every message
 is decoded and checked completely before it touches an accumulator, so a bad one is
 counted by reason and dropped, never half-applied.
 
@@ -33,14 +33,13 @@ from mpfl.config.settings import FederationConfig
 from mpfl.errors import FederationError, FingerprintMismatch, MpflError, WireError
 from mpfl.federation.evaluation import Evaluator
 from mpfl.federation.metrics import RoundLog
-from mpfl.federation.rounds import NodeInfo, OpenRound, Step, get_mode
+from mpfl.federation.rounds import NodeInfo, OpenRound, Step, get_mode, new_votes
 from mpfl.federation.snapshot import FINISHED, Saved, decode_snapshot, encode_snapshot
 from mpfl.federation.traffic import Traffic
 from mpfl.federation.weights import GlobalWeights
 from mpfl.maths.aggregate import new_aggregation
 from mpfl.maths.consensus import get_rule
 from mpfl.maths.schedules import get_schedule
-from mpfl.maths.votes import VoteAccumulator
 from mpfl.ml.units import State, UnitMap
 from mpfl.wire import (
     Envelope,
@@ -192,22 +191,19 @@ class FederationServer:
             elif name in (topics.NODE_MASK, topics.NODE_UPDATE):
                 reason = self._on_upload(node_id, name, payload)
                 if reason is not None:
-                    self._drop(reason)
+                    self.record_drop(reason)
         except FingerprintMismatch:
-            self._drop("fingerprint")
+            self.record_drop("fingerprint")
         except MpflError:
-            self._drop("malformed")
+            self.record_drop("malformed")
         return self.tick()
 
-    def _drop(self, reason: str, count: int = 1) -> None:
-        self.dropped[reason] += count
-        if self.current is not None:
-            self.current.dropped[reason] += count
-
     def record_drop(self, reason: str, count: int = 1) -> None:
-        """Count messages the transport dropped before they reached ``handle``."""
+        """Count dropped messages (here, or in the transport before ``handle``)."""
         if count > 0:
-            self._drop(reason, count)
+            self.dropped[reason] += count
+            if self.current is not None:
+                self.current.dropped[reason] += count
 
     def _on_status(self, node_id: str, payload: bytes) -> None:
         hello = Hello.decode(payload)
@@ -217,7 +213,9 @@ class FederationServer:
             return
         if hello.node_id != node_id:
             raise WireError("status node id does not match its topic", node=node_id)
-        self.nodes[node_id] = NodeInfo(hello.samples, hello.hardware, online=True)
+        self.nodes[node_id] = NodeInfo.from_hello(hello, self.cfg.max_samples)
+        if hello.samples > self.cfg.max_samples:
+            self.record_drop("samples-clamped")
 
     def _on_upload(self, node_id: str, name: str, payload: bytes) -> str | None:
         """Check and aggregate one upload; returns the reason it was dropped, if it was."""
@@ -232,8 +230,9 @@ class FederationServer:
             return "late"
         if env.round != self.round:
             return "stale-round" if env.round < self.round else "future-round"
-        weight = float(self.nodes[node_id].samples) if self._weighted_votes else 1.0
-        refusal = self.current.take(env, want, weight)
+        claimed = self.nodes[node_id].samples  # the hello's count, at most max_samples
+        weight = float(claimed) if self._weighted_votes else 1.0
+        refusal = self.current.take(env, want, weight, claimed)
         if refusal is None:
             self.traffic.received(len(payload))
         return refusal
@@ -259,7 +258,10 @@ class FederationServer:
         current = self.current
         if not self.phase.is_round or current is None:
             return Step()
-        if current.answered and not current.waiting_for(self.active_nodes()):
+        # Never below the quorum: after a broker restart's last wills nobody is left to
+        # wait for, but one answer is not a round.
+        quorate = len(current.answered) >= self.cfg.quorum
+        if quorate and not current.waiting_for(self.active_nodes()):
             return self._close_round(current)
         if now < current.deadline:
             return Step()
@@ -289,8 +291,8 @@ class FederationServer:
         self.current = OpenRound(
             self._mode.mask_uploads if self.phase is Phase.MASK else frozenset({Kind.UPDATE}),
             self.active_nodes(),
-            VoteAccumulator(self.unit_map.n_units, self._weighted_votes),
-            new_aggregation(self.cfg.aggregator, sum(sizes)),
+            new_votes(self.unit_map.n_units, self._weighted_votes, self.cfg.vote_agreement),
+            new_aggregation(self.cfg.aggregator, sum(sizes), base, self.cfg.trim),
             self.mask, sizes, base if self.cfg.delta else None,
             started, started + self.cfg.round_timeout, self.traffic.mark(),
         )

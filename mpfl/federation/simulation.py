@@ -8,10 +8,12 @@ does; unsigned, nothing is said about it (no broker here, so nobody to impersona
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from typing import cast
 
 from mpfl.config.settings import FederationConfig
 from mpfl.errors import FederationError
+from mpfl.federation.corruption import CorruptedNode
 from mpfl.federation.evaluation import Evaluator
 from mpfl.federation.gate import CoordinatorKeys, NodeGate, NodeKeys, ServerGate
 from mpfl.federation.metrics import RoundLog
@@ -34,9 +36,11 @@ def run_in_process(
     evaluate: Evaluator | None = None,
     on_round: Callable[[RoundLog], None] | None = None,
     signed: bool = False,
+    corrupt: Mapping[int, str] | None = None,
 ) -> FederationServer:
     """``evaluate`` scores the global weights after each averaging (None: no evaluation);
-    ``on_round`` sees each round's record as it closes."""
+    ``on_round`` sees each round's record as it closes; ``corrupt`` maps a node index to
+    how its uploads are corrupted (``mpfl.federation.corruption``: simulation only)."""
     broker = MemoryBroker()
     server = FederationServer(cfg, evaluate)
     ids = [f"node-{i}" for i in range(len(node_data))]
@@ -60,6 +64,9 @@ def run_in_process(
     publish_all(gate.seal(server.start()))
     for i, (node_id, data) in enumerate(zip(ids, node_data, strict=True)):
         node = FederationNode(node_id, cfg.federation, data, seed=cfg.seed + i)
+        if corrupt and i in corrupt:
+            # Corrupted before it is signed, as a compromised device with its own key would.
+            node = cast(FederationNode, CorruptedNode(node, corrupt[i], seed=cfg.seed + i))
         keys = NodeKeys(node_keys[node_id], coordinator_key.public_key) if signed else None
         node_gate = NodeGate(node, keys, say=_quiet)
 

@@ -7,7 +7,9 @@ an :class:`Aggregation`: ``add(values, weight)`` per update as it arrives, then
 whatever the number of nodes, and partial averages ``merge`` exactly. The robust rules
 (median, trimmed mean) need every update at once, so :class:`BufferedAggregation` holds
 them, O(nodes x values), and ignores sample counts: a node could claim any count, and
-robustness is their point. :data:`AGGREGATORS` maps a config name to a factory.
+robustness is their point. :class:`NormClipped` (buffered too) clips each update's step
+from the global model to the round's median step, then averages by sample count.
+:data:`AGGREGATORS` maps a config name to a factory.
 """
 
 from __future__ import annotations
@@ -176,6 +178,47 @@ def clip_norm(update: NDArray[Any], base: NDArray[Any], max_norm: float) -> Valu
     return (base.astype(np.float64) + delta).astype(np.float32)
 
 
+class NormClipped:
+    """FedAvg of the updates after clipping each one's delta from the global model to the
+    round's median delta norm (L2). Buffered, O(nodes x values): the threshold is the
+    median of norms only known once every update is in, which is what makes it need no
+    tuning; a fixed threshold would stream but must be guessed per model and round.
+
+    A node scaling its values (x100) or flipping their sign moves the average by at most
+    the honest median step; sample-count weights still apply (bounded by ``max_samples``).
+    """
+
+    def __init__(self, n_values: int, base: NDArray[Any] | None = None) -> None:
+        self.n_values = n_values
+        if base is not None:
+            _check_values(base, n_values)
+        self.base = (np.zeros(n_values, np.float64) if base is None
+                     else base.astype(np.float64))
+        self._deltas: list[NDArray[np.float32]] = []
+        self._weights: list[float] = []
+
+    def add(self, values: NDArray[Any], weight: float = 1.0) -> None:
+        index = len(self._deltas)
+        _check_values(values, self.n_values, index=index)
+        weight = _check_weight(weight, index=index)
+        self._deltas.append((values.astype(np.float64) - self.base).astype(np.float32))
+        self._weights.append(weight)
+
+    def norms(self) -> NDArray[np.float64]:
+        return np.array([np.linalg.norm(d.astype(np.float64)) for d in self._deltas])
+
+    def result(self) -> Values:
+        if not self._deltas:
+            raise FederationError("no updates were received this round", n_values=self.n_values)
+        norms = self.norms()
+        bound = float(np.median(norms))
+        averager = WeightedAverager(self.n_values)
+        for delta, norm, weight in zip(self._deltas, norms, self._weights, strict=True):
+            scale = bound / norm if norm > bound else 1.0
+            averager.add(delta * np.float32(scale), weight)
+        return (self.base + averager.result()).astype(np.float32)
+
+
 class BufferedAggregation:
     """Holds every update for a rule that needs them all at once: O(nodes x values).
 
@@ -199,30 +242,47 @@ class BufferedAggregation:
         return self.rule(self._updates)
 
 
-AggregationFactory = Callable[[int], Aggregation]
-"""Makes an empty aggregation for updates of ``n_values`` values."""
+AggregationFactory = Callable[[int, "NDArray[Any] | None", float], Aggregation]
+"""Makes an empty aggregation for updates of ``n_values`` values; then the global values
+the round started from (None: unknown), for rules relative to it, and the trimmed mean's
+cut fraction."""
 
 
-def _median(n_values: int) -> Aggregation:
+def _fedavg(n_values: int, base: NDArray[Any] | None, trim: float) -> Aggregation:
+    return WeightedAverager(n_values)
+
+
+def _median(n_values: int, base: NDArray[Any] | None, trim: float) -> Aggregation:
     return BufferedAggregation(n_values, median)
 
 
-def _trimmed_mean(n_values: int) -> Aggregation:
-    return BufferedAggregation(n_values, trimmed_mean)
+def _trimmed_mean(n_values: int, base: NDArray[Any] | None, trim: float) -> Aggregation:
+    if not (0.0 <= trim < 0.5):
+        raise ConfigError("trim must be in [0, 0.5)", trim=trim)
+    return BufferedAggregation(n_values, lambda updates: trimmed_mean(updates, trim))
+
+
+def _norm_clip(n_values: int, base: NDArray[Any] | None, trim: float) -> Aggregation:
+    return NormClipped(n_values, base)
 
 
 AGGREGATORS: Mapping[AggregatorName, AggregationFactory] = MappingProxyType({
-    AggregatorName.FEDAVG: WeightedAverager,
+    AggregatorName.FEDAVG: _fedavg,
     AggregatorName.MEDIAN: _median,
     AggregatorName.TRIMMED_MEAN: _trimmed_mean,
+    AggregatorName.NORM_CLIP: _norm_clip,
 })
 
 DEFAULT_AGGREGATOR = AggregatorName.FEDAVG
 
 
-def new_aggregation(name: str, n_values: int) -> Aggregation:
-    """An empty aggregation by its config name, for updates of ``n_values`` values."""
-    return lookup(AGGREGATORS, name, "aggregator", "aggregator")(n_values)
+def new_aggregation(
+    name: str, n_values: int, base: NDArray[Any] | None = None, trim: float = 0.1
+) -> Aggregation:
+    """An empty aggregation by its config name, for updates of ``n_values`` values, from
+    the global values ``base`` (norm clipping measures each update's step from it);
+    ``trim``: the fraction the trimmed mean cuts on each side."""
+    return lookup(AGGREGATORS, name, "aggregator", "aggregator")(n_values, base, trim)
 
 
 def aggregate(

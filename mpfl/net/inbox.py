@@ -5,6 +5,9 @@ arrives here; the service's main thread calls ``dispatch``, which reassembles ch
 payloads and calls the subscribed handlers. Training or aggregation in a handler
 therefore never stalls the network loop (keepalives, acknowledgements, reconnects).
 
+Unfinished chunk sets are bounded by the ``Reassembler``'s budgets and age; what it drops
+is counted in ``reassembler.expired`` by reason, malformed chunks in ``bad_chunks``.
+
 ``ByteLedger`` counts the exact bytes each side sends and receives, by message kind
 (``server/model``, ``nodes/update``, ...), as they cross the wire: chunk headers included.
 It is the transport's measurement; the protocol figures of the round records are the
@@ -80,9 +83,13 @@ class _Connected:
 class Inbox:
     """Thread-safe queue of incoming messages and connection events, drained by ``dispatch``."""
 
-    def __init__(self, ledger: ByteLedger | None = None) -> None:
+    def __init__(
+        self, ledger: ByteLedger | None = None, reassembler: Reassembler | None = None
+    ) -> None:
         self.ledger = ledger if ledger is not None else ByteLedger()
-        self.reassembler = Reassembler()
+        # Its budgets bound what unfinished chunk sets hold, whatever arrives; sets are
+        # also expired by age on every dispatch, so a quiet link frees them too.
+        self.reassembler = reassembler if reassembler is not None else Reassembler()
         self.bad_chunks = 0
         self.on_connected: Callable[[bool], None] | None = None
         self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
@@ -109,6 +116,7 @@ class Inbox:
         """Wait up to ``timeout`` s for something, then handle all that is queued; how many."""
         handled = 0
         block = timeout > 0
+        self.reassembler.expire()
         while True:
             try:
                 item = self._queue.get(block=block, timeout=timeout if block else None)

@@ -1,0 +1,285 @@
+"""Robustness benchmark: 10 nodes, 2 of them bad, each aggregation rule against each attack.
+
+Run as `MPFL_DATA_DIR=/path/to/datasets python benchmarks/bench_robust.py` (or pass
+--data-dir). Fashion-MNIST, LeNet-5, the in-process federation (the coordinator's and the
+nodes' own code over the in-memory transport). Kinds of bad node:
+
+- data: ``noise`` (pixels shuffled per image, ``mpfl.ml.robustness``) and ``permuted``
+  (every label moved by one class permutation): honest nodes on bad data;
+- uploads (``mpfl.federation.corruption``, simulation only): ``random-mask`` (the local
+  mask's kept units shuffled), ``scale`` (values x100) and ``sign-flip`` (values negated).
+
+Each rule is a value aggregator (fedavg, median, trimmed-mean, norm-clip), optionally with
+``vote_agreement`` (outlier mask voters down-weighted). Every rule also runs clean; the
+reference is the clean run with the default rule (fedavg). Writes
+benchmarks/results/robust.json and robust.md, and the table into BENCHMARKS.md between
+its markers. `--quick` runs a tiny version on sklearn's digits (a smoke test: its numbers
+mean nothing) into benchmarks/results/quick/ and leaves BENCHMARKS.md alone.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shlex
+import sys
+import time
+from collections.abc import Sequence
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import asdict, dataclass, replace
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from apps.experiments import ExperimentData, ExperimentSettings, prepare_data
+from mpfl.config.settings import FederationConfig
+from mpfl.errors import FederationError
+from mpfl.federation.evaluation import dataset_evaluator
+from mpfl.federation.simulation import run_in_process
+
+RESULTS_DIR = Path(__file__).resolve().parent / "results"
+BENCHMARKS_MD = Path(__file__).resolve().parents[1] / "BENCHMARKS.md"
+BEGIN, END = "<!-- bench_robust:begin -->", "<!-- bench_robust:end -->"
+
+ATTACKS = ("clean", "noise", "permuted", "random-mask", "scale", "sign-flip")
+DATA_ATTACKS = ("noise", "permuted")
+# name: (aggregator, vote_agreement)
+RULES: dict[str, tuple[str, bool]] = {
+    "fedavg": ("fedavg", False),
+    "median": ("median", False),
+    "trimmed-mean": ("trimmed-mean", False),
+    "norm-clip": ("norm-clip", False),
+    "median+agreement": ("median", True),
+}
+TRIM = 0.2  # 2 bad nodes of 10: cut 2 values per side per coordinate
+
+
+@dataclass(frozen=True)
+class Profile:
+    name: str
+    dataset: str
+    model: str
+    settings: ExperimentSettings
+    bad_nodes: tuple[int, ...]
+    final_sparsity: float
+    seeds: tuple[int, ...]
+    model_args: tuple[tuple[str, Any], ...] = ()
+
+    def notes(self) -> list[str]:
+        s = self.settings
+        return [
+            f"{self.dataset}, {self.model}, {s.nodes} nodes ({s.partition}), bad nodes "
+            f"{list(self.bad_nodes)}; train subset {s.train_limit} samples "
+            f"({(s.train_limit or 0) // s.nodes} a node), test subset {s.test_limit}",
+            f"{s.mask_rounds} mask rounds ({s.granularity} masks, {s.consensus}, final "
+            f"sparsity {self.final_sparsity:.0%}, rewind mode) + {s.train_rounds} training "
+            f"rounds; {s.local_epochs} local epoch, SGD lr {s.lr} momentum {s.momentum}, "
+            f"batch {s.batch_size}; fp32 values",
+            f"seeds {list(self.seeds)} (accuracy is the mean over them)",
+            f"trimmed-mean cuts floor({TRIM} x {s.nodes}) values per side per coordinate; "
+            "norm-clip clips each update's step from the global model to the round's median "
+            "step; +agreement: vote_agreement on (outlier mask voters down-weighted)",
+        ]
+
+
+def full_profile(seeds: Sequence[int]) -> Profile:
+    settings = ExperimentSettings(
+        nodes=10, partition="iid", mask_rounds=3, train_rounds=6, granularity="filter",
+        train_limit=6000, test_limit=2000, local_epochs=1, batch_size=32, lr=0.05,
+        momentum=0.9, eval_every_round=False,
+    )
+    return Profile("full", "fashion-mnist", "lenet5", settings, (3, 7), 0.5, tuple(seeds))
+
+
+def quick_profile() -> Profile:
+    settings = ExperimentSettings(
+        nodes=10, partition="iid", mask_rounds=1, train_rounds=1, granularity="filter",
+        train_limit=600, test_limit=200, local_epochs=1, batch_size=32, lr=0.05,
+        momentum=0.9, eval_every_round=False,
+    )
+    return Profile("quick", "digits", "mlp", settings, (3, 7), 0.3, (0,),
+                   (("hidden", (32,)),))
+
+
+@lru_cache(maxsize=8)
+def _data(dataset: str, data_dir: str | None, settings: ExperimentSettings) -> ExperimentData:
+    return prepare_data(dataset, data_dir, settings)
+
+
+def run_one(profile: Profile, data_dir: str | None, attack: str, rule: str,
+            seed: int) -> dict[str, Any]:
+    """One federation; its final accuracy and time."""
+    import torch
+
+    torch.set_num_threads(1)  # one thread per worker: steady on a shared machine
+    bad = profile.bad_nodes
+    settings = replace(
+        profile.settings, seed=seed,
+        noise_nodes=bad if attack == "noise" else (),
+        permuted_nodes=bad if attack == "permuted" else (),
+    )
+    data = _data(profile.dataset, data_dir, settings)
+    aggregator, agreement = RULES[rule]
+    cfg = FederationConfig(
+        federation="robust", model=profile.model,
+        model_args={**data.model_args, **dict(profile.model_args)},
+        granularity=settings.granularity, final_sparsity=profile.final_sparsity,
+        consensus=settings.consensus, mask_rounds=settings.mask_rounds,
+        train_rounds=settings.train_rounds, local_epochs=settings.local_epochs,
+        batch_size=settings.batch_size, lr=settings.lr, momentum=settings.momentum,
+        min_nodes=settings.nodes, quorum=settings.nodes, seed=seed,
+        aggregator=aggregator, vote_agreement=agreement, trim=TRIM,
+    ).validate()
+    corrupt = {} if attack in ("clean", *DATA_ATTACKS) else dict.fromkeys(bad, attack)
+    start = time.perf_counter()
+    evaluate = dataset_evaluator(cfg.model_spec, data.test)
+    out: dict[str, Any] = {"attack": attack, "rule": rule, "seed": seed}
+    try:
+        server = run_in_process(cfg, data.node_data, None, corrupt=corrupt)
+    except FederationError as exc:
+        # The attack won: e.g. x100 values drove the average (and then every honest
+        # node) to NaN, whose uploads the coordinator drops, so the round never closes.
+        return {**out, "accuracy": None, "failed": str(exc),
+                "seconds": time.perf_counter() - start}
+    loss, accuracy = evaluate(server.final_state())
+    return {**out, "accuracy": accuracy, "loss": loss if np.isfinite(loss) else None,
+            "sparsity": server.sparsity(), "seconds": time.perf_counter() - start}
+
+
+def run_all(profile: Profile, data_dir: str | None, jobs: int,
+            log: Path | None = None) -> list[dict[str, Any]]:
+    """Every run; each one's result is also appended to ``log`` as it arrives."""
+    todo = [(a, r, s) for s in profile.seeds for a in ATTACKS for r in RULES]
+    out: list[dict[str, Any]] = []
+
+    def done(result: dict[str, Any]) -> None:
+        out.append(result)
+        if log is not None:
+            with log.open("a") as f:
+                f.write(json.dumps(result) + "\n")
+        acc = "failed" if result["accuracy"] is None else f"{result['accuracy']:.4f}"
+        print(f"[{len(out)}/{len(todo)}] {result['attack']:<11} {result['rule']:<20} seed "
+              f"{result['seed']}: {acc} ({result['seconds']:.0f} s)", flush=True)
+
+    if jobs <= 1:
+        for t in todo:
+            done(run_one(profile, data_dir, *t))
+        return out
+    with ProcessPoolExecutor(max_workers=jobs) as pool:
+        for future in [pool.submit(run_one, profile, data_dir, *t) for t in todo]:
+            done(future.result())
+    return out
+
+
+def summarize(runs: list[dict[str, Any]]) -> dict[str, dict[str, float | None]]:
+    """Mean accuracy by attack and rule; a failed run counts as 0 (None: all failed)."""
+    table: dict[str, dict[str, float | None]] = {}
+    for attack in ATTACKS:
+        table[attack] = {}
+        for rule in RULES:
+            accs = [r["accuracy"] for r in runs if r["attack"] == attack and r["rule"] == rule]
+            ok = [a for a in accs if a is not None]
+            table[attack][rule] = float(np.sum(ok) / len(accs)) if ok else None
+    return table
+
+
+def _cell(acc: float | None) -> str:
+    return "failed" if acc is None else f"{100 * acc:.1f}"
+
+
+def markdown(profile: Profile, table: dict[str, dict[str, float | None]], command: str,
+             elapsed: float, jobs: int) -> str:
+    reference = table["clean"]["fedavg"] or 0.0
+    rules = list(RULES)
+    head = "| bad nodes | " + " | ".join(rules) + " | best rule | drop (pt) | <= 1 pt |"
+    rows = [head, "|" + "---|" * (len(rules) + 4)]
+    for attack in ATTACKS:
+        accs = table[attack]
+        best = max(rules, key=lambda r: accs[r] or 0.0)
+        drop = 100 * (reference - (accs[best] or 0.0))
+        cells = " | ".join(_cell(accs[r]) for r in rules)
+        verdict = "-" if attack == "clean" else ("yes" if drop <= 1.0 else "no")
+        rows.append(f"| {attack} | {cells} | {best} | {drop:+.1f} | {verdict} |")
+    seeds = (f"mean over {len(profile.seeds)} seeds" if len(profile.seeds) > 1
+             else "ONE seed only (no spread measured: differences under ~1 pt are noise)")
+    return "\n".join([
+        f"Command: `{command}` ({elapsed / 60:.1f} min wall on {os.cpu_count()} shared "
+        f"cores, {jobs} worker process(es), one torch thread each)",
+        "",
+        "Settings:",
+        "",
+        *[f"- {n}" for n in profile.notes()],
+        "",
+        f"Final test accuracy (%), {seeds}. Drop: the clean fedavg run "
+        f"({100 * reference:.1f}%) minus the best rule's accuracy under that attack "
+        "(negative: better than clean). failed: the run never finished (the attack drove "
+        "the model to NaN, whose uploads are dropped, so a round never closed).",
+        "",
+        *rows,
+    ])
+
+
+def write_benchmarks_md(text: str, path: Path = BENCHMARKS_MD) -> None:
+    """Put ``text`` between the markers of BENCHMARKS.md (a new section the first time)."""
+    current = path.read_text() if path.is_file() else "# Benchmarks\n"
+    block = f"{BEGIN}\n{text}\n{END}"
+    if BEGIN in current and END in current:
+        before, rest = current.split(BEGIN, 1)
+        after = rest.split(END, 1)[1]
+        path.write_text(before + block + after)
+    else:
+        section = "\n## Robustness: 2 bad nodes of 10, each rule against each attack\n\n"
+        path.write_text(current.rstrip("\n") + "\n" + section + block + "\n")
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--data-dir", default=os.environ.get("MPFL_DATA_DIR"),
+                        help="directory holding fashion-mnist/ (default: $MPFL_DATA_DIR)")
+    parser.add_argument("--quick", action="store_true", help="a tiny smoke run on digits")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0])
+    parser.add_argument("--jobs", type=int, default=2, help="worker processes")
+    parser.add_argument("--out", type=Path, default=None,
+                        help="results directory (default: benchmarks/results, "
+                             "benchmarks/results/quick with --quick)")
+    args = parser.parse_args(argv)
+    if not args.quick and not args.data_dir:
+        parser.error("give --data-dir or set MPFL_DATA_DIR")
+    return args
+
+
+def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
+    args = parse_args(argv)
+    profile = quick_profile() if args.quick else full_profile(args.seeds)
+    out_dir: Path = args.out or (RESULTS_DIR / "quick" if args.quick else RESULTS_DIR)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    given = list(sys.argv[1:] if argv is None else argv)
+    # The dataset folder as a placeholder: the command is for anyone to rerun.
+    env = "" if args.quick or any(a.startswith("--data-dir") for a in given) else (
+        "MPFL_DATA_DIR=/path/to/datasets ")
+    command = env + ".venv/bin/python benchmarks/bench_robust.py" + "".join(
+        f" {shlex.quote(a)}" for a in given)
+    start = time.perf_counter()
+    log = out_dir / "robust_runs.jsonl"
+    log.unlink(missing_ok=True)
+    runs = run_all(profile, None if args.quick else args.data_dir, args.jobs, log)
+    elapsed = time.perf_counter() - start
+    table = summarize(runs)
+    text = markdown(profile, table, command, elapsed, args.jobs)
+    doc = {"profile": profile.name, "command": command, "elapsed_seconds": elapsed,
+           "notes": profile.notes(), "settings": asdict(profile.settings),
+           "bad_nodes": list(profile.bad_nodes), "seeds": list(profile.seeds),
+           "accuracy": table, "runs": runs}
+    (out_dir / "robust.json").write_text(json.dumps(doc, indent=1, default=str) + "\n")
+    (out_dir / "robust.md").write_text(text + "\n")
+    if not args.quick and args.out is None:
+        write_benchmarks_md(text)
+    print("\n" + text, flush=True)
+    return doc
+
+
+if __name__ == "__main__":
+    main()
