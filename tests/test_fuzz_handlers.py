@@ -228,7 +228,7 @@ def test_inbox_dispatch(tmp_path_factory: pytest.TempPathFactory,
     with no_hang():
         assert service.inbox.dispatch() == len(messages)  # never raises
         assert agent.inbox.dispatch() == len(messages)
-    service._count_bad_chunks()
+    service._count_chunk_drops()
     assert service.server.phase != "failed"
 
 

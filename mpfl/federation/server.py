@@ -77,6 +77,7 @@ class FederationServer:
         self.nodes: dict[str, NodeInfo] = {}
         self.started_waiting = clock()
         self.dropped: Counter[str] = Counter()
+        self.clamped_hellos = 0  # taken, with the claimed weight capped at max_samples
         self.traffic = Traffic()
         self.log: list[RoundLog] = []
         self.error: str | None = None
@@ -215,7 +216,7 @@ class FederationServer:
             raise WireError("status node id does not match its topic", node=node_id)
         self.nodes[node_id] = NodeInfo.from_hello(hello, self.cfg.max_samples)
         if hello.samples > self.cfg.max_samples:
-            self.record_drop("samples-clamped")
+            self.clamped_hellos += 1  # not a drop: the node takes part, at the capped weight
 
     def _on_upload(self, node_id: str, name: str, payload: bytes) -> str | None:
         """Check and aggregate one upload; returns the reason it was dropped, if it was."""
