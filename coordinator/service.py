@@ -13,7 +13,6 @@ Node liveness is the server's (``active_nodes``); the service keeps no copy of i
 from __future__ import annotations
 
 import time
-from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -91,7 +90,6 @@ class CoordinatorService:
         self.transport: MqttTransport | None = None
         self.server: FederationServer | None = None
         self.gate: ServerGate | None = None
-        self._chunk_drops: Counter[str] = Counter()
         self._connects = 0
         self.rejections = RejectionLog(echo, "coordinator")
 
@@ -222,14 +220,10 @@ class CoordinatorService:
         self._publish_all(self.server.new_session())
 
     def _count_chunk_drops(self) -> None:
-        """Chunks the transport refused (malformed) and unfinished sets it dropped
-        (expired, over a sender's budget, evicted, abandoned at a round's close)."""
+        """Chunks the transport refused or whose sets it dropped count as dropped messages."""
         assert self.server is not None
-        now = Counter(self.inbox.reassembler.expired)
-        now["malformed"] = self.inbox.bad_chunks
-        for reason, total in now.items():
-            self.server.record_drop(reason, total - self._chunk_drops[reason])
-        self._chunk_drops = now
+        for reason, count in self.inbox.new_chunk_drops("malformed").items():
+            self.server.record_drop(reason, count)
 
     def _close(self, record: RoundLog) -> None:
         """A round closed: its wire bytes, one progress line, then the checkpoint."""

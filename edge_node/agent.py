@@ -11,7 +11,6 @@ may have been replaced by the last will, or lost with the broker).
 
 from __future__ import annotations
 
-from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -86,7 +85,6 @@ class EdgeAgent:
         # the server's topics are foreign: a small budget bounds what they may hold.
         self.inbox = Inbox(reassembler=Reassembler(max_bytes=EDGE_CHUNK_BYTES,
                                                    sender_bytes=EDGE_CHUNK_BYTES))
-        self._chunk_drops: Counter[str] = Counter()
         self.stop_requested: str | None = None
         self.transport: MqttTransport | None = None
         self.gate = NodeGate(node, options.keys, say=echo)
@@ -142,13 +140,10 @@ class EdgeAgent:
         return "done"
 
     def _count_chunk_drops(self) -> None:
-        """Chunk sets the transport dropped (expired, over budget, malformed) count as
-        rejected server messages."""
-        now = Counter(self.inbox.reassembler.expired)
-        now["malformed-chunk"] = self.inbox.bad_chunks
-        for reason, total in now.items():
-            self.node.record_drop(reason, total - self._chunk_drops[reason])
-        self._chunk_drops = now
+        """Chunks the transport refused or whose sets it dropped count as rejected server
+        messages."""
+        for reason, count in self.inbox.new_chunk_drops("malformed-chunk").items():
+            self.node.record_drop(reason, count)
 
     def _publish(self, messages: list[Publish]) -> None:
         assert self.transport is not None

@@ -91,9 +91,20 @@ class Inbox:
         # also expired by age on every dispatch, so a quiet link frees them too.
         self.reassembler = reassembler if reassembler is not None else Reassembler()
         self.bad_chunks = 0
+        self._reported: Counter[str] = Counter()  # chunk drops already handed out
         self.on_connected: Callable[[bool], None] | None = None
         self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self._subs: list[tuple[str, Handler]] = []
+
+    def new_chunk_drops(self, malformed: str) -> Counter[str]:
+        """Chunk drops since the last call, by reason: unfinished sets the reassembler gave
+        up (expired, over a sender's budget, evicted, abandoned) and malformed chunks,
+        counted under ``malformed``."""
+        now = Counter(self.reassembler.expired)
+        now[malformed] = self.bad_chunks
+        gained = now - self._reported  # keeps only the reasons that grew
+        self._reported = now
+        return gained
 
     # -- any thread -----------------------------------------------------------------------
 
