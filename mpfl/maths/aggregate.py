@@ -273,9 +273,6 @@ AGGREGATORS: Mapping[AggregatorName, AggregationFactory] = MappingProxyType({
     AggregatorName.NORM_CLIP: _norm_clip,
 })
 
-DEFAULT_AGGREGATOR = AggregatorName.FEDAVG
-
-
 def new_aggregation(
     name: str, n_values: int, base: NDArray[Any] | None = None, trim: float = 0.1
 ) -> Aggregation:
