@@ -41,18 +41,22 @@ from typing import Any
 import numpy as np
 import torch
 
-from export import emulate
-from export.cpu import cpu_info
-from export.onnx_export import export_model, reference_model
-from export.options import ExportOptions
-from export.verify import VerifyData, verify_export
-from mpfl.ml.checkpoint import SavedModel
-from mpfl.ml.data import Dataset, load_dataset
-from mpfl.ml.masks import local_mask, unit_scores
-from mpfl.ml.models import ModelSpec, build_model
-from mpfl.ml.train import MaskEnforcer, evaluate, train_local
-from mpfl.ml.units import build_unit_map, model_state
-from mpfl.wire.specs import DEFAULT_TRAIN
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "tests"))  # emulation: qemu-user runs of the runner
+
+import emulation as emulate  # noqa: E402
+
+from export.cpu import cpu_info  # noqa: E402
+from export.onnx_export import export_model, reference_model  # noqa: E402
+from export.options import ExportOptions  # noqa: E402
+from export.verify import VerifyData, verify_export  # noqa: E402
+from mpfl.ml.checkpoint import SavedModel  # noqa: E402
+from mpfl.ml.data import Dataset, load_dataset  # noqa: E402
+from mpfl.ml.masks import local_mask, unit_scores  # noqa: E402
+from mpfl.ml.models import ModelSpec, build_model  # noqa: E402
+from mpfl.ml.train import MaskEnforcer, evaluate, train_local  # noqa: E402
+from mpfl.ml.units import build_unit_map, model_state  # noqa: E402
+from mpfl.wire.specs import DEFAULT_TRAIN  # noqa: E402
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 KB = 1024

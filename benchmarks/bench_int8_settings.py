@@ -16,7 +16,7 @@ stay fp32, so the settings alone differ):
 
 Every file runs in the torch-free runner (one thread) on this CPU and under qemu on an
 x86 with AVX2 but no VNNI (Haswell) and on a Raspberry Pi 4's Cortex-A72
-(export/emulate.py). Each cell is max |int8 - torch| / max |torch| over the logits, and
+(tests/emulation.py). Each cell is max |int8 - torch| / max |torch| over the logits, and
 the share of images whose top-1 class matches torch's.
 
 Writes benchmarks/results/int8_settings.json and int8_settings.md and prints the table.
@@ -46,8 +46,9 @@ import onnx
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "tests"))  # the export tests' model builders
+sys.path.insert(0, str(ROOT / "tests"))  # the export tests' model builders, emulation
 
+import emulation as emulate  # noqa: E402
 from _export_helpers import (  # noqa: E402
     random_filter_mask,
     sample_inputs,
@@ -55,7 +56,6 @@ from _export_helpers import (  # noqa: E402
     torch_logits,
 )
 
-from export import emulate  # noqa: E402
 from export.cpu import cpu_info  # noqa: E402
 from export.onnx_export import build_artifacts, reference_model  # noqa: E402
 from export.options import ExportOptions  # noqa: E402

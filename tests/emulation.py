@@ -1,6 +1,7 @@
 """Run the torch-free runner on CPUs this machine does not have, under qemu-user.
 
-Two targets, set up by ``make emulators`` (tests/setup_export_emulators.sh):
+Two targets, set up by ``make emulators`` (tests/setup_export_emulators.sh), used by
+the export tests and the export benchmarks:
 
 - ``haswell``: this venv's own Python under ``qemu-x86_64-static -cpu Haswell``: AVX2
   without AVX-512 or VNNI. onnxruntime picks its x86 kernels from CPUID, which qemu

@@ -16,13 +16,13 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import emulation as emulate
 import numpy as np
 import onnx
 import pytest
 from _export_helpers import random_filter_mask, saved_model, torch_logits
 from onnx import TensorProto, helper, numpy_helper
 
-from export import emulate
 from export.onnx_export import export_model, reference_model
 from export.options import ExportOptions
 from export.quantize import quantize_int8, quantize_linear_layers
