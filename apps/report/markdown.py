@@ -23,6 +23,14 @@ def _mb(n: float) -> str:
     return f"{n / S.MB:.3f}"
 
 
+def _saving(ratio: float | None) -> str:
+    if ratio is None:
+        return ""
+    if ratio >= 1.05:
+        return f" ({ratio:.1f}x what this run sent)"
+    return f" ({ratio:.2f}x what this run sent: no saving)"
+
+
 def _overview(run: RunRecord, baseline: RunRecord | None) -> str:
     cfg = run.config
     sent = sum(r.uplink_bytes for r in run.rounds)
@@ -38,8 +46,7 @@ def _overview(run: RunRecord, baseline: RunRecord | None) -> str:
         ["final sparsity", _pct(run.rounds[-1].sparsity if run.rounds else None)
          + f" (target {_pct(cfg.final_sparsity)})"],
         ["uplink, all nodes", f"{_mb(sent)} MB"],
-        ["same rounds as dense fp32", f"{_mb(dense)} MB"
-         + (f" ({ratio:.1f}x more)" if ratio else "")],
+        ["same rounds as dense fp32", f"{_mb(dense)} MB" + _saving(ratio)],
         ["downlink, all nodes", f"{_mb(sum(r.downlink_bytes for r in run.rounds))} MB"],
     ]
     if run.summary is not None:

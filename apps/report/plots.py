@@ -86,9 +86,19 @@ def uplink_figure(run: RunRecord, baseline: RunRecord | None) -> Figure:
     ax.xaxis.set_major_formatter(FuncFormatter(lambda value, _: f"{value:g}"))
     ax.set_xlabel("cumulative uplink, all nodes (MB, log scale)")
     ax.set_ylabel("test accuracy (%)")
-    ratio = S.savings(run)
-    title = "Accuracy against uplink"
-    ax.set_title(title + (f": {ratio:.1f}x less than dense" if ratio else ""))
+    sent = sum(r.uplink_bytes for r in run.rounds)
+    if baseline is not None:
+        ratio = sum(r.uplink_bytes for r in baseline.rounds) / sent if sent else None
+        against = f"{baseline.name} (measured)"
+    else:
+        ratio, against = S.savings(run), "the same rounds sent dense"
+    if ratio is None:
+        title = "Accuracy against uplink"
+    elif ratio >= 1.05:
+        title = f"Accuracy against uplink: {ratio:.1f}x less than {against}"
+    else:
+        title = f"Accuracy against uplink: no saving against {against}"
+    ax.set_title(title, fontsize=10)
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()

@@ -106,9 +106,8 @@ def read_run(path: str | Path) -> RunRecord:
         raise DataError(f"run directory {what}", path=str(root))
     for required in ("config.json", "metrics.jsonl"):
         if not (root / required).is_file():
-            raise DataError(f"not a run directory: it has no {required} (a run directory is "
-                            "what `mpfl simulate` or `mpfl-coordinator run` writes)",
-                            path=str(root))
+            raise DataError(f"not a run directory: no {required}; `mpfl simulate` and "
+                            "`mpfl-coordinator run --run-dir` write one", path=str(root))
     config = _read_config(root / "config.json")
     rounds = tuple(read_metrics(root / "metrics.jsonl"))
     parameters, layers, mask_source = _mask_layers(root, config)
