@@ -276,7 +276,8 @@ def test_a_missing_or_wrong_directory_is_one_line_from_the_real_command(
                          (tmp_path / "empty", "not a run directory: no config.json")]:
         done = _mpfl("report", str(target))
         assert done.returncode == 3, done.stderr
-        assert done.stderr == f"mpfl: error: {says} (path={target})\n"
+        assert done.stderr.startswith(f"mpfl: error: {says}")
+        assert done.stderr.endswith(f" (path={target})\n") and done.stderr.count("\n") == 1
         assert done.stdout == ""
 
 
