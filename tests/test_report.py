@@ -241,7 +241,6 @@ def _corrupt(run_dir: Path, name: str, content: bytes | None) -> None:
 
 
 @pytest.mark.parametrize(("name", "content", "code", "says"), [
-    ("metrics.jsonl", None, 3, "not a run directory: no metrics.jsonl"),
     ("config.json", None, 3, "not a run directory: no config.json"),
     ("metrics.jsonl", b'{"round": 1}\n', 3, "metrics line lacks a valid"),
     ("metrics.jsonl", b"\x00garbage\n", 3, "metrics line is not JSON"),
@@ -279,6 +278,28 @@ def test_a_missing_or_wrong_directory_is_one_line_from_the_real_command(
         assert done.stderr.startswith(f"mpfl: error: {says}")
         assert done.stderr.endswith(f" (path={target})\n") and done.stderr.count("\n") == 1
         assert done.stdout == ""
+
+
+def test_a_run_before_its_first_round_is_reported_as_such(runs: dict[str, Path],
+                                                          tmp_path: Path) -> None:
+    run_dir = tmp_path / "waiting"
+    run_dir.mkdir()
+    shutil.copy(runs["mpfl"] / "config.json", run_dir)  # all a coordinator writes up front
+    result = _report(run_dir)
+    assert result.exit_code == 0, result.output
+    assert result.output.splitlines()[0] == "No plots: no round has closed in this run yet."
+    assert [p.name for p in (run_dir / "report").iterdir()] == ["report.md"]
+    assert "| rounds closed | 0 of 5 (2 mask + 3 train) |" in \
+        (run_dir / "report" / "report.md").read_text()
+
+
+def test_an_output_that_cannot_be_written_is_one_line(runs: dict[str, Path],
+                                                      tmp_path: Path) -> None:
+    (tmp_path / "a-file").write_text("x")
+    result = _report(runs["mpfl"], "--out", tmp_path / "a-file" / "report")
+    assert result.exit_code == 3, result.output
+    assert result.output.startswith("mpfl: error: cannot write the report: ")
+    assert result.output.count("\n") == 1 and str(tmp_path / "a-file") in result.output
 
 
 def test_a_bad_baseline_is_named(runs: dict[str, Path], tmp_path: Path) -> None:

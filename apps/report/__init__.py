@@ -10,8 +10,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from apps.report.rundir import RunRecord, read_run
+from mpfl.errors import DataError
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 __all__ = ["Report", "RunRecord", "read_run", "write_report"]
 
@@ -33,14 +38,22 @@ def write_report(run_dir: str | Path, out_dir: str | Path | None = None,
     run = read_run(run_dir)
     baseline = read_run(baseline_dir) if baseline_dir is not None else None
     out = Path(out_dir) if out_dir is not None else run.path / "report"
-    try:
-        figures = plots.figures(run, baseline)
-        note = None
-    except plots.PlotsUnavailable as exc:
-        figures, note = {}, f"No plots: {exc}."
-    out.mkdir(parents=True, exist_ok=True)
-    images = tuple(plots.save(figures, out)) if figures else ()
+    figures: dict[str, Figure] = {}
+    note = None
+    if not run.rounds:
+        note = "No plots: no round has closed in this run yet."
+    else:
+        try:
+            figures = plots.figures(run, baseline)
+        except plots.PlotsUnavailable as exc:
+            note = f"No plots: {exc}."
     path = out / "report.md"
-    path.write_text(markdown.render(run, baseline, [p.name for p in images], note),
-                    encoding="utf-8")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        images = tuple(plots.save(figures, out)) if figures else ()
+        path.write_text(markdown.render(run, baseline, [p.name for p in images], note),
+                        encoding="utf-8")
+    except OSError as exc:
+        raise DataError(f"cannot write the report: {exc.strerror or exc}",
+                        path=exc.filename or str(out)) from None
     return Report(path, images, note)

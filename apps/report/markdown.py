@@ -38,7 +38,7 @@ def _overview(run: RunRecord, baseline: RunRecord | None) -> str:
     ratio = S.savings(run)
     rows = [
         ["federation", f"`{cfg.federation}`"],
-        ["model", f"{cfg.model} {json.dumps(cfg.model_args) if cfg.model_args else ''}, "
+        ["model", f"{cfg.model}{' ' + json.dumps(cfg.model_args) if cfg.model_args else ''}, "
                   f"{run.parameters:,} values, {cfg.granularity} masks"],
         ["rounds closed", f"{len(run.rounds)} of {cfg.mask_rounds + cfg.train_rounds} "
                           f"({cfg.mask_rounds} mask + {cfg.train_rounds} train)"],
@@ -120,6 +120,8 @@ def _exports(run: RunRecord) -> str:
 def render(run: RunRecord, baseline: RunRecord | None, images: Sequence[str],
            plots_note: str | None) -> str:
     parts = [f"# Run report: `{run.name}`", _overview(run, baseline)]
+    if not run.rounds:
+        return "\n\n".join([*parts, f"*{plots_note}*"]) + "\n"
     if images:
         parts += [f"![{name.removesuffix('.png')}]({name})" for name in images]
     if plots_note:

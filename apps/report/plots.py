@@ -133,10 +133,8 @@ def nodes_figure(run: RunRecord) -> Figure:
     names = [t.node for t in totals]
     answered = left.barh(names, [t.rounds_answered for t in totals], color=MPFL_COLOUR)
     left.bar_label(answered, label_type="center", color="white", fontsize=8)
-    left.axvline(len(run.rounds), color="black", linestyle="--", linewidth=1,
-                 label=f"rounds closed ({len(run.rounds)})")
-    left.set_xlabel("rounds answered in time")
-    left.legend(fontsize=8, loc="lower right")
+    left.axvline(len(run.rounds), color="black", linestyle="--", linewidth=1)
+    left.set_xlabel(f"rounds answered in time (dashed: {len(run.rounds)} closed)")
     left.invert_yaxis()
     sent = right.barh(names, [t.reported_upload_bytes / 1e3 for t in totals], color=MPFL_COLOUR)
     right.bar_label(sent, fmt="%.1f", label_type="center", color="white", fontsize=8)
@@ -149,12 +147,15 @@ def nodes_figure(run: RunRecord) -> Figure:
 def bits_figure(run: RunRecord) -> Figure:
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(6.4, 4))
-    _phase_band(ax, run, " (masks)")
+    _phase_band(ax, run)
     bits = S.bits_per_parameter(run.rounds, run.parameters)
     bars = ax.bar(bits.x, bits.y, color=MPFL_COLOUR, label=bits.label)
     ax.bar_label(bars, fmt="%.2f", fontsize=7)
     ax.axhline(32, color=DENSE_COLOUR, linestyle=":", label="dense fp32 (32 bits)")
+    from matplotlib.ticker import FuncFormatter
+
     ax.set_yscale("log")
+    ax.yaxis.set_major_formatter(FuncFormatter(lambda value, _: f"{value:g}"))
     ax.set_xlabel("round")
     ax.set_ylabel("uplink bits per parameter (log scale)")
     ax.set_title(f"Uplink per node-round: {_model_line(run)}")

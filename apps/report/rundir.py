@@ -104,12 +104,13 @@ def read_run(path: str | Path) -> RunRecord:
     if not root.is_dir():
         what = "is not a directory" if root.exists() else "does not exist"
         raise DataError(f"run directory {what}", path=str(root))
-    for required in ("config.json", "metrics.jsonl"):
-        if not (root / required).is_file():
-            raise DataError(f"not a run directory: no {required}; `mpfl simulate` and "
-                            "`mpfl-coordinator run --run-dir` write one", path=str(root))
+    if not (root / "config.json").is_file():
+        raise DataError("not a run directory: no config.json; `mpfl simulate` and "
+                        "`mpfl-coordinator run --run-dir` write one", path=str(root))
     config = _read_config(root / "config.json")
-    rounds = tuple(read_metrics(root / "metrics.jsonl"))
+    # metrics.jsonl appears when the first round closes
+    metrics = root / "metrics.jsonl"
+    rounds = tuple(read_metrics(metrics)) if metrics.exists() else ()
     parameters, layers, mask_source = _mask_layers(root, config)
     reports, skipped = _read_node_reports(root / "node_metrics.jsonl")
     summary_path = root / "summary.json"
