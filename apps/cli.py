@@ -59,6 +59,7 @@ def _print_table(run_dir: Path) -> None:
     for log in logs:
         click.echo(format_round(log))
     click.echo(f"{totals_line(logs)}; run directory {run_dir}")
+    click.echo(f"plots and a summary of this run: mpfl report {run_dir}")
 
 
 def _simulate(

@@ -55,6 +55,7 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
                   "--federation", "dense", "--mask-rounds", "0", "--train-rounds", "4",
                   "--final-sparsity", "0", "--value-codec", "fp32")
     assert dense.returncode == 0, dense.stdout + dense.stderr
+    assert f"mpfl report {root / 'dense'}" in dense.stdout  # the next command, suggested
     return {"mpfl": root / "mpfl", "dense": root / "dense"}
 
 
@@ -167,6 +168,10 @@ def test_the_report_command_writes_the_plots_and_the_summary(runs: dict[str, Pat
     assert f"| {verify['file_bytes']:,} | {verify['dense_bytes']:,} |" in text
     for name in names - {"report.md"}:
         assert f"]({name})" in text
+    rows = [line.split(" | ") for line in text.splitlines()
+            if line.startswith("| ") and line.split(" | ")[1] in ("mask", "train")]
+    assert [(int(r[0].lstrip("| ")), r[1], int(r[6].replace(",", ""))) for r in rows] == \
+        [(m["round"], m["phase"], m["uplink_bytes"]) for m in metrics]
     # a report reads the run; it changes nothing in it
     assert {p: p.stat().st_mtime_ns for p in run_dir.rglob("*")
             if out not in (p, *p.parents)} == before

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 from apps.report import series as S
 from apps.report.rundir import RunRecord
-from mpfl.choices import Mode
+from mpfl.choices import Mode, Phase
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
@@ -46,7 +46,7 @@ def _phase_band(ax: Axes, run: RunRecord, why: str = "") -> None:
     """Shade the mask rounds, so a curve that starts late or a step in it is explained."""
     from matplotlib.ticker import MaxNLocator
 
-    mask_rounds = [r.round for r in run.rounds if r.phase == "mask"]
+    mask_rounds = [r.round for r in run.rounds if r.phase == Phase.MASK]
     if mask_rounds:
         ax.axvspan(min(mask_rounds) - 0.5, max(mask_rounds) + 0.5, color="tab:green",
                    alpha=0.08, label="mask rounds" + why)
