@@ -222,6 +222,22 @@ def test_a_stopped_run_reports_the_last_checkpoints_mask(runs: dict[str, Path],
     assert "## Final mask per layer\n\nFrom `checkpoint/round-" in report.markdown.read_text()
 
 
+def test_a_node_that_said_hello_and_never_answered_is_shown(runs: dict[str, Path],
+                                                            tmp_path: Path,
+                                                            close_figures: None) -> None:
+    run_dir = tmp_path / "run"
+    shutil.copytree(runs["mpfl"], run_dir)
+    state = json.loads((run_dir / "checkpoint" / "state.json").read_text())
+    state["nodes"]["node-9"] = {"samples": 10, "hardware": "rpi4", "online": False}
+    (run_dir / "checkpoint" / "state.json").write_text(json.dumps(state))
+    run = read_run(run_dir)
+    answered = plots.figures(run, None)["nodes.png"].axes[0]
+    labels = [t.get_text() for t in answered.get_yticklabels()]
+    assert labels[-1] == "node-9" and answered.containers[0][-1].get_width() == 0
+    text = write_report(run_dir, tmp_path / "out").markdown.read_text()
+    assert f"| `node-9` | rpi4 | 10 | no | 0 / {len(run.rounds)} | 0 | 0 |" in text
+
+
 def test_forged_node_reports_are_left_out_and_listed(runs: dict[str, Path],
                                                      tmp_path: Path) -> None:
     run_dir = tmp_path / "run"
@@ -256,6 +272,9 @@ def _corrupt(run_dir: Path, name: str, content: bytes | None) -> None:
     ("summary.json", b'{"phase": 7}', 3, "unexpected content"),
     ("model.verify.json", b'{"format": "packed"}', 3, "unexpected content"),
     ("final/model.npz", b"PK\x03\x04 truncated", 4, "cannot read arrays"),
+    ("checkpoint/state.json", b'{"arrays": "../../elsewhere.npz"}', 3, "outside its directory"),
+    ("checkpoint/state.json", b'{"arrays": "r.npz", "nodes": {"n": {}}}', 3,
+     "missing required field `samples`"),
 ])
 def test_a_bad_run_directory_is_one_line_naming_the_file(
         runs: dict[str, Path], tmp_path: Path, name: str, content: bytes | None, code: int,
@@ -316,14 +335,18 @@ def test_a_bad_baseline_is_named(runs: dict[str, Path], tmp_path: Path) -> None:
 
 
 def test_node_totals_count_answers_and_reports_separately() -> None:
-    from apps.report.rundir import NodeReport
+    from apps.report.rundir import KnownNode, NodeReport
 
     rounds = [RoundLog(1, "mask", 0.5, 0.5, ["a", "b"], 10, 0, 80),
               RoundLog(2, "train", 0.5, 0.5, ["a"], 6, 0, 40)]
     reports = [NodeReport("a", 1, 5, 4), NodeReport("a", 2, 5, 6), NodeReport("a", 2, 5, 6),
                NodeReport("b", 1, 9, 6), NodeReport("b", 2, 9, 7), NodeReport("c", 1, 3, 2)]
-    totals = {t.node: t for t in node_totals(rounds, reports)}
+    known = {"a": KnownNode(50, "rpi4"), "d": KnownNode(7, online=False)}
+    totals = {t.node: t for t in node_totals(rounds, reports, known)}
     assert (totals["a"].rounds_answered, totals["a"].reported_upload_bytes) == (2, 10)
+    assert (totals["a"].samples, totals["a"].hardware, totals["b"].samples) == (50, "rpi4", 9)
+    assert (totals["d"].rounds_answered, totals["d"].online, totals["c"].online) == (0, False,
+                                                                                     None)
     # b reported round 2 but was late: answered once, reported twice
     assert (totals["b"].rounds_answered, totals["b"].rounds_reported) == (1, 2)
     assert (totals["c"].rounds_answered, totals["c"].samples) == (0, 3)

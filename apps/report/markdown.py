@@ -89,15 +89,18 @@ def _layers(run: RunRecord) -> str:
 
 
 def _nodes(run: RunRecord) -> str:
-    totals = S.node_totals(run.rounds, run.node_reports)
+    totals = S.node_totals(run.rounds, run.node_reports, run.known_nodes)
     if not totals:
-        return "No node answered."
-    rows = [[f"`{t.node}`", f"{t.rounds_answered} / {len(run.rounds)}", str(t.rounds_reported),
-             f"{t.samples:,}", f"{t.reported_upload_bytes:,}"] for t in totals]
-    text = ("Rounds answered are the coordinator's count; samples and upload bytes are what "
-            "each node reported (`node_metrics.jsonl`).\n\n"
-            + _table(["node", "rounds answered", "rounds reported", "samples",
-                      "uplink B (reported)"], rows))
+        return "No node said hello."
+    online = {True: "yes", False: "no", None: "-"}
+    rows = [[f"`{t.node}`", t.hardware, f"{t.samples:,}", online[t.online],
+             f"{t.rounds_answered} / {len(run.rounds)}", str(t.rounds_reported),
+             f"{t.reported_upload_bytes:,}"] for t in totals]
+    text = ("Hardware, samples, online (at the last checkpoint) and rounds answered are the "
+            "coordinator's; rounds reported and upload bytes are what each node said of "
+            "itself (`node_metrics.jsonl`).\n\n"
+            + _table(["node", "hardware", "samples", "online", "rounds answered",
+                      "rounds reported", "uplink B (reported)"], rows))
     if run.skipped_node_lines:
         shown = "\n".join(f"- {line}" for line in run.skipped_node_lines[:5])
         more = len(run.skipped_node_lines) - 5

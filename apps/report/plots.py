@@ -127,7 +127,7 @@ def sparsity_figure(run: RunRecord) -> Figure:
 
 def nodes_figure(run: RunRecord) -> Figure:
     plt = _pyplot()
-    totals = S.node_totals(run.rounds, run.node_reports)
+    totals = S.node_totals(run.rounds, run.node_reports, run.known_nodes)
     fig, (left, right) = plt.subplots(1, 2, figsize=(8, 0.9 + 0.4 * max(2, len(totals))),
                                       sharey=True)
     names = [t.node for t in totals]

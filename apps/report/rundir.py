@@ -38,6 +38,21 @@ class NodeReport(msgspec.Struct, frozen=True):
     accuracy: Fraction | None = None
 
 
+class KnownNode(msgspec.Struct, frozen=True):
+    """A node the coordinator heard say hello, as its last checkpoint describes it."""
+
+    samples: NonNegative
+    hardware: str = "unknown"
+    online: bool = True
+
+
+class CheckpointDescription(msgspec.Struct, frozen=True):
+    """The part of ``checkpoint/state.json`` the report reads."""
+
+    arrays: str
+    nodes: dict[str, KnownNode] = {}
+
+
 class RunSummary(msgspec.Struct, frozen=True):
     """The part of ``summary.json`` the report shows."""
 
@@ -84,6 +99,7 @@ class RunRecord:
     parameters: int  # every float tensor of the model: what one dense fp32 upload carries
     layers: tuple[LayerSparsity, ...]  # empty when no round left a mask on disk
     mask_source: str  # which file the layer sparsity comes from
+    known_nodes: dict[str, KnownNode]  # every node that said hello, answering or not
     node_reports: tuple[NodeReport, ...]
     skipped_node_lines: tuple[str, ...]  # "line 7: why", for lines that are no report
     summary: RunSummary | None
@@ -111,13 +127,15 @@ def read_run(path: str | Path) -> RunRecord:
     # metrics.jsonl appears when the first round closes
     metrics = root / "metrics.jsonl"
     rounds = tuple(read_metrics(metrics)) if metrics.exists() else ()
-    parameters, layers, mask_source = _mask_layers(root, config)
+    checkpoint = _read_checkpoint(root / "checkpoint")
+    parameters, layers, mask_source = _mask_layers(root, config, checkpoint)
     reports, skipped = _read_node_reports(root / "node_metrics.jsonl")
     summary_path = root / "summary.json"
     summary = _read_struct(summary_path, RunSummary) if summary_path.is_file() else None
     exports = tuple(_read_struct(p, ExportSummary) for p in sorted(root.glob("*.verify.json")))
-    return RunRecord(root, config, rounds, parameters, layers, mask_source, reports, skipped,
-                     summary, exports)
+    known = dict(checkpoint.nodes) if checkpoint is not None else {}
+    return RunRecord(root, config, rounds, parameters, layers, mask_source, known, reports,
+                     skipped, summary, exports)
 
 
 def _read_bytes(path: Path) -> bytes:
@@ -164,8 +182,18 @@ def _read_node_reports(path: Path) -> tuple[tuple[NodeReport, ...], tuple[str, .
     return tuple(reports), tuple(skipped)
 
 
+def _read_checkpoint(directory: Path) -> CheckpointDescription | None:
+    state = directory / "state.json"
+    if not state.is_file():
+        return None
+    described = _read_struct(state, CheckpointDescription)
+    if "/" in described.arrays or described.arrays.startswith("."):
+        raise DataError("checkpoint points outside its directory", path=str(state))
+    return described
+
+
 def _mask_layers(
-    root: Path, config: FederationConfig
+    root: Path, config: FederationConfig, checkpoint: CheckpointDescription | None
 ) -> tuple[int, tuple[LayerSparsity, ...], str]:
     """(parameter count, per-layer sparsity, its source): the final model's mask, else the
     last checkpoint's consensus mask (a run that stopped early), else none."""
@@ -181,14 +209,17 @@ def _mask_layers(
         raise DataError(f"config.json names a model that cannot be built: {exc}",
                         path=str(root / "config.json")) from None
     mask: np.ndarray | None
+    source: str
     if (root / "final" / "model.json").is_file():
         saved = load_model(root / "final")
         if saved.spec != config.model_spec or saved.granularity != config.granularity:
             raise DataError("final/ holds another model than config.json names",
                             path=str(root / "final"))
         mask, source = saved.mask, "final/model.npz"
+    elif checkpoint is not None:
+        mask, source = _checkpoint_mask(root / "checkpoint", checkpoint.arrays)
     else:
-        mask, source = _checkpoint_mask(root / "checkpoint")
+        mask, source = None, ""
     if mask is None:
         return unit_map.n_values, (), "none (no round closed)"
     if mask.shape != (unit_map.n_units,):
@@ -201,18 +232,9 @@ def _mask_layers(
     return unit_map.n_values, layers, source
 
 
-def _checkpoint_mask(directory: Path) -> tuple[np.ndarray | None, str]:
+def _checkpoint_mask(directory: Path, arrays_name: str) -> tuple[np.ndarray, str]:
     from mpfl.ml.checkpoint import read_npz
 
-    state = directory / "state.json"
-    if not state.is_file():
-        return None, ""
-    try:
-        arrays_name = json.loads(_read_bytes(state))["arrays"]
-    except (ValueError, KeyError, TypeError) as exc:
-        raise DataError(f"unreadable checkpoint description: {exc}", path=str(state)) from None
-    if not isinstance(arrays_name, str) or "/" in arrays_name or arrays_name.startswith("."):
-        raise DataError("checkpoint points outside its directory", path=str(state))
     arrays = read_npz(directory / arrays_name)
     if "mask" not in arrays:
         raise DataError("checkpoint has no mask", path=str(directory / arrays_name))

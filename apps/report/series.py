@@ -9,11 +9,11 @@ per answering node per round, the same rounds sent dense.
 from __future__ import annotations
 
 from collections import Counter, defaultdict
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from itertools import accumulate
 
-from apps.report.rundir import NodeReport, RunRecord
+from apps.report.rundir import KnownNode, NodeReport, RunRecord
 from mpfl.federation.metrics import RoundLog
 
 MB = 1e6
@@ -31,14 +31,16 @@ class Series:
 
 @dataclass(frozen=True)
 class NodeTotals:
-    """One node's share of the run: rounds it answered in (coordinator's count) and the
-    upload bytes and samples it reported itself."""
+    """One node's share of the run: rounds it answered in and what the coordinator knew of
+    it (hello, liveness), beside the rounds and upload bytes the node reported itself."""
 
     node: str
     rounds_answered: int
     rounds_reported: int
     reported_upload_bytes: int
-    samples: int
+    samples: int  # the coordinator's (capped) count from the hello, else the node's report
+    hardware: str = "unknown"
+    online: bool | None = None  # at the last checkpoint; None: not in it
 
 
 def cumulative_uplink_mb(rounds: Sequence[RoundLog]) -> tuple[float, ...]:
@@ -87,18 +89,23 @@ def savings(run: RunRecord) -> float | None:
     return dense / sent if sent else None
 
 
-def node_totals(rounds: Sequence[RoundLog], reports: Sequence[NodeReport]) -> list[NodeTotals]:
-    """Every node the coordinator heard of, sorted by id."""
+def node_totals(rounds: Sequence[RoundLog], reports: Sequence[NodeReport],
+                known: Mapping[str, KnownNode] | None = None) -> list[NodeTotals]:
+    """Every node the coordinator heard of, sorted by id: one that said hello and never
+    answered (it crashed, or cannot train) shows with zero rounds."""
+    known = known or {}
     answered = Counter(node for r in rounds for node in r.participants)
     reported: dict[str, dict[int, NodeReport]] = defaultdict(dict)
     for report in reports:
         reported[report.node][report.round] = report  # a repeated round counts once, last wins
     out = []
-    for node in sorted(set(answered) | set(reported)):
+    for node in sorted(set(answered) | set(reported) | set(known)):
         own = reported.get(node, {})
+        hello = known.get(node)
+        samples = hello.samples if hello else max((r.samples for r in own.values()), default=0)
         out.append(NodeTotals(
-            node, answered[node], len(own), sum(r.upload_bytes for r in own.values()),
-            max((r.samples for r in own.values()), default=0),
+            node, answered[node], len(own), sum(r.upload_bytes for r in own.values()), samples,
+            hello.hardware if hello else "unknown", hello.online if hello else None,
         ))
     return out
 
