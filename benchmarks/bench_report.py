@@ -27,7 +27,7 @@ from typing import Any
 
 from apps.launcher import SimulationPlan, run_simulation
 from apps.report import RunRecord, read_run, write_report
-from apps.report.series import final_accuracy, savings
+from apps.report.series import bits_per_parameter, final_accuracy, savings
 from mpfl.choices import Phase
 from mpfl.config.settings import FederationConfig
 from mpfl.errors import FederationError
@@ -68,7 +68,7 @@ def simulate(cfg: FederationConfig, run_dir: Path, args: argparse.Namespace) -> 
 def row(run: RunRecord, seconds: float) -> dict[str, Any]:
     sent = sum(r.uplink_bytes for r in run.rounds)
     train = [r for r in run.rounds if r.phase == Phase.TRAIN]
-    bits = [8 * r.uplink_bytes / (run.parameters * len(r.participants)) for r in train]
+    bits = bits_per_parameter(train, run.parameters).y
     return {
         "run": run.name, "rounds": len(run.rounds), "accuracy": final_accuracy(run),
         "sparsity": run.rounds[-1].sparsity, "uplink_bytes": sent,

@@ -68,10 +68,11 @@ def _overview(run: RunRecord, baseline: RunRecord | None) -> str:
 def _rounds(run: RunRecord) -> str:
     cumulative = S.cumulative_uplink_mb(run.rounds)
     dense = S.dense_bytes(run.rounds, run.parameters)
+    series = S.bits_per_parameter(run.rounds, run.parameters)
+    per_round = dict(zip(series.x, series.y, strict=True))
     rows = []
     for r, total, d in zip(run.rounds, cumulative, dense, strict=True):
-        bits = 8 * r.uplink_bytes / (run.parameters * len(r.participants)) \
-            if r.participants and run.parameters else None
+        bits = per_round.get(float(r.round))
         rows.append([str(r.round), r.phase, _pct(r.target_sparsity), _pct(r.sparsity),
                      _pct(r.accuracy), f"{len(r.participants)}", f"{r.uplink_bytes:,}",
                      f"{d:,}", f"{total:.3f}", "-" if bits is None else f"{bits:.3f}"])
