@@ -1,4 +1,4 @@
-"""``mpfl``: the umbrella command (demo, simulate, models). Only parses and calls library code."""
+"""``mpfl``: the umbrella command (demo, simulate, report, models); parses, then calls."""
 
 from __future__ import annotations
 
@@ -59,6 +59,7 @@ def _print_table(run_dir: Path) -> None:
     for log in logs:
         click.echo(format_round(log))
     click.echo(f"{totals_line(logs)}; run directory {run_dir}")
+    click.echo(f"plots and a summary of this run: mpfl report {run_dir}")
 
 
 def _simulate(
@@ -165,6 +166,26 @@ def demo(nodes: int, rounds: tuple[int, int], run_dir: str | None, in_process: b
     from apps.demo import export_demo_model
 
     export_demo_model(path, echo=click.echo)
+
+
+@main.command()
+@click.argument("run_dir", type=click.Path(path_type=Path))
+@click.option("--baseline", type=click.Path(path_type=Path), default=None, metavar="RUN_DIR",
+              help="A dense FedAvg run (or any run) to draw beside this one, measured.")
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Where to write report.md and the plots.  [default: RUN_DIR/report]")
+@reports_errors
+def report(run_dir: Path, baseline: Path | None, out: Path | None) -> None:
+    """Plots and a markdown summary of a run directory: accuracy, uplink against dense
+    FedAvg, the final mask per layer, nodes, export."""
+    from apps.report import write_report
+
+    written = write_report(run_dir, out, baseline)
+    if written.plots_note:
+        click.echo(written.plots_note)
+    for image in written.images:
+        click.echo(f"wrote {image}")
+    click.echo(f"wrote {written.markdown}")
 
 
 def _add_hardware_commands() -> None:
