@@ -28,13 +28,15 @@ from typing import Any
 
 import numpy as np
 
-from mpfl.choices import Granularity, Mode, ModelScope, Phase, ValueCodecName
+from mpfl.choices import Phase
 from mpfl.config.settings import FederationConfig
 from mpfl.errors import FederationError, FingerprintMismatch, MpflError, WireError
+from mpfl.federation.announce import state_document
 from mpfl.federation.evaluation import Evaluator
 from mpfl.federation.metrics import RoundLog
+from mpfl.federation.resume import resume, saved_state
 from mpfl.federation.rounds import NodeInfo, OpenRound, Step, get_mode, new_votes
-from mpfl.federation.snapshot import FINISHED, Saved, decode_snapshot, encode_snapshot
+from mpfl.federation.snapshot import decode_snapshot, encode_snapshot
 from mpfl.federation.traffic import Traffic
 from mpfl.federation.weights import GlobalWeights
 from mpfl.maths.aggregate import new_aggregation
@@ -50,7 +52,7 @@ from mpfl.wire import (
     encode_values,
     topics,
 )
-from mpfl.wire.protocol import PROTOCOL_VERSION, Hello, Publish, StateDocument
+from mpfl.wire.protocol import Hello, Publish, StateDocument
 
 __all__ = ["FederationServer", "NodeInfo", "Step"]
 
@@ -126,28 +128,7 @@ class FederationServer:
         return self._schedule(t, self.cfg.mask_rounds, self.cfg.final_sparsity)
 
     def state_doc(self) -> StateDocument:
-        cfg = self.cfg
-        return StateDocument(
-            protocol=PROTOCOL_VERSION,
-            federation=cfg.federation,
-            session=self.session,
-            run=self.run_id,
-            phase=self.phase,
-            round=self.round,
-            mask_rounds=cfg.mask_rounds,
-            train_rounds=cfg.train_rounds,
-            target_sparsity=self.target(),
-            deadline=self.deadline,
-            model=cfg.model_spec,
-            granularity=Granularity(cfg.granularity),
-            fingerprint=self.unit_map.fingerprint.hex(),
-            model_scope=ModelScope.DENSE if self.global_values is None else ModelScope.MASK,
-            train=cfg.train_spec,
-            value_codec=ValueCodecName(cfg.value_codec),
-            mode=Mode(cfg.mode),
-            delta=cfg.delta,
-            error=self.error,
-        )
+        return state_document(self)
 
     def _envelope(self, kind: Kind, codec: int, payload: bytes, t: int) -> bytes:
         env = Envelope(kind, t, self.unit_map.fingerprint, "", codec, payload)
@@ -251,7 +232,7 @@ class FederationServer:
             active = len(self.active_nodes())
             timed_out = now - self.started_waiting >= self.cfg.start_timeout
             if active >= self.cfg.min_nodes or (timed_out and active >= self.cfg.quorum):
-                return Step(self._open_round(1))
+                return Step(self.open_round(1))
             if timed_out:
                 return self._fail(f"only {active} node(s) joined within the start timeout "
                                   f"(need {self.cfg.quorum})")
@@ -280,7 +261,7 @@ class FederationServer:
         self.error = message
         return Step([self.publish_state()])
 
-    def _open_round(self, t: int) -> list[Publish]:
+    def open_round(self, t: int) -> list[Publish]:
         out: list[Publish] = []
         self.round = t
         self.phase = Phase.MASK if t <= self.cfg.mask_rounds else Phase.TRAIN
@@ -327,7 +308,7 @@ class FederationServer:
             self.phase = Phase.DONE
             out.append(self.publish_state())
         else:
-            out += self._open_round(self.round + 1)
+            out += self.open_round(self.round + 1)
         return Step(out, record)
 
     # -- results -------------------------------------------------------------------------
@@ -352,7 +333,7 @@ class FederationServer:
         self.session = secrets.token_hex(4)
         return self.start()
 
-    # -- checkpoints ---------------------------------------------------------------------
+    # -- checkpoints (the format and the restore live in ``resume``) ----------------------
 
     @property
     def closed_round(self) -> int:
@@ -360,12 +341,7 @@ class FederationServer:
 
     def snapshot(self) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
         """Arrays and a JSON-able description of the state after the last closed round."""
-        saved = Saved(
-            self.run_id, self.phase if self.finished else "running", self.round, self.error,
-            self.mask, self.weights.history, self.global_values, self.nodes, self.dropped,
-            self.traffic.uplink, self.traffic.downlink, self.log,
-        )
-        return encode_snapshot(saved, self.cfg.to_dict(), self.unit_map.fingerprint)
+        return encode_snapshot(saved_state(self), self.cfg.to_dict(), self.unit_map.fingerprint)
 
     @classmethod
     def restore(
@@ -378,20 +354,7 @@ class FederationServer:
     ) -> FederationServer:
         """A server in the state ``snapshot`` saw, with the next round open (new session)."""
         server = cls(cfg, evaluate, clock)
-        saved = decode_snapshot(arrays, meta, server.unit_map)
-        weights = server.weights
-        weights.mask, weights.history = saved.mask, saved.history
-        weights.values = saved.global_values
-        server.run_id, server.nodes = saved.run_id, saved.nodes
-        server.dropped, server.log = saved.dropped, saved.log
-        server.traffic = Traffic(saved.uplink, saved.downlink)
-        closed = saved.closed_round
-        if saved.status in FINISHED:
-            server.phase, server.round, server.error = Phase(saved.status), saved.round, saved.error
-        elif closed >= server.total_rounds:
-            server.phase, server.round = Phase.DONE, closed
-        elif closed > 0:
-            server._open_round(closed + 1)  # start() publishes everything a node needs
+        resume(server, decode_snapshot(arrays, meta, server.unit_map))
         return server
 
     def require_success(self) -> None:
