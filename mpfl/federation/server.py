@@ -57,6 +57,11 @@ from mpfl.wire.protocol import Hello, Publish, StateDocument
 __all__ = ["FederationServer", "NodeInfo", "Step"]
 
 
+# What each upload topic carries; a region's partial aggregate answers a whole round.
+_UPLOAD_KINDS = {topics.NODE_MASK: Kind.LOCAL_MASK, topics.NODE_UPDATE: Kind.UPDATE,
+                 topics.NODE_PARTIAL: Kind.PARTIAL}
+
+
 class FederationServer:
     def __init__(
         self,
@@ -170,7 +175,7 @@ class FederationServer:
         try:
             if name == topics.NODE_STATUS:
                 self._on_status(node_id, payload)
-            elif name in (topics.NODE_MASK, topics.NODE_UPDATE):
+            elif name in _UPLOAD_KINDS:
                 reason = self._on_upload(node_id, name, payload)
                 if reason is not None:
                     self.record_drop(reason)
@@ -203,7 +208,7 @@ class FederationServer:
         """Check and aggregate one upload; returns the reason it was dropped, if it was."""
         if node_id not in self.nodes:
             return "unknown-node"
-        want = Kind.LOCAL_MASK if name == topics.NODE_MASK else Kind.UPDATE
+        want = _UPLOAD_KINDS[name]
         env = decode_envelope(payload, expected_fingerprint=self.unit_map.fingerprint,
                               expected_kind=want)
         if env.node_id != node_id:
@@ -212,9 +217,12 @@ class FederationServer:
             return "late"
         if env.round != self.round:
             return "stale-round" if env.round < self.round else "future-round"
-        claimed = self.nodes[node_id].samples  # the hello's count, at most max_samples
-        weight = float(claimed) if self._weighted_votes else 1.0
-        refusal = self.current.take(env, want, weight, claimed)
+        if want is Kind.PARTIAL:  # a region: its weights travel inside, capped per voter
+            refusal = self.current.take_partial(env, self.cfg.max_samples)
+        else:
+            claimed = self.nodes[node_id].samples  # the hello's count, at most max_samples
+            weight = float(claimed) if self._weighted_votes else 1.0
+            refusal = self.current.take(env, want, weight, claimed)
         if refusal is None:
             self.traffic.received(len(payload))
         return refusal
