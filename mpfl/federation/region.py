@@ -100,6 +100,7 @@ class RegionalServer:
         self._sent: tuple[str, int] | None = None  # the last round whose partial went up
         self._announced: str | None = None  # the session the last hello was sent in
         self.traffic = Traffic()  # this tier: nodes' uploads in, root's messages out to them
+        self._closed_at = self.traffic.mark()
         self.log: list[RegionRound] = []
 
     @property
@@ -302,7 +303,9 @@ class RegionalServer:
         envelope = encode_envelope(Envelope(Kind.PARTIAL, doc.round, self._unit_map.fingerprint,
                                             self.region, 0, payload))
         self._sent = self._key
-        moved = self.traffic.since(closing.traffic_at_open)
+        # Since the last close: the root's messages that opened this round came before it.
+        moved = self.traffic.since(self._closed_at)
+        self._closed_at = self.traffic.mark()
         self.log.append(RegionRound(
             doc.round, doc.phase, doc.session, sorted(closing.answered), moved.uplink,
             moved.downlink, len(envelope), self.clock() - closing.started,
