@@ -183,6 +183,45 @@ def _echo(line: str) -> None:
     sys.stdout.flush()
 
 
+@main.command("bridge-config")
+@click.option("--federation", required=True, help="Federation name (topic prefix).")
+@click.option("--region", required=True, metavar="NAME",
+              help="The region, enrolled at the root like a node (its login there too).")
+@click.option("--upstream", required=True, metavar="URL",
+              help="The root's broker, mqtt://host:port or mqtts://host:port.")
+@click.option("--username", default=None,
+              help="The bridge's login at the root broker (the region's user in the root's "
+                   "kit).  [default: the region name]")
+@click.option("--password-file", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              default=None, help="A file holding that login's password (e.g. the region's env "
+                                 "file from the root's kit, MPFL_PASSWORD=...).")
+@click.option("--ca-file", default=None, help="CA certificate of an mqtts:// root broker, as "
+                                              "the regional gateway sees it.")
+@reports_errors
+def bridge_config(federation: str, region: str, upstream: str, username: str | None,
+                  password_file: Path | None, ca_file: str | None) -> None:
+    """Print the mosquitto `connection` bridge of a regional gateway's broker: the root's
+    server topics down, the region's own topics up. Append it to that broker's config."""
+    from coordinator.provision.templates import bridge_conf_text
+    from mpfl.errors import ConfigError
+    from mpfl.net.endpoint import parse_broker_url
+
+    address = parse_broker_url(upstream)
+    if address.tls and ca_file is None:
+        raise ConfigError("an mqtts:// upstream needs --ca-file: the bridge checks the root "
+                          "broker's certificate")
+    password = None
+    if password_file is not None:
+        text = password_file.read_text(encoding="utf-8").strip()
+        lines = [ln.partition("=")[2] for ln in text.splitlines()
+                 if ln.startswith("MPFL_PASSWORD=")]
+        password = lines[0] if lines else text
+    click.echo(bridge_conf_text(federation=federation, region=region,
+                                upstream_host=address.host, upstream_port=address.port,
+                                username=username or region, password=password,
+                                cafile=ca_file if address.tls else None), nl=False)
+
+
 # `mpfl-coordinator provision`: broker users, ACLs, TLS and per-node env files.
 main.add_command(provision_command, "provision")
 

@@ -83,6 +83,9 @@ class RegionService:
             return self.options.broker
         upstream = self.options.upstream
         assert upstream is not None
+        if upstream.tls and upstream.ca_file is None:
+            raise ConfigError("an mqtts:// upstream needs --ca-file: the bridge checks the "
+                              "root broker's certificate")
         binary = mosquitto_binary()
         if binary is None:
             raise ConfigError("an embedded regional broker needs mosquitto (its bridge); "
