@@ -161,3 +161,27 @@ def test_every_flipped_byte_is_caught_or_still_consistent(offset: int, xor: int)
         return
     # A flip that still decodes is a consistent partial (e.g. other sums): re-encodes as is
     assert encode_partial(partial) == bytes(data)
+
+
+@given(st.integers(1, 70), st.integers(1, 9), st.booleans(), st.integers(0, 2**31))
+def test_only_the_alive_units_of_the_mask_in_force_travel(
+    n_units: int, n_voters: int, weighted: bool, seed: int
+) -> None:
+    rng = np.random.default_rng(seed)
+    scope = rng.random(n_units) < 0.6
+    masks = [(rng.random(n_units) < 0.5) & scope for _ in range(n_voters)]
+    count = _votes(masks, [2.0] * n_voters if weighted else None)
+    votes = (VoteCounts(count.n_voters, count.total_weight, sums=count.weighted_sums)
+             if weighted else VoteCounts(count.n_voters, count.total_weight,
+                                         planes=tuple(count.packed_planes())))
+    partial = PartialAggregate(n_units, votes)
+    scoped = encode_partial(partial, scope=scope)
+    assert len(scoped) <= len(encode_partial(partial))
+    back = decode_partial(scoped, n_units, 0, scope)
+    assert back.votes is not None
+    again = (VoteAccumulator.from_sums(back.votes.sums, back.votes.weight, n_voters)
+             if back.votes.sums is not None else
+             VoteAccumulator.from_planes(n_units, list(back.votes.planes), n_voters))
+    assert np.array_equal(again.tally().share, count.tally().share)
+    with pytest.raises(WireError):
+        decode_partial(scoped, n_units + 1, 0, np.ones(n_units + 1, dtype=bool))

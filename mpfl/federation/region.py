@@ -299,7 +299,8 @@ class RegionalServer:
             assert isinstance(closing.values, WeightedAverager)
             summed = closing.values
             values = ValueSums(summed.n_updates, summed.total_weight, summed.sums)
-        payload = encode_partial(PartialAggregate(self._unit_map.n_units, votes, values))
+        payload = encode_partial(PartialAggregate(self._unit_map.n_units, votes, values),
+                                 scope=closing.scope)
         envelope = encode_envelope(Envelope(Kind.PARTIAL, doc.round, self._unit_map.fingerprint,
                                             self.region, 0, payload))
         self._sent = self._key

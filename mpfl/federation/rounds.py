@@ -182,7 +182,7 @@ class OpenRound:
             refusal = self.refusal(env.node_id, kind)
             if refusal is not None:
                 return refusal
-        partial = decode_partial(env.payload, self.votes.n_units, sum(self.sizes))
+        partial = decode_partial(env.payload, self.votes.n_units, sum(self.sizes), self.scope)
         votes, values = partial.votes, partial.values
         if (votes is not None) != (Kind.LOCAL_MASK in self.uploads) or (
                 values is not None) != (Kind.UPDATE in self.uploads):

@@ -11,15 +11,17 @@ All integers are little-endian and unsigned, floats IEEE-754 binary64. The layou
     0       1        contents      bit 0: votes, bit 1: values, bit 2: votes are weighted
     1       1        planes        P: bit planes of an unweighted vote count (else 0)
     2       2        reserved      must be 0
-    4       4        units         U: units of the mask the votes count
+    4       4        units         U: units the votes count (the alive units of the mask in
+                                   force: votes for pruned units are 0 and do not travel)
     8       4        voters        masks counted (0 without votes)
     12      8        vote weight   sum of the voters' weights (= voters when unweighted)
     20      4        updates       value updates summed (0 without values)
     24      4        values        V: length of the value sums (0 without values)
     28      8        value weight  sum of the updates' weights (their sample counts)
     36      ...      votes         unweighted: P planes of ceil(U / 8) bytes, plane k holding
-                                   bit k of every unit's keep count (``np.packbits`` order,
-                                   the last byte's spare bits 0); weighted: U float64 sums
+                                   bit k of every counted unit's keep count (``np.packbits``
+                                   order, the last byte's spare bits 0); weighted: U float64
+                                   sums
     ...     8 V      value sums    sum over updates of weight x value, per alive value
 
 An unweighted count costs ceil(log2(N + 1)) bits per unit for N voters; the value sums are
@@ -40,6 +42,7 @@ from numpy.typing import NDArray
 from mpfl.errors import WireError
 
 FloatArray = NDArray[np.float64]
+BoolArray = NDArray[np.bool_]
 
 HAS_VOTES = 0x01
 HAS_VALUES = 0x02
@@ -86,8 +89,25 @@ def _positive(weight: float, what: str) -> None:
         raise WireError(f"partial aggregate: {what} must be positive and finite", got=weight)
 
 
-def encode_partial(partial: PartialAggregate) -> bytes:
+def _scoped(plane: bytes, scope: BoolArray | None, n_units: int) -> bytes:
+    if scope is None:
+        return plane
+    bits = np.unpackbits(np.frombuffer(plane, dtype=np.uint8), count=n_units)
+    return np.packbits(bits[scope]).tobytes()
+
+
+def _unscoped(plane: bytes, scope: BoolArray | None, n_counted: int) -> bytes:
+    if scope is None:
+        return plane
+    bits = np.zeros(scope.size, dtype=np.uint8)
+    bits[scope] = np.unpackbits(np.frombuffer(plane, dtype=np.uint8), count=n_counted)
+    return np.packbits(bits).tobytes()
+
+
+def encode_partial(partial: PartialAggregate, scope: BoolArray | None = None) -> bytes:
+    """The payload; with ``scope`` (the mask in force), only its alive units' votes."""
     votes, values = partial.votes, partial.values
+    n_counted = partial.n_units if scope is None else int(scope.sum())
     contents = (HAS_VOTES if votes else 0) | (HAS_VALUES if values else 0)
     parts: list[bytes] = []
     n_planes = 0
@@ -95,17 +115,18 @@ def encode_partial(partial: PartialAggregate) -> bytes:
         _positive(votes.weight, "the vote weight")
         if votes.sums is not None:
             contents |= WEIGHTED_VOTES
-            parts.append(np.asarray(votes.sums, dtype=_F64).tobytes())
+            sums = votes.sums if scope is None else votes.sums[scope]
+            parts.append(np.asarray(sums, dtype=_F64).tobytes())
         else:
             n_planes = len(votes.planes)
             if n_planes > MAX_PLANES:
                 raise WireError("partial aggregate: too many vote planes", planes=n_planes)
-            parts.extend(votes.planes)
+            parts.extend(_scoped(p, scope, partial.n_units) for p in votes.planes)
     if values is not None:
         _positive(values.weight, "the value weight")
         parts.append(np.asarray(values.sums, dtype=_F64).tobytes())
     header = _HEADER.pack(
-        contents, n_planes, 0, partial.n_units,
+        contents, n_planes, 0, n_counted,
         votes.voters if votes else 0, votes.weight if votes else 0.0,
         values.updates if values else 0, values.sums.size if values else 0,
         values.weight if values else 0.0,
@@ -113,22 +134,30 @@ def encode_partial(partial: PartialAggregate) -> bytes:
     return header + b"".join(parts)
 
 
-def decode_partial(payload: bytes, n_units: int, n_values: int) -> PartialAggregate:
+def decode_partial(payload: bytes, n_units: int, n_values: int,
+                   scope: BoolArray | None = None) -> PartialAggregate:
     """A partial aggregate for a model of ``n_units`` units and ``n_values`` alive values
-    (the round's), or a WireError saying what does not fit."""
+    (the round's), with votes over ``scope``'s alive units (None: all), or a WireError
+    saying what does not fit. Its votes come back over all ``n_units`` units."""
     data = bytes(payload)
+    if scope is not None and scope.size != n_units:
+        raise WireError("partial aggregate: the scope does not fit the model",
+                        expected=n_units, got=scope.size)
+    n_counted = n_units if scope is None else int(scope.sum())
     if len(data) < HEADER_SIZE:
         raise WireError("partial aggregate shorter than its header", got=len(data))
     (contents, n_planes, reserved, units, voters, vote_weight, updates, values_len,
      value_weight) = _HEADER.unpack_from(data)
     if reserved or contents & ~(HAS_VOTES | HAS_VALUES | WEIGHTED_VOTES):
         raise WireError("partial aggregate: reserved bits set", contents=contents)
-    if units != n_units:
-        raise WireError("partial aggregate counts another mask", expected=n_units, got=units)
+    if units != n_counted:
+        raise WireError("partial aggregate counts another mask", expected=n_counted, got=units)
     pos = HEADER_SIZE
     votes = None
     if contents & HAS_VOTES:
-        votes, pos = _decode_votes(data, pos, contents, n_planes, n_units, voters, vote_weight)
+        votes, pos = _decode_votes(data, pos, contents, n_planes, units, voters, vote_weight)
+        if scope is not None:
+            votes = _expand(votes, scope, units)
     elif n_planes or voters or vote_weight or contents & WEIGHTED_VOTES:
         raise WireError("partial aggregate: vote fields set without votes")
     values = None
@@ -149,6 +178,16 @@ def decode_partial(payload: bytes, n_units: int, n_values: int) -> PartialAggreg
     if votes is None and values is None:
         raise WireError("partial aggregate holds neither votes nor values")
     return PartialAggregate(n_units, votes, values)
+
+
+def _expand(votes: VoteCounts, scope: BoolArray, n_counted: int) -> VoteCounts:
+    """Votes over the scope's units back over every unit (0 for the pruned ones)."""
+    if votes.sums is not None:
+        sums = np.zeros(scope.size, dtype=np.float64)
+        sums[scope] = votes.sums
+        return VoteCounts(votes.voters, votes.weight, sums=sums)
+    planes = tuple(_unscoped(p, scope, n_counted) for p in votes.planes)
+    return VoteCounts(votes.voters, votes.weight, planes=planes)
 
 
 def _floats(data: bytes, pos: int, count: int, what: str) -> FloatArray:
