@@ -166,6 +166,17 @@ def test_acl_gives_each_node_only_its_own_topics(tmp_path: Path) -> None:
     }
 
 
+def test_a_regional_kit_lets_its_coordinator_read_the_root_and_write_its_own_topics(
+    tmp_path: Path,
+) -> None:
+    provision(["e1"], tmp_path / "kit", federation="fed", hasher="builtin", region="east")
+    acl = (tmp_path / "kit" / "acl").read_text()
+    coordinator = acl.split("user coordinator\n", 1)[1].split("\n\n", 1)[0].splitlines()
+    assert coordinator == [f"topic read {nodes_filter('fed')}",
+                           f"topic read {server_filter('fed')}",
+                           f"topic write {node_filter('fed', 'east')}"]
+
+
 def test_broker_config_points_into_the_broker_dir(tmp_path: Path) -> None:
     provision(
         ["pi-01"], tmp_path / "kit", port=9999, broker_dir="/srv/mq/", persistence_dir="/var/mq",
