@@ -95,25 +95,32 @@ class Tiered:
         self.dies_after: dict[str, int] = {}  # region -> rounds the root closed before
         self.brokers: dict[str, MemoryBroker] = {}
         self.regions: dict[str, RegionalServer] = {}
+        self.region_cfg = region_cfg
         for name, members in (("east", self.nodes[:3]), ("west", self.nodes[3:])):
             broker = MemoryBroker()
-            region = RegionalServer(region_cfg, name, self.clock)
-            self.brokers[name], self.regions[name] = broker, region
+            self.brokers[name] = broker
             self.root_broker.subscribe(topics.server_filter(FED), lambda t, p, b=broker: (
                 b.publish(Publish(t, p, retain=True))))
             broker.subscribe(topics.node_filter(FED, name), lambda t, p: self.root_broker.publish(
                 Publish(t, p, retain=t.endswith("/status"))))
-
-            def to_region(t: str, p: bytes, b: MemoryBroker = broker,
-                          r: RegionalServer = region) -> None:
-                if len(self.root.log) >= self.dies_after.get(r.region, 1 << 30):
-                    self.muted.add(r.region)
-                if r.region not in self.muted:
-                    self._publish(b, r.handle(t, p))
-            broker.subscribe(topics.server_filter(FED), to_region)
-            broker.subscribe(topics.nodes_filter(FED), to_region)
+            self.start_region(name)
             for node in members:
                 attach(broker, node, self.muted)
+
+    def start_region(self, name: str) -> None:
+        """A regional coordinator process on ``name``'s broker (again, after a crash)."""
+        broker, region = self.brokers[name], RegionalServer(self.region_cfg, name, self.clock)
+        self.regions[name] = region
+        self.muted.discard(name)
+
+        def to_region(t: str, p: bytes) -> None:
+            if len(self.root.log) >= self.dies_after.get(name, 1 << 30):
+                self.muted.add(name)
+                del self.dies_after[name]
+            if self.regions[name] is region and name not in self.muted:
+                self._publish(broker, region.handle(t, p))
+        broker.subscribe(topics.server_filter(FED), to_region)
+        broker.subscribe(topics.nodes_filter(FED), to_region)
 
     def _publish(self, broker: MemoryBroker, messages: list[Publish]) -> None:
         for message in messages:
@@ -188,6 +195,20 @@ def test_a_dead_region_is_a_node_that_did_not_answer() -> None:
     tiered.pump()
     assert root.phase == "done"
     assert [r.participants for r in root.log[2:]] == [["east"]] * 2
+
+
+def test_a_restarted_region_joins_the_next_round() -> None:
+    tiered = Tiered(replace(ROOT, quorum=1))
+    tiered.dies_after["west"] = 1
+    root = tiered.run()
+    assert root.round == 2 and len(root.log) == 1  # west's nodes uploaded to a dead region
+    tiered.start_region("west")  # keeps nothing: follows the root's retained round 2
+    tiered.pump()
+    assert len(root.log) == 1  # round 2's uploads are gone with the old process
+    tiered.advance(ROOT.round_timeout + 0.1)
+    assert root.phase == "done"
+    assert [r.participants for r in root.log] == [
+        ["east", "west"], ["east"], ["east", "west"], ["east", "west"]]
 
 
 def test_a_region_below_its_quorum_sends_nothing_before_its_deadline() -> None:

@@ -6,6 +6,9 @@ deadline; below quorum it is retried (the deadline moves on), then fails. Every 
 is decoded and checked completely before it touches an accumulator, so a bad one is
 counted by reason and dropped, never half-applied.
 
+A regional coordinator (``region``) is a node with weight: its one upload per round, a
+partial aggregate, answers every kind the round asks for and is merged exactly.
+
 Rounds are numbered across phases: mask rounds 1..T_M, then training rounds. The
 ``session`` in every state document changes each time a coordinator process starts, which
 tells nodes to resend a round they already finished (their cached bytes, no retraining).
