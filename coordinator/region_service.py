@@ -122,9 +122,11 @@ class RegionService:
                 assert region.state is not None
                 self.echo(f"region {region.region}: the root says {region.state.phase}; "
                           f"{len(region.log)} round(s) forwarded")
+            else:
+                self.echo(f"region {region.region}: stopped ({self.stop_requested}); it keeps "
+                          "nothing on disk: run it again to rejoin the root's next round")
         finally:
-            if self.transport is not None:
-                self.transport.flush()
+            if self.transport is not None:  # flushes the last partial, then says offline
                 self.transport.close(final=self.gate.will())
             if self.broker is not None:
                 self.broker.stop()
