@@ -170,6 +170,8 @@ def test_two_regions_give_the_flat_result(changes: dict[str, object]) -> None:
     root = tiered.run()
     assert_same_result(flat, root)
     assert [r.participants for r in root.log] == [["east", "west"]] * 4
+    # the dense equivalent counts the six nodes behind the two partials
+    assert [r.dense_uplink_bytes for r in root.log] == [r.dense_uplink_bytes for r in flat.log]
     for region in tiered.regions.values():
         assert [r.round for r in region.log] == [1, 2, 3, 4]
         assert all(len(r.participants) == 3 for r in region.log)

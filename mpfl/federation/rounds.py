@@ -140,6 +140,7 @@ class OpenRound:
         self.answered: set[str] = set()
         self.dropped: Counter[str] = Counter()
         self._seen: dict[str, set[Kind]] = {}
+        self.behind: dict[str, int] = {}  # a region's answer: how many nodes it sums
 
     def refusal(self, node_id: str, kind: Kind) -> str | None:
         """Why this round cannot take ``kind`` from ``node_id``, or None if it can."""
@@ -209,8 +210,15 @@ class OpenRound:
             self.values.merge(WeightedAverager.from_sums(values.sums, values.weight,
                                                          values.updates))
         self._seen[env.node_id] = set(self.uploads)
+        self.behind[env.node_id] = max(votes.voters if votes else 0,
+                                       values.updates if values else 0)
         self.answered.add(env.node_id)
         return None
+
+    @property
+    def nodes_answered(self) -> int:
+        """Nodes whose work this round holds: each node's own, and those behind partials."""
+        return len(self.answered) - len(self.behind) + sum(self.behind.values())
 
     def waiting_for(self, active: set[str]) -> set[str]:
         return (self.expected & active) - self.answered

@@ -311,7 +311,7 @@ class FederationServer:
         moved = self.traffic.since(closing.traffic_at_open)
         record = RoundLog(
             self.round, self.phase, self.target(), self.sparsity(), participants,
-            moved.uplink, moved.downlink, 4 * self.unit_map.n_values * len(participants),
+            moved.uplink, moved.downlink, 4 * self.unit_map.n_values * closing.nodes_answered,
             accuracy, loss, self.clock() - closing.started, dict(closing.dropped),
         )
         self.log.append(record)
