@@ -27,7 +27,7 @@ from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from mpfl.choices import AggregatorName, Granularity, Mode, ModelScope, Phase
+from mpfl.choices import AggregatorName, Granularity, Mode, ModelScope, Phase, VoteWeighting
 from mpfl.config.settings import FederationConfig
 from mpfl.errors import ConfigError, DocumentError, FingerprintMismatch, MpflError
 from mpfl.federation.rounds import NodeInfo, OpenRound
@@ -87,7 +87,7 @@ class RegionalServer:
         self.cfg = cfg
         self.region = topics.validate_node_id(region)
         self.clock = clock
-        self._weighted_votes = cfg.vote_weighting == "samples"
+        self._weighted_votes = cfg.vote_weighting == VoteWeighting.SAMPLES
         self._server_head = topics.topic_prefix(cfg.federation) + "/server/"
         self.nodes: dict[str, NodeInfo] = {}
         self.dropped: Counter[str] = Counter()
