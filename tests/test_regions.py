@@ -88,8 +88,9 @@ class Tiered:
         self.clock = Clock()
         self.root_broker = MemoryBroker()
         self.root = FederationServer(root_cfg, None, self.clock)
-        self.root_broker.subscribe(topics.nodes_filter(FED), lambda t, p: self._publish(
-            self.root_broker, self.root.handle(t, p).publishes))
+        self.root_cfg = root_cfg
+        self.root_dies_after: int | None = None  # rounds closed before the root crashes
+        self._subscribe_root(self.root)
         self.nodes = make_nodes(region_cfg)
         self.muted: set[str] = set()  # nodes and regions that crashed
         self.dies_after: dict[str, int] = {}  # region -> rounds the root closed before
@@ -106,6 +107,24 @@ class Tiered:
             self.start_region(name)
             for node in members:
                 attach(broker, node, self.muted)
+
+    def _subscribe_root(self, root: FederationServer) -> None:
+        def to_root(t: str, p: bytes) -> None:
+            if self.root_dies_after is not None and len(root.log) >= self.root_dies_after:
+                return  # crashed: what reaches it now is lost
+            if self.root is root:
+                self._publish(self.root_broker, root.handle(t, p).publishes)
+        self.root_broker.subscribe(topics.nodes_filter(FED), to_root)
+
+    def restart_root(self) -> FederationServer:
+        """The root resumes from its last checkpoint, in a new session."""
+        arrays, meta = self.root.snapshot()
+        self.root = FederationServer.restore(self.root_cfg, arrays, meta, None, self.clock)
+        self.root_dies_after = None
+        self._subscribe_root(self.root)
+        self._publish(self.root_broker, self.root.start())
+        self.pump()
+        return self.root
 
     def start_region(self, name: str) -> None:
         """A regional coordinator process on ``name``'s broker (again, after a crash)."""
@@ -211,6 +230,19 @@ def test_a_restarted_region_joins_the_next_round() -> None:
     assert root.phase == "done"
     assert [r.participants for r in root.log] == [
         ["east", "west"], ["east"], ["east", "west"], ["east", "west"]]
+
+
+def test_a_restarted_root_resumes_with_its_regions_and_gives_the_flat_result() -> None:
+    flat = Flat().run()
+    tiered = Tiered()
+    tiered.root_dies_after = 2  # the root crashes after closing round 2
+    stalled = tiered.run()
+    assert stalled.round == 3 and len(stalled.log) == 2
+    root = tiered.restart_root()  # the regions re-announce; nodes resend their cached uploads
+    assert root.phase == "done" and root.session != stalled.session
+    assert [r.participants for r in root.log] == [["east", "west"]] * 4
+    assert_same_result(flat, root)
+    assert all(n.last_metrics["round"] == 4 for n in tiered.nodes)
 
 
 def test_a_region_below_its_quorum_sends_nothing_before_its_deadline() -> None:
