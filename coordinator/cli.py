@@ -58,12 +58,24 @@ def main() -> None:
 @click.option("--enrolment", "enrolment_file", envvar="MPFL_ENROLMENT",
               type=click.Path(dir_okay=False), default=None,
               help="enrolled.toml: the node ids and public keys to accept (env MPFL_ENROLMENT).")
+@click.option("--region", default=None, envvar="MPFL_REGION", metavar="NAME",
+              help="Run a regional coordinator: serve this region's nodes on its own broker, "
+                   "follow the root's rounds and send one partial aggregate per round up "
+                   "(env MPFL_REGION). The region is enrolled at the root under NAME.")
+@click.option("--upstream", default=None, metavar="URL",
+              help="With --region and no --broker: the root's broker; an embedded mosquitto "
+                   "is started with a bridge to it (same TLS and login flags).")
+@click.option("--root-key", "root_key_file", envvar="MPFL_COORDINATOR_KEY",
+              type=click.Path(dir_okay=False), default=None,
+              help="With --region: the root coordinator's public key file; with --key and "
+                   "--enrolment (the region's nodes) every message is signed and verified.")
 @config_options(skip=("eval_dataset", "eval_data_dir"))
 @reports_errors
 def run(**kwargs: Any) -> None:
     """Run (or resume) a federation until it is done or fails."""
     from coordinator.service import CoordinatorService, ServiceOptions, load_evaluator
     from mpfl.config.settings import load_config
+    from mpfl.errors import ConfigError
     from mpfl.net.endpoint import parse_broker_url
     from mpfl.net.mqtt import DEFAULT_MAX_PAYLOAD
 
@@ -73,6 +85,12 @@ def run(**kwargs: Any) -> None:
     if kwargs["broker"]:
         broker = parse_broker_url(kwargs["broker"], ca_file=kwargs["ca_file"],
                                   username=kwargs["username"], password=kwargs["password"])
+    if kwargs["region"] is not None:
+        _run_region(cfg, broker, kwargs)
+        return
+    if kwargs["upstream"] or kwargs["root_key_file"]:
+        raise ConfigError("--upstream and --root-key are for a regional coordinator: add "
+                          "--region NAME")
     run_dir = Path(kwargs["run_dir"] or os.path.join("runs", cfg.federation))
     announce = _ready_writer(kwargs["ready_file"])
     if announce is not None and broker is not None:
@@ -93,6 +111,47 @@ def run(**kwargs: Any) -> None:
     if service.stop_requested is not None:
         sys.exit(130 if service.stop_requested == "SIGINT" else 0)
     server.require_success()
+
+
+def _run_region(cfg: Any, broker: Any, kwargs: dict[str, Any]) -> None:
+    """A regional coordinator until the root's federation ends (or a signal stops it)."""
+    from coordinator.region_service import RegionOptions, RegionService
+    from mpfl.errors import ConfigError, FederationError
+    from mpfl.federation.region_gate import RegionKeys
+    from mpfl.net.endpoint import parse_broker_url
+    from mpfl.net.mqtt import DEFAULT_MAX_PAYLOAD
+    from mpfl.wire import topics
+    from mpfl.wire.signing import PublicKey
+
+    region = topics.validate_node_id(kwargs["region"])
+    upstream = None
+    if kwargs["upstream"]:
+        upstream = parse_broker_url(kwargs["upstream"], ca_file=kwargs["ca_file"],
+                                    username=kwargs["username"], password=kwargs["password"])
+    keys = None
+    files = (kwargs["key_file"], kwargs["enrolment_file"], kwargs["root_key_file"])
+    if any(f is not None for f in files):
+        if any(f is None for f in files):
+            raise ConfigError("a region signs and verifies with --key, --enrolment and "
+                              "--root-key together, or with none of them")
+        own = _coordinator_keys(kwargs["key_file"], kwargs["enrolment_file"])
+        keys = RegionKeys(own.key, PublicKey.load(Path(kwargs["root_key_file"])), own.enrolled)
+    run_dir = Path(kwargs["run_dir"] or os.path.join("runs", f"{cfg.federation}-{region}"))
+    options = RegionOptions(region, run_dir, broker, upstream, kwargs["mqtt_protocol"],
+                            kwargs["max_payload"] or DEFAULT_MAX_PAYLOAD, keys=keys)
+    service = RegionService(cfg, options, _echo)
+
+    def on_signal(signum: int, _frame: FrameType | None) -> None:
+        service.request_stop(signal.Signals(signum).name)
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    region_server = service.run()
+    if service.stop_requested is not None:
+        sys.exit(130 if service.stop_requested == "SIGINT" else 0)
+    state = region_server.state
+    if state is not None and state.phase == "failed":
+        raise FederationError(f"the root's federation failed: {state.error}")
 
 
 def _coordinator_keys(key_file: str | None, enrolment_file: str | None) -> Any:
@@ -122,6 +181,45 @@ def _ready_writer(path: Path | None) -> Callable[[str], None] | None:
 def _echo(line: str) -> None:
     click.echo(line)
     sys.stdout.flush()
+
+
+@main.command("bridge-config")
+@click.option("--federation", required=True, help="Federation name (topic prefix).")
+@click.option("--region", required=True, metavar="NAME",
+              help="The region, enrolled at the root like a node (its login there too).")
+@click.option("--upstream", required=True, metavar="URL",
+              help="The root's broker, mqtt://host:port or mqtts://host:port.")
+@click.option("--username", default=None,
+              help="The bridge's login at the root broker (the region's user in the root's "
+                   "kit).  [default: the region name]")
+@click.option("--password-file", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              default=None, help="A file holding that login's password (e.g. the region's env "
+                                 "file from the root's kit, MPFL_PASSWORD=...).")
+@click.option("--ca-file", default=None, help="CA certificate of an mqtts:// root broker, as "
+                                              "the regional gateway sees it.")
+@reports_errors
+def bridge_config(federation: str, region: str, upstream: str, username: str | None,
+                  password_file: Path | None, ca_file: str | None) -> None:
+    """Print the mosquitto `connection` bridge of a regional gateway's broker: the root's
+    server topics down, the region's own topics up. Append it to that broker's config."""
+    from coordinator.provision.templates import bridge_conf_text
+    from mpfl.errors import ConfigError
+    from mpfl.net.endpoint import parse_broker_url
+
+    address = parse_broker_url(upstream)
+    if address.tls and ca_file is None:
+        raise ConfigError("an mqtts:// upstream needs --ca-file: the bridge checks the root "
+                          "broker's certificate")
+    password = None
+    if password_file is not None:
+        text = password_file.read_text(encoding="utf-8").strip()
+        lines = [ln.partition("=")[2] for ln in text.splitlines()
+                 if ln.startswith("MPFL_PASSWORD=")]
+        password = lines[0] if lines else text
+    click.echo(bridge_conf_text(federation=federation, region=region,
+                                upstream_host=address.host, upstream_port=address.port,
+                                username=username or region, password=password,
+                                cafile=ca_file if address.tls else None), nl=False)
 
 
 # `mpfl-coordinator provision`: broker users, ACLs, TLS and per-node env files.

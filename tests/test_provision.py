@@ -166,6 +166,17 @@ def test_acl_gives_each_node_only_its_own_topics(tmp_path: Path) -> None:
     }
 
 
+def test_a_regional_kit_lets_its_coordinator_read_the_root_and_write_its_own_topics(
+    tmp_path: Path,
+) -> None:
+    provision(["e1"], tmp_path / "kit", federation="fed", hasher="builtin", region="east")
+    acl = (tmp_path / "kit" / "acl").read_text()
+    coordinator = acl.split("user coordinator\n", 1)[1].split("\n\n", 1)[0].splitlines()
+    assert coordinator == [f"topic read {nodes_filter('fed')}",
+                           f"topic read {server_filter('fed')}",
+                           f"topic write {node_filter('fed', 'east')}"]
+
+
 def test_broker_config_points_into_the_broker_dir(tmp_path: Path) -> None:
     provision(
         ["pi-01"], tmp_path / "kit", port=9999, broker_dir="/srv/mq/", persistence_dir="/var/mq",
@@ -289,7 +300,7 @@ def test_deploy_templates_ship_with_the_coordinator_package() -> None:
     carries them only if pyproject's package data names them."""
     deploy = resources.files("coordinator").joinpath("deploy")
     shipped = sorted(item.name for item in deploy.iterdir() if item.is_file())
-    assert shipped == ["mosquitto.conf.template", *sorted(UNITS)]
+    assert shipped == ["mosquitto-bridge.conf.template", "mosquitto.conf.template", *sorted(UNITS)]
     pyproject = tomllib.loads((Path(__file__).parents[1] / "pyproject.toml").read_text())
     globs = pyproject["tool"]["setuptools"]["package-data"]["coordinator"]
     for name in shipped:

@@ -100,7 +100,7 @@ def test_header_constants_match_layout() -> None:
     assert wire.HEADER_SIZE == 21
     assert wire.MIN_MESSAGE_SIZE == 31
     assert wire.MAGIC == b"MPFL" and wire.VERSION == 1
-    assert [k.value for k in Kind] == [1, 2, 3, 4]
+    assert [k.value for k in Kind] == [1, 2, 3, 4, 5]
 
 
 def test_public_api_is_sorted_and_importable() -> None:
@@ -181,7 +181,7 @@ def test_bad_crc_rejected_with_context() -> None:
     assert info.value.context["kind"] == "LOCAL_MASK"
 
 
-@pytest.mark.parametrize("kind", [0, 5, 255])
+@pytest.mark.parametrize("kind", [0, 6, 255])
 def test_unknown_kind_rejected(kind: int) -> None:
     with pytest.raises(WireError, match="unknown message kind") as info:
         decode_envelope(_patched(GOLDEN_UNSIGNED, 5, bytes([kind])))

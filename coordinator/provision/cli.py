@@ -34,6 +34,10 @@ from mpfl.errors import MpflError
     show_default=True,
     help="Where passwd, acl and certs/ go on the gateway.",
 )
+@click.option("--region", default=None, metavar="NAME",
+              help="A regional gateway's kit: its coordinator (mpfl-coordinator run --region) "
+                   "reads the root's server topics, bridged down, and writes only under "
+                   "nodes/NAME/. See `mpfl-coordinator bridge-config`.")
 @click.option("--force", is_flag=True, help="Replace an existing kit (rotates every password).")
 def provision_command(
     nodes: str,
@@ -43,6 +47,7 @@ def provision_command(
     port: int,
     coordinator_user: str,
     broker_dir: str,
+    region: str | None,
     force: bool,
 ) -> None:
     """Generate broker credentials, signing keys, ACLs, config and per-node env files."""
@@ -56,6 +61,7 @@ def provision_command(
             coordinator_user=coordinator_user,
             force=force,
             broker_dir=broker_dir,
+            region=region,
         )
     except MpflError as err:
         click.echo(f"error: {err}", err=True)

@@ -124,16 +124,23 @@ def write_password_file(users: Mapping[str, str], path: Path, binary: str | None
         staging.unlink(missing_ok=True)
 
 
-def acl_text(federation: str, node_ids: Sequence[str], coordinator_user: str) -> str:
-    """The Mosquitto ACL file: nodes write their own topics and read the server's."""
+def acl_text(federation: str, node_ids: Sequence[str], coordinator_user: str,
+             region: str | None = None) -> str:
+    """The Mosquitto ACL file: nodes write their own topics and read the server's. On a
+    regional gateway (``region``) the server topics come down the bridge from the root:
+    the regional coordinator only reads them, and writes under its own node topics."""
     lines = [
         f"# mpfl broker ACL for federation {federation!r} ({topic_prefix(federation)}).",
         "# Anonymous clients are refused by mosquitto.conf (allow_anonymous false).",
         "",
         f"user {coordinator_user}",
         f"topic read {nodes_filter(federation)}",
-        f"topic readwrite {server_filter(federation)}",
     ]
+    if region is None:
+        lines.append(f"topic readwrite {server_filter(federation)}")
+    else:
+        lines += [f"topic read {server_filter(federation)}",
+                  f"topic write {node_filter(federation, region)}"]
     for node_id in node_ids:
         lines += [
             "",

@@ -114,12 +114,15 @@ def provision(
     persistence_dir: str = DEFAULT_PERSISTENCE_DIR,
     ca_file: str = DEFAULT_CA_FILE,
     hasher: PasswordHasher = "auto",
+    region: str | None = None,
 ) -> ProvisionResult:
     """Write a kit for ``nodes`` into ``out`` (see the package docstring for its layout).
 
     ``broker_dir`` is where passwd, acl and certs/ will live on the gateway (the paths
     written into mosquitto.conf); ``ca_file`` is the CA path the nodes' env files name.
     ``hasher`` picks ``mosquitto_passwd`` when installed (``auto``) or Python's PBKDF2.
+    ``region``: the kit of a regional gateway, whose coordinator only reads the server
+    topics (the root's, bridged down) and writes under ``nodes/<region>/``.
     """
     out = Path(out)
     node_ids = _validate_nodes(nodes, coordinator_user)
@@ -149,7 +152,9 @@ def provision(
     written.append(write_enrolment(out / "enrolled.toml",
                                    {n: k.public_key for n, k in node_keys.items()}))
     written += [key.save(out / "nodes" / f"{n}.key") for n, key in node_keys.items()]
-    emit("acl", acl_text(federation, node_ids, coordinator_user))
+    if region is not None:
+        validate_name(region, what="region")
+    emit("acl", acl_text(federation, node_ids, coordinator_user, region))
     emit(
         "mosquitto.conf",
         mosquitto_conf_text(port=port, broker_dir=broker_dir, persistence_dir=persistence_dir),

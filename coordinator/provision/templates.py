@@ -13,6 +13,8 @@ from importlib import resources
 from importlib.resources.abc import Traversable
 from string import Template
 
+from mpfl.wire import topics
+
 DEFAULT_BROKER_DIR = "/etc/mosquitto/mpfl"
 DEFAULT_PERSISTENCE_DIR = "/var/lib/mosquitto/"
 DEFAULT_CA_FILE = "/etc/mpfl/ca.crt"
@@ -44,6 +46,27 @@ def mosquitto_conf_text(
         # Mosquitto appends the database file name to this, so it must end with "/".
         persistence_dir=persistence_dir.rstrip("/") + "/",
     )
+
+
+def bridge_conf_text(
+    *, federation: str, region: str, upstream_host: str, upstream_port: int,
+    username: str | None = None, password: str | None = None, cafile: str | None = None,
+) -> str:
+    """The ``connection`` bridge a regional broker appends to its mosquitto.conf, from the
+    packaged template: the root's server topics down, the region's own topics up."""
+    auth = []
+    if username is not None:
+        auth.append(f"remote_username {username}")
+    if password is not None:
+        auth.append(f"remote_password {password}")
+    if cafile is not None:
+        auth.append(f"bridge_cafile {cafile}")
+    template = _deploy_file("mosquitto-bridge.conf.template")
+    return Template(template.read_text(encoding="utf-8")).substitute(
+        federation=topics.validate_name(federation, what="federation"),
+        region=topics.validate_node_id(region), upstream_host=upstream_host,
+        upstream_port=upstream_port, auth="\n".join(auth),
+    ).rstrip("\n") + "\n"
 
 
 def env_text(header: str, values: Mapping[str, str]) -> str:

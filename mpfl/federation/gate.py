@@ -43,7 +43,7 @@ class NodeKeys:
     coordinator: PublicKey
 
 
-class _OncePerReason:
+class OncePerReason:
     def __init__(self, say: Callable[[str], None]) -> None:
         self.say = say
         self.seen: set[str] = set()
@@ -59,7 +59,7 @@ class ServerGate:
                  say: Callable[[str], None] = log.warning) -> None:
         self.server = server
         self.keys = keys
-        self._once = _OncePerReason(say)
+        self._once = OncePerReason(say)
         self._sealer: Sealer | None = None
         self._opener: Opener | None = None
         if keys is None:
@@ -103,7 +103,7 @@ class NodeGate:
                  say: Callable[[str], None] = log.warning) -> None:
         self.node = node
         self.keys = keys
-        self._once = _OncePerReason(say)
+        self._once = OncePerReason(say)
         self._sealer: Sealer | None = None
         self._opener: Opener | None = None
         self._announced: str | None = None  # the session the last hello was signed for

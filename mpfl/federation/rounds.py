@@ -21,11 +21,12 @@ from mpfl.choices import Mode
 from mpfl.errors import lookup
 from mpfl.federation.metrics import RoundLog
 from mpfl.federation.traffic import ByteWindow
-from mpfl.maths.aggregate import Aggregation
+from mpfl.maths.aggregate import Aggregation, WeightedAverager
 from mpfl.maths.agreement import AgreementVotes
 from mpfl.maths.votes import VoteAccumulator
 from mpfl.ml.units import UnitMap
 from mpfl.wire import Envelope, Kind, decode_mask, decode_values
+from mpfl.wire.partial import decode_partial
 from mpfl.wire.protocol import Hello, Publish, decode_update
 
 
@@ -139,6 +140,7 @@ class OpenRound:
         self.answered: set[str] = set()
         self.dropped: Counter[str] = Counter()
         self._seen: dict[str, set[Kind]] = {}
+        self.behind: dict[str, int] = {}  # a region's answer: how many nodes it sums
 
     def refusal(self, node_id: str, kind: Kind) -> str | None:
         """Why this round cannot take ``kind`` from ``node_id``, or None if it can."""
@@ -171,6 +173,52 @@ class OpenRound:
         if seen == self.uploads:
             self.answered.add(env.node_id)
         return None
+
+    def take_partial(self, env: Envelope, max_samples: int) -> str | None:
+        """Merge a region's partial aggregate, which answers every kind of the round at
+        once; the reason it was refused, or None. Only streaming counts merge exactly: a
+        round with mask agreement or a buffered aggregator refuses it ("not-mergeable").
+        Each voter and update behind it weighs at most ``max_samples``, as a node would."""
+        for kind in sorted(self.uploads):
+            refusal = self.refusal(env.node_id, kind)
+            if refusal is not None:
+                return refusal
+        partial = decode_partial(env.payload, self.votes.n_units, sum(self.sizes), self.scope)
+        votes, values = partial.votes, partial.values
+        if (votes is not None) != (Kind.LOCAL_MASK in self.uploads) or (
+                values is not None) != (Kind.UPDATE in self.uploads):
+            return "partial-mismatch"
+        if votes is not None:
+            if not isinstance(self.votes, VoteAccumulator):
+                return "not-mergeable"
+            if votes.weighted != self.votes.weighted:
+                return "partial-mismatch"
+            if votes.weight > votes.voters * max_samples:
+                return "malformed"
+        if values is not None:
+            if not isinstance(self.values, WeightedAverager):
+                return "not-mergeable"
+            if values.weight > values.updates * max_samples:
+                return "malformed"
+        if votes is not None and isinstance(self.votes, VoteAccumulator):
+            self.votes.merge(
+                VoteAccumulator.from_sums(votes.sums, votes.weight, votes.voters)
+                if votes.sums is not None
+                else VoteAccumulator.from_planes(self.votes.n_units, list(votes.planes),
+                                                 votes.voters))
+        if values is not None and isinstance(self.values, WeightedAverager):
+            self.values.merge(WeightedAverager.from_sums(values.sums, values.weight,
+                                                         values.updates))
+        self._seen[env.node_id] = set(self.uploads)
+        self.behind[env.node_id] = max(votes.voters if votes else 0,
+                                       values.updates if values else 0)
+        self.answered.add(env.node_id)
+        return None
+
+    @property
+    def nodes_answered(self) -> int:
+        """Nodes whose work this round holds: each node's own, and those behind partials."""
+        return len(self.answered) - len(self.behind) + sum(self.behind.values())
 
     def waiting_for(self, active: set[str]) -> set[str]:
         return (self.expected & active) - self.answered

@@ -6,6 +6,9 @@ deadline; below quorum it is retried (the deadline moves on), then fails. Every 
 is decoded and checked completely before it touches an accumulator, so a bad one is
 counted by reason and dropped, never half-applied.
 
+A regional coordinator (``region``) is a node with weight: its one upload per round, a
+partial aggregate, answers every kind the round asks for and is merged exactly.
+
 Rounds are numbered across phases: mask rounds 1..T_M, then training rounds. The
 ``session`` in every state document changes each time a coordinator process starts, which
 tells nodes to resend a round they already finished (their cached bytes, no retraining).
@@ -28,13 +31,15 @@ from typing import Any
 
 import numpy as np
 
-from mpfl.choices import Granularity, Mode, ModelScope, Phase, ValueCodecName
+from mpfl.choices import Phase
 from mpfl.config.settings import FederationConfig
 from mpfl.errors import FederationError, FingerprintMismatch, MpflError, WireError
+from mpfl.federation.announce import state_document
 from mpfl.federation.evaluation import Evaluator
 from mpfl.federation.metrics import RoundLog
+from mpfl.federation.resume import resume, saved_state
 from mpfl.federation.rounds import NodeInfo, OpenRound, Step, get_mode, new_votes
-from mpfl.federation.snapshot import FINISHED, Saved, decode_snapshot, encode_snapshot
+from mpfl.federation.snapshot import decode_snapshot, encode_snapshot
 from mpfl.federation.traffic import Traffic
 from mpfl.federation.weights import GlobalWeights
 from mpfl.maths.aggregate import new_aggregation
@@ -50,9 +55,14 @@ from mpfl.wire import (
     encode_values,
     topics,
 )
-from mpfl.wire.protocol import PROTOCOL_VERSION, Hello, Publish, StateDocument
+from mpfl.wire.protocol import Hello, Publish, StateDocument
 
 __all__ = ["FederationServer", "NodeInfo", "Step"]
+
+
+# What each upload topic carries; a region's partial aggregate answers a whole round.
+_UPLOAD_KINDS = {topics.NODE_MASK: Kind.LOCAL_MASK, topics.NODE_UPDATE: Kind.UPDATE,
+                 topics.NODE_PARTIAL: Kind.PARTIAL}
 
 
 class FederationServer:
@@ -126,28 +136,7 @@ class FederationServer:
         return self._schedule(t, self.cfg.mask_rounds, self.cfg.final_sparsity)
 
     def state_doc(self) -> StateDocument:
-        cfg = self.cfg
-        return StateDocument(
-            protocol=PROTOCOL_VERSION,
-            federation=cfg.federation,
-            session=self.session,
-            run=self.run_id,
-            phase=self.phase,
-            round=self.round,
-            mask_rounds=cfg.mask_rounds,
-            train_rounds=cfg.train_rounds,
-            target_sparsity=self.target(),
-            deadline=self.deadline,
-            model=cfg.model_spec,
-            granularity=Granularity(cfg.granularity),
-            fingerprint=self.unit_map.fingerprint.hex(),
-            model_scope=ModelScope.DENSE if self.global_values is None else ModelScope.MASK,
-            train=cfg.train_spec,
-            value_codec=ValueCodecName(cfg.value_codec),
-            mode=Mode(cfg.mode),
-            delta=cfg.delta,
-            error=self.error,
-        )
+        return state_document(self)
 
     def _envelope(self, kind: Kind, codec: int, payload: bytes, t: int) -> bytes:
         env = Envelope(kind, t, self.unit_map.fingerprint, "", codec, payload)
@@ -189,7 +178,7 @@ class FederationServer:
         try:
             if name == topics.NODE_STATUS:
                 self._on_status(node_id, payload)
-            elif name in (topics.NODE_MASK, topics.NODE_UPDATE):
+            elif name in _UPLOAD_KINDS:
                 reason = self._on_upload(node_id, name, payload)
                 if reason is not None:
                     self.record_drop(reason)
@@ -222,7 +211,7 @@ class FederationServer:
         """Check and aggregate one upload; returns the reason it was dropped, if it was."""
         if node_id not in self.nodes:
             return "unknown-node"
-        want = Kind.LOCAL_MASK if name == topics.NODE_MASK else Kind.UPDATE
+        want = _UPLOAD_KINDS[name]
         env = decode_envelope(payload, expected_fingerprint=self.unit_map.fingerprint,
                               expected_kind=want)
         if env.node_id != node_id:
@@ -231,9 +220,12 @@ class FederationServer:
             return "late"
         if env.round != self.round:
             return "stale-round" if env.round < self.round else "future-round"
-        claimed = self.nodes[node_id].samples  # the hello's count, at most max_samples
-        weight = float(claimed) if self._weighted_votes else 1.0
-        refusal = self.current.take(env, want, weight, claimed)
+        if want is Kind.PARTIAL:  # a region: its weights travel inside, capped per voter
+            refusal = self.current.take_partial(env, self.cfg.max_samples)
+        else:
+            claimed = self.nodes[node_id].samples  # the hello's count, at most max_samples
+            weight = float(claimed) if self._weighted_votes else 1.0
+            refusal = self.current.take(env, want, weight, claimed)
         if refusal is None:
             self.traffic.received(len(payload))
         return refusal
@@ -251,7 +243,7 @@ class FederationServer:
             active = len(self.active_nodes())
             timed_out = now - self.started_waiting >= self.cfg.start_timeout
             if active >= self.cfg.min_nodes or (timed_out and active >= self.cfg.quorum):
-                return Step(self._open_round(1))
+                return Step(self.open_round(1))
             if timed_out:
                 return self._fail(f"only {active} node(s) joined within the start timeout "
                                   f"(need {self.cfg.quorum})")
@@ -280,7 +272,7 @@ class FederationServer:
         self.error = message
         return Step([self.publish_state()])
 
-    def _open_round(self, t: int) -> list[Publish]:
+    def open_round(self, t: int) -> list[Publish]:
         out: list[Publish] = []
         self.round = t
         self.phase = Phase.MASK if t <= self.cfg.mask_rounds else Phase.TRAIN
@@ -319,7 +311,7 @@ class FederationServer:
         moved = self.traffic.since(closing.traffic_at_open)
         record = RoundLog(
             self.round, self.phase, self.target(), self.sparsity(), participants,
-            moved.uplink, moved.downlink, 4 * self.unit_map.n_values * len(participants),
+            moved.uplink, moved.downlink, 4 * self.unit_map.n_values * closing.nodes_answered,
             accuracy, loss, self.clock() - closing.started, dict(closing.dropped),
         )
         self.log.append(record)
@@ -327,7 +319,7 @@ class FederationServer:
             self.phase = Phase.DONE
             out.append(self.publish_state())
         else:
-            out += self._open_round(self.round + 1)
+            out += self.open_round(self.round + 1)
         return Step(out, record)
 
     # -- results -------------------------------------------------------------------------
@@ -352,7 +344,7 @@ class FederationServer:
         self.session = secrets.token_hex(4)
         return self.start()
 
-    # -- checkpoints ---------------------------------------------------------------------
+    # -- checkpoints (the format and the restore live in ``resume``) ----------------------
 
     @property
     def closed_round(self) -> int:
@@ -360,12 +352,7 @@ class FederationServer:
 
     def snapshot(self) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
         """Arrays and a JSON-able description of the state after the last closed round."""
-        saved = Saved(
-            self.run_id, self.phase if self.finished else "running", self.round, self.error,
-            self.mask, self.weights.history, self.global_values, self.nodes, self.dropped,
-            self.traffic.uplink, self.traffic.downlink, self.log,
-        )
-        return encode_snapshot(saved, self.cfg.to_dict(), self.unit_map.fingerprint)
+        return encode_snapshot(saved_state(self), self.cfg.to_dict(), self.unit_map.fingerprint)
 
     @classmethod
     def restore(
@@ -378,20 +365,7 @@ class FederationServer:
     ) -> FederationServer:
         """A server in the state ``snapshot`` saw, with the next round open (new session)."""
         server = cls(cfg, evaluate, clock)
-        saved = decode_snapshot(arrays, meta, server.unit_map)
-        weights = server.weights
-        weights.mask, weights.history = saved.mask, saved.history
-        weights.values = saved.global_values
-        server.run_id, server.nodes = saved.run_id, saved.nodes
-        server.dropped, server.log = saved.dropped, saved.log
-        server.traffic = Traffic(saved.uplink, saved.downlink)
-        closed = saved.closed_round
-        if saved.status in FINISHED:
-            server.phase, server.round, server.error = Phase(saved.status), saved.round, saved.error
-        elif closed >= server.total_rounds:
-            server.phase, server.round = Phase.DONE, closed
-        elif closed > 0:
-            server._open_round(closed + 1)  # start() publishes everything a node needs
+        resume(server, decode_snapshot(arrays, meta, server.unit_map))
         return server
 
     def require_success(self) -> None:

@@ -101,6 +101,20 @@ class WeightedAverager:
         self.n_updates += other.n_updates
         self.total_weight += other.total_weight
 
+    @classmethod
+    def from_sums(cls, sums: NDArray[np.float64], total_weight: float,
+                  n_updates: int) -> WeightedAverager:
+        """An averager holding sums made elsewhere (a region's), ready to ``merge``."""
+        averager = cls(sums.size)
+        averager._sums = np.array(sums, dtype=np.float64)
+        averager.n_updates, averager.total_weight = n_updates, float(total_weight)
+        return averager
+
+    @property
+    def sums(self) -> NDArray[np.float64]:
+        """Sum over updates of weight x values, in float64."""
+        return self._sums
+
     def result(self) -> Values:
         """The weighted mean as float32; FederationError before the first update."""
         if self.n_updates == 0:

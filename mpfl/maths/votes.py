@@ -169,6 +169,43 @@ class VoteAccumulator:
         self.n_voters += other.n_voters
         self.total_weight += other.total_weight
 
+    @classmethod
+    def from_planes(cls, n_units: int, planes: list[bytes], n_voters: int) -> VoteAccumulator:
+        """Unweighted votes of ``n_voters`` masks from their bit planes (``packed_planes``)."""
+        votes = cls(n_units)
+        size = votes._n_words * 8
+        for plane in planes:
+            if len(plane) != votes._n_bytes:
+                raise ModelError("vote plane length does not fit", expected=votes._n_bytes,
+                                 got=len(plane))
+            words = np.zeros(size, dtype=np.uint8)
+            words[: votes._n_bytes] = np.frombuffer(plane, dtype=np.uint8)
+            votes._planes.append(words.view(np.uint64))
+        votes.n_voters, votes.total_weight = n_voters, float(n_voters)
+        return votes
+
+    @classmethod
+    def from_sums(cls, sums: FloatArray, total_weight: float, n_voters: int) -> VoteAccumulator:
+        """Weighted votes: per-unit sums of the voters' weights, and their total."""
+        votes = cls(sums.size, weighted=True)
+        votes._sums = np.array(sums, dtype=np.float64)
+        votes.n_voters, votes.total_weight = n_voters, float(total_weight)
+        return votes
+
+    def packed_planes(self) -> list[bytes]:
+        """The unweighted counter, plane k holding bit k of every unit's count, each
+        ``packed_size(n_units)`` bytes in ``np.packbits`` order."""
+        if self.weighted:
+            raise ConfigError("a weighted accumulator holds weighted sums, not bit planes")
+        return [plane.view(np.uint8)[: self._n_bytes].tobytes() for plane in self._planes]
+
+    @property
+    def weighted_sums(self) -> FloatArray:
+        """Per-unit sums of the voters' weights (weighted mode)."""
+        if not self.weighted:
+            raise ConfigError("an unweighted accumulator holds counts, not weighted sums")
+        return self._sums
+
     def counts(self) -> NDArray[np.int64]:
         """Per-unit number of keep votes (uniform mode)."""
         if self.weighted:

@@ -5,7 +5,7 @@ All integers are little-endian and unsigned. The layout, in order:
     offset      size  field
     0           4     magic            b"MPFL"
     4           1     version          1
-    5           1     kind             a `Kind` (0 and 5..255 are reserved)
+    5           1     kind             a `Kind` (0 and 6..255 are reserved)
     6           1     flags            must be 0 (bit 0 is kept for a signature, below)
     7           1     reserved         must be 0
     8           4     round
@@ -60,6 +60,7 @@ class Kind(IntEnum):
     MASK = 2  # coordinator -> all: consensus mask
     LOCAL_MASK = 3  # node -> coordinator: a node's mask for this round
     UPDATE = 4  # node -> coordinator: alive values after local training
+    PARTIAL = 5  # region -> root: its nodes' votes and weighted sums (mpfl.wire.partial)
 
 
 @dataclass(frozen=True)
