@@ -15,6 +15,7 @@ import click
 from coordinator.provision.cli import provision_command
 from mpfl.config.flags import config_options, pop_config_overrides
 from mpfl.errors import reports_errors
+from mpfl.logs import logging_options, pop_logging_options, setup_logging, wants_live_view
 
 
 @click.group()
@@ -58,11 +59,25 @@ def main() -> None:
 @click.option("--enrolment", "enrolment_file", envvar="MPFL_ENROLMENT",
               type=click.Path(dir_okay=False), default=None,
               help="enrolled.toml: the node ids and public keys to accept (env MPFL_ENROLMENT).")
+@click.option("--metrics-port", type=click.IntRange(1, 65535), default=None,
+              help="Serve Prometheus metrics on this port (/metrics).  [default: off]")
+@click.option("--metrics-address", default="127.0.0.1", show_default=True,
+              help="Address the metrics listen on (0.0.0.0: every interface).")
+@click.option("--status-file", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Keep the federation's current state here as JSON, replaced atomically "
+                   "a few times a second (what `mpfl simulate` draws its live view from).")
+@logging_options
 @config_options(skip=("eval_dataset", "eval_data_dir"))
 @reports_errors
 def run(**kwargs: Any) -> None:
-    """Run (or resume) a federation until it is done or fails."""
+    """Run (or resume) a federation until it is done or fails.
+
+    In a terminal it draws a live view of the rounds and nodes; without one it logs one
+    line per event."""
+    log_format, verbosity = pop_logging_options(kwargs)
+    setup_logging(log_format, verbosity)
     from coordinator.service import CoordinatorService, ServiceOptions, load_evaluator
+    from coordinator.watching import WatchOptions
     from mpfl.config.settings import load_config
     from mpfl.net.endpoint import parse_broker_url
     from mpfl.net.mqtt import DEFAULT_MAX_PAYLOAD
@@ -80,9 +95,11 @@ def run(**kwargs: Any) -> None:
     options = ServiceOptions(run_dir, broker, kwargs["embedded_broker"], kwargs["mqtt_protocol"],
                              kwargs["max_payload"] or DEFAULT_MAX_PAYLOAD,
                              on_broker_ready=announce,
-                             keys=_coordinator_keys(kwargs["key_file"], kwargs["enrolment_file"]))
-    echo = _echo
-    service = CoordinatorService(cfg, options, echo, load_evaluator(cfg))
+                             keys=_coordinator_keys(kwargs["key_file"], kwargs["enrolment_file"]),
+                             watch=WatchOptions(wants_live_view(log_format),
+                                                kwargs["status_file"], kwargs["metrics_port"],
+                                                kwargs["metrics_address"]))
+    service = CoordinatorService(cfg, options, load_evaluator(cfg))
 
     def on_signal(signum: int, _frame: FrameType | None) -> None:
         service.request_stop(signal.Signals(signum).name)
@@ -117,11 +134,6 @@ def _ready_writer(path: Path | None) -> Callable[[str], None] | None:
 
     path.unlink(missing_ok=True)  # a stale file from an earlier run must not be believed
     return lambda url: write_ready_file(path, CoordinatorReady(url, os.getpid()))
-
-
-def _echo(line: str) -> None:
-    click.echo(line)
-    sys.stdout.flush()
 
 
 # `mpfl-coordinator provision`: broker users, ACLs, TLS and per-node env files.
