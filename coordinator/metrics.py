@@ -23,13 +23,6 @@ from mpfl.federation.watch import FederationView
 from mpfl.net.inbox import ByteLedger
 
 PREFIX = "mpfl_coordinator_"
-# Every metric this module exports (without the _total/_bucket suffixes prometheus adds).
-METRIC_NAMES = tuple(PREFIX + name for name in (
-    "federation_info", "rounds_completed", "round", "nodes_online", "nodes_answered",
-    "messages_received", "messages_sent", "messages_rejected", "bytes",
-    "round_duration_seconds", "accuracy", "sparsity", "target_sparsity", "uplink_bytes",
-    "dense_uplink_bytes",
-))
 ROUND_SECONDS_BUCKETS = (1, 2, 5, 10, 20, 30, 60, 120, 300, 600, 1800)
 _Inc = Callable[[str, int], None]
 
