@@ -18,6 +18,7 @@ import struct
 import subprocess
 import sys
 import termios
+import threading
 import time
 import urllib.request
 from pathlib import Path
@@ -133,6 +134,40 @@ def test_simulate_without_a_terminal_logs_one_json_object_per_line(tmp_path: Pat
     # The coordinator's lines came through its own logger, not the launcher's.
     assert {"coordinator.service", "coordinator.watching", "apps.cli"} <= {
         line["logger"] for line in lines}
+
+
+def test_the_coordinator_and_an_edge_node_draw_their_own_views_in_terminals(
+    tmp_path: Path,
+) -> None:
+    """``mpfl-coordinator run`` shows the federation; ``mpfl-edge start`` its local epochs."""
+    require_mosquitto()
+    cfg = FederationConfig(**{**DEMO_CONFIG.to_dict(), "federation": "terminals",
+                              "mask_rounds": 1, "train_rounds": 1, "min_nodes": 1,
+                              "quorum": 1, "local_epochs": 3}).validate()
+    screens: dict[str, tuple[int, str]] = {}
+    with start_mosquitto(tmp_path) as broker:
+        url = f"mqtt://{broker.host}:{broker.port}"
+        commands = {
+            "coordinator": [sys.executable, "-m", "coordinator.cli", "run", "--broker", url,
+                            "--run-dir", str(tmp_path / "run"),
+                            *config_to_args(cfg, skip=("eval_dataset", "eval_data_dir"))],
+            "edge": [sys.executable, "-m", "edge_node.cli", "start", "--broker", url,
+                     "--federation", cfg.federation, "--node-id", "pi-01", "--limit", "300",
+                     "--threads", "1", "--state-dir", str(tmp_path / "state")],
+        }
+        threads = [threading.Thread(target=lambda k=k, c=c: screens.__setitem__(
+            k, _in_pty(c, RUN_TIMEOUT_S))) for k, c in commands.items()]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+    (code, coordinator), (edge_code, edge) = screens["coordinator"], screens["edge"]
+    assert code == 0 and edge_code == 0, coordinator[-2000:] + edge[-2000:]
+    assert "federation terminals  phase mask  round 1/2  deadline in " in coordinator
+    assert re.search(r"pi-01\s+(training|answered)", coordinator)
+    assert "done: 2 rounds" in coordinator  # log lines above the view
+    assert re.search(r"round 1 .* 3/3 epochs", edge) and re.search(r"round 2 .* 3/3 epochs", edge)
+    assert "node pi-01: done" in edge
 
 
 def _scrape(port: int) -> dict[tuple[str, tuple[tuple[str, str], ...]], float] | None:
