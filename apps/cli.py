@@ -175,7 +175,8 @@ def demo(nodes: int, rounds: tuple[int, int], run_dir: str | None, in_process: b
     if in_process:
         from apps.demo import run_demo
 
-        run_demo(nodes=nodes, mask_rounds=rounds[0], train_rounds=rounds[1])
+        run_demo(nodes=nodes, mask_rounds=rounds[0], train_rounds=rounds[1],
+                 live=wants_live_view(log_format) and verbosity >= 0)
         return
     overrides = {"mask_rounds": rounds[0], "train_rounds": rounds[1]}
     path = _simulate(nodes, "digits", None, "dirichlet:0.5", None, None, overrides, run_dir,

@@ -8,12 +8,14 @@ FedAvg would have sent.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 
+from coordinator.live import LiveView
 from mpfl.config.settings import FederationConfig
 from mpfl.errors import ExportError
 from mpfl.federation.evaluation import dataset_evaluator
@@ -65,8 +67,9 @@ def partition_lines(labels: np.ndarray, parts: Sequence[np.ndarray], classes: in
 
 
 def run_demo(
-    nodes: int = 4, mask_rounds: int = 3, train_rounds: int = 8,
+    nodes: int = 4, mask_rounds: int = 3, train_rounds: int = 8, live: bool = False,
 ) -> FederationServer:
+    """In this process over the in-memory broker; ``live``: draw the live view."""
     cfg = FederationConfig(**{**DEMO_CONFIG.to_dict(), "mask_rounds": mask_rounds,
                               "train_rounds": train_rounds, "min_nodes": nodes,
                               "quorum": max(1, nodes - 1)}).validate()
@@ -77,9 +80,11 @@ def run_demo(
     for line in partition_lines(train.y, parts, train.num_classes):
         log.info(line)
     log.info(HEADER)
-    server = run_in_process(cfg, [train.subset(p) for p in parts],
-                            dataset_evaluator(cfg.model_spec, test),
-                            on_round=lambda record: log.info(format_round(record)), signed=True)
+    with LiveView() if live else contextlib.nullcontext() as view:
+        server = run_in_process(cfg, [train.subset(p) for p in parts],
+                                dataset_evaluator(cfg.model_spec, test),
+                                on_round=lambda record: log.info(format_round(record)),
+                                signed=True, on_view=view.show if view is not None else None)
     log.info(totals_line(server.log))
     return server
 

@@ -116,6 +116,8 @@ class SimulationPlan:
                "--threads", str(self.threads),
                "--state-dir", str(self.run_dir / "node-state"),
                "--log-format", self.node_log_format, *verbosity_args(self.verbosity),
+               # one machine, no link to spare: the live view shows every epoch
+               "--progress-every", "0",
                *self.extra_node_args]
         if self.data_dir:
             cmd += ["--data-dir", self.data_dir]

@@ -8,14 +8,16 @@ round (and its exact bytes) is saved, so a restarted agent neither retrains nor 
 round twice. On every (re)connect the node announces itself again (its retained status
 may have been replaced by the last will, or lost with the broker).
 
-While a round trains, each finished local epoch is published (signed) on the node's
-``progress`` topic for the coordinator's live view, and shown here: on a progress bar in
-a terminal, as one log line otherwise.
+While a round trains, its local epochs are published (signed) on the node's ``progress``
+topic for the coordinator's live view, at most one message per ``progress_every`` seconds
+(each costs about 130 bytes: on a slow link, as much as a sparse mask), and every epoch is
+shown here: on a progress bar in a terminal, as one log line otherwise.
 """
 
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -40,6 +42,7 @@ from mpfl.wire.protocol import Progress, Publish
 log = logging.getLogger(__name__)
 
 UPLOAD_ACK_TIMEOUT_S = 120.0
+PROGRESS_EVERY_S = 10.0
 EDGE_CHUNK_BYTES = 16 << 20
 
 
@@ -76,6 +79,7 @@ class AgentOptions:
     # This node's key and the coordinator's public key; None: unauthenticated.
     keys: NodeKeys | None = None
     live: bool = False  # a progress bar of the local epochs (in a terminal)
+    progress_every: float = PROGRESS_EVERY_S  # 0: every epoch
 
 
 class EdgeAgent:
@@ -97,6 +101,7 @@ class EdgeAgent:
         self.gate = NodeGate(node, options.keys, say=log.warning)
         self.epochs = EpochBar() if options.live else None
         node.on_progress = self._on_progress
+        self._progress_sent: float | None = None
         fed, nid = node.federation, node.node_id
         self.status_topic = topics.node_topic(fed, nid, topics.NODE_STATUS)
         self.path = state_path(options.state_dir, fed, nid) if options.state_dir else None
@@ -185,7 +190,11 @@ class EdgeAgent:
 
     def _on_progress(self, progress: Progress) -> None:
         """An epoch finished (or training began): tell the coordinator, show it here."""
-        if self.transport is not None:
+        now = time.monotonic()
+        sent = self._progress_sent
+        if self.transport is not None and (
+                sent is None or now - sent >= self.options.progress_every):
+            self._progress_sent = now
             self.transport.publish(self.gate.seal(self.node.progress_message(progress)))
         if self.epochs is not None:
             self.epochs.show(progress)

@@ -72,6 +72,10 @@ def main() -> None:
 @click.option("--coordinator-key", "coordinator_key_file", envvar="MPFL_COORDINATOR_KEY",
               type=click.Path(dir_okay=False), default=None,
               help="The coordinator's public key file (env MPFL_COORDINATOR_KEY).")
+@click.option("--progress-every", type=click.FloatRange(min=0), default=10.0,
+              show_default=True, metavar="SECONDS",
+              help="Tell the coordinator's live view of the local epochs at most this "
+                   "often (0: every epoch; each message is about 130 bytes).")
 @logging_options
 @reports_errors
 def start(
@@ -81,7 +85,7 @@ def start(
     ca_file: str | None,
     username: str | None, password: str | None, mqtt_protocol: str, max_payload: int | None,
     connect_timeout: float | None, key_file: str | None, coordinator_key_file: str | None,
-    **logging_flags: Any,
+    progress_every: float, **logging_flags: Any,
 ) -> None:
     """Join a federation and take part until it is done.
 
@@ -138,7 +142,7 @@ def start(
                           batch_size=batch_size, fit_batch=fit_batch)
     options = AgentOptions(mqtt_protocol, max_payload or DEFAULT_MAX_PAYLOAD,
                            Path(state_dir or _default_state_dir()), connect_timeout, keys,
-                           live=wants_live_view(log_format))
+                           live=wants_live_view(log_format), progress_every=progress_every)
     agent = EdgeAgent(node, address, options)
 
     def on_signal(signum: int, _frame: FrameType | None) -> None:

@@ -25,6 +25,7 @@ from mpfl.errors import DocumentError
 from mpfl.federation.gate import CoordinatorKeys, NodeGate, NodeKeys
 from mpfl.federation.node import FederationNode
 from mpfl.federation.server import FederationServer
+from mpfl.federation.simulation import run_in_process
 from mpfl.federation.transport import MemoryBroker
 from mpfl.federation.watch import FederationView, FleetWatch, events
 from mpfl.logs import fields, replay, setup_logging
@@ -241,3 +242,16 @@ def test_every_dashboard_query_uses_an_exported_metric() -> None:
     # and every exported series has a place on the dashboard
     assert {n.removesuffix("_bucket") for n in exported if not n.endswith(("_sum", "_count"))} \
         <= {n.removesuffix("_bucket") for n in used}
+
+
+def test_the_in_process_federation_hands_its_views_to_a_live_view(
+    one_torch_thread: None,
+) -> None:
+    train = load_dataset("digits", None, "train")
+    views: list[FederationView] = []
+    run_in_process(CFG, [train.subset(np.arange(i, 200, 2)) for i in range(2)],
+                   signed=True, on_view=views.append)
+    epochs = {(n.node_id, n.progress_round, n.epoch) for v in views for n in v.nodes}
+    assert {(f"node-{i}", t, e) for i in range(2) for t in (1, 2) for e in range(3)} <= epochs
+    assert views[-1].phase == Phase.DONE and views[-1].rounds_closed == 2
+    assert max(v.answered for v in views) == 1  # the second answer closes the round at once
