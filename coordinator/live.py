@@ -13,6 +13,7 @@ a value taken on the thread that owns the state, so nothing is read while it cha
 from __future__ import annotations
 
 import time
+from collections import Counter
 from types import TracebackType
 
 import msgspec
@@ -27,9 +28,13 @@ from mpfl.logs import console
 
 PHASE_STYLE = {Phase.WAITING: "yellow", Phase.MASK: "cyan", Phase.TRAIN: "green",
                Phase.DONE: "bold green", Phase.FAILED: "bold red"}
-REFRESH_S = 0.25
+REFRESH_S = 0.5  # a redraw costs rich ~30 ms (benchmarks/bench_observe.py): 6% of the loop
 TICK_S = 1.0
 BAR_WIDTH = 10
+# Drawing a table row costs rich about 2 ms (benchmarks/bench_observe.py): a large fleet
+# shows the nodes that need attention first, and counts the rest.
+MAX_NODE_ROWS = 12
+_ATTENTION = {"late": 0, "offline": 1, "waiting": 2, "training": 3, "idle": 4, "answered": 5}
 
 
 def _bytes(n: int) -> str:
@@ -94,10 +99,17 @@ def render(view: FederationView, now: float | None = None) -> RenderableType:
     nodes = Table(box=None, pad_edge=False, show_edge=False)
     for column in ("node", "state", "last activity", "seen", "local epochs"):
         nodes.add_column(column)
-    for node in view.nodes:
-        nodes.add_row(node.node_id, _node_state(node, view), node.activity,
-                      _ago(node.seen, now), _epochs(node, view))
+    states = sorted(((_node_state(node, view), node) for node in view.nodes),
+                    key=lambda pair: (_ATTENTION.get(pair[0].plain, 9), pair[1].node_id))
+    shown = states if len(states) <= MAX_NODE_ROWS else states[:MAX_NODE_ROWS - 1]
+    for state, node in sorted(shown, key=lambda pair: pair[1].node_id):
+        nodes.add_row(node.node_id, state, node.activity, _ago(node.seen, now),
+                      _epochs(node, view))
     parts: list[RenderableType] = [head, summary, traffic, nodes]
+    if len(shown) < len(states):
+        rest = Counter(state.plain for state, _ in states[len(shown):])
+        parts.append(Text(f"... and {len(states) - len(shown)} more: " + ", ".join(
+            f"{n} {state}" for state, n in sorted(rest.items()))))
     if view.dropped:
         parts.append(Text("dropped " + ", ".join(f"{k} {v}" for k, v in view.dropped.items()),
                           "yellow"))
@@ -127,7 +139,7 @@ class LiveView:
         self.stop()
 
     def show(self, view: FederationView | None, force: bool = False) -> None:
-        """Draw ``view`` when it changed (at most every 0.25 s), else redraw the last one
+        """Draw ``view`` when it changed (at most every 0.5 s), else redraw the last one
         each second for the countdown and the "seen" column."""
         changed = view is not None and (self._view is None or _moved(self._view, view))
         if view is not None:

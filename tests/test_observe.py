@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 from rich.console import Console
 
-from coordinator.live import render
+from coordinator.live import MAX_NODE_ROWS, render
 from coordinator.metrics import CoordinatorMetrics
 from coordinator.service import CoordinatorService, ServiceOptions
 from coordinator.watching import WatchOptions, read_status
@@ -255,3 +255,21 @@ def test_the_in_process_federation_hands_its_views_to_a_live_view(
     assert {(f"node-{i}", t, e) for i in range(2) for t in (1, 2) for e in range(3)} <= epochs
     assert views[-1].phase == Phase.DONE and views[-1].rounds_closed == 2
     assert max(v.answered for v in views) == 1  # the second answer closes the round at once
+
+
+def test_a_large_fleet_shows_the_nodes_needing_attention_and_counts_the_rest(
+    one_torch_thread: None,
+) -> None:
+    clock = Clock()
+    server, watch, _ = _fleet(clock)
+    for i in range(40):
+        server.handle(topics.node_topic(CFG.federation, f"p{i:02d}", topics.NODE_STATUS),
+                      Hello(f"p{i:02d}", 10).encode())
+    server.handle(topics.node_topic(CFG.federation, "p07", topics.NODE_STATUS), b"offline")
+    console = Console(file=io.StringIO(), width=110, color_system=None)
+    console.print(render(watch.view(server), now=clock.now))
+    text = console.file.getvalue()  # type: ignore[attr-defined]
+    rows = re.findall(r"^p\d\d ", text, flags=re.MULTILINE)
+    assert len(rows) == MAX_NODE_ROWS - 1
+    assert re.search(r"^p07\s+offline", text, flags=re.MULTILINE)  # attention first
+    assert f"... and {40 - MAX_NODE_ROWS + 1} more: " in text
