@@ -81,8 +81,8 @@ class FederationView(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
         return max(0.0, self.deadline - now) if self.phase.is_round else None
 
     def encode(self) -> bytes:
-XX
-        # golden bytes depend on a status file's key order.
+        # msgspec's own encoder: 100x faster than canonical JSON at 1,000 nodes
+        # (benchmarks/bench_observe.py); nothing signs or compares a status file's bytes.
         return msgspec.json.encode(self)
 
     @staticmethod
