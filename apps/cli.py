@@ -73,6 +73,7 @@ def _simulate(
     hardware: str | None = None, links: tuple[str, ...] = (),
     corrupt: dict[int, str] | None = None,
     log_format: LogFormat = LogFormat.TEXT, verbosity: int = 0,
+    metrics_port: int | None = None,
 ) -> Path:
     import time
 
@@ -90,7 +91,7 @@ def _simulate(
     _print_partition(dataset, data_dir, nodes, scheme, cfg.seed, limit)
     plan = SimulationPlan(cfg, nodes, dataset, path, data_dir, scheme, cfg.seed, limit, broker,
                           threads, dataset if evaluate else None, corrupt=corrupt or {},
-                          verbosity=verbosity)
+                          verbosity=verbosity, metrics_port=metrics_port)
     for index, kind in sorted((corrupt or {}).items()):
         log.info(f"  node-{index} trains on {kind}")
     code = run_simulation(plan, live=wants_live_view(log_format) and verbosity >= 0)
@@ -132,6 +133,8 @@ def _simulate(
               help="The first K nodes train on pixel-shuffled noise (robustness check).")
 @click.option("--permuted-nodes", type=click.IntRange(min=0), default=0, show_default=True,
               help="The next K nodes train with permuted labels (robustness check).")
+@click.option("--metrics-port", type=click.IntRange(1, 65535), default=None,
+              help="The coordinator serves Prometheus metrics on this port.  [default: off]")
 @logging_options
 @config_options(skip=("eval_dataset", "eval_data_dir"))
 @reports_errors
@@ -148,7 +151,7 @@ def simulate(**kwargs: Any) -> None:
               kwargs["run_dir"], kwargs["broker"], kwargs["threads"],
               kwargs["evaluate"], kwargs["hardware"], tuple(kwargs["links"]),
               _faulty_nodes(kwargs["nodes"], kwargs["noise_nodes"], kwargs["permuted_nodes"]),
-              log_format, verbosity)
+              log_format, verbosity, kwargs["metrics_port"])
 
 
 def _faulty_nodes(nodes: int, noise: int, permuted: int) -> dict[int, str]:

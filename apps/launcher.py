@@ -61,6 +61,7 @@ class SimulationPlan:
     signed: bool = True
     verbosity: int = 0  # passed on to every process (-1 quiet, 1 verbose)
     node_log_format: LogFormat = LogFormat.TEXT
+    metrics_port: int | None = None  # the coordinator's Prometheus endpoint
 
     @property
     def keys_dir(self) -> Path:
@@ -95,7 +96,7 @@ class SimulationPlan:
     def coordinator_command(self) -> list[str]:
         cmd = [sys.executable, "-m", "coordinator.cli", "run", "--run-dir", str(self.run_dir),
                "--ready-file", str(self.ready_file), "--status-file", str(self.status_file),
-               "--log-format", LogFormat.JSON, *verbosity_args(self.verbosity),
+               "--log-format", LogFormat.JSON.value, *verbosity_args(self.verbosity),
                *config_to_args(self.cfg, skip=("eval_dataset", "eval_data_dir"))]
         if self.eval_dataset:
             cmd += ["--eval-data", self.eval_dataset]
@@ -103,6 +104,8 @@ class SimulationPlan:
                 cmd += ["--data-dir", self.data_dir]
         if self.broker:
             cmd += ["--broker", self.broker]
+        if self.metrics_port is not None:
+            cmd += ["--metrics-port", str(self.metrics_port)]
         if self.signed:
             cmd += ["--key", str(self.keys_dir / "coordinator.key"),
                     "--enrolment", str(self.keys_dir / "enrolled.toml")]
@@ -115,7 +118,7 @@ class SimulationPlan:
                "--partition-scheme", self.scheme, "--seed", str(self.seed),
                "--threads", str(self.threads),
                "--state-dir", str(self.run_dir / "node-state"),
-               "--log-format", self.node_log_format, *verbosity_args(self.verbosity),
+               "--log-format", self.node_log_format.value, *verbosity_args(self.verbosity),
                # one machine, no link to spare: the live view shows every epoch
                "--progress-every", "0",
                *self.extra_node_args]
