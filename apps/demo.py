@@ -75,8 +75,8 @@ def run_demo(
                               "quorum": max(1, nodes - 1)}).validate()
     train, test = load_dataset("digits", None, "train"), load_dataset("digits", None, "test")
     parts = partition(train.y, nodes, "dirichlet:0.5", seed=cfg.seed)
-    log.info(f"MPFL demo: {nodes} nodes, {cfg.model} on 8x8 digits, {cfg.granularity} masks "
-         f"to {cfg.final_sparsity:.0%}, {cfg.value_codec} values")
+    log.info(f"MPFL demo: {nodes} nodes, {cfg.model} on 8x8 digits, {cfg.granularity} "
+             f"masks to {cfg.final_sparsity:.0%}, {cfg.value_codec} values")
     for line in partition_lines(train.y, parts, train.num_classes):
         log.info(line)
     log.info(HEADER)

@@ -113,7 +113,7 @@ class CoordinatorService:
             arrays, meta = self.store.load()
             server = FederationServer.restore(self.cfg, arrays, meta, self.evaluate)
             log.info(f"resuming {self.options.run_dir}: {server.closed_round} of "
-                      f"{server.total_rounds} rounds closed, phase {server.phase}")
+                     f"{server.total_rounds} rounds closed, phase {server.phase}")
         else:
             self.store.check_config(self.cfg)
             server = FederationServer(self.cfg, self.evaluate)
@@ -150,8 +150,8 @@ class CoordinatorService:
             self._publish_all(server.start())
             cfg = self.cfg
             log.info(f"federation '{cfg.federation}': {server.total_rounds} rounds "
-                      f"({cfg.mask_rounds} mask + {cfg.train_rounds} train), waiting for "
-                      f"{cfg.min_nodes} node(s); run dir {self.options.run_dir}")
+                     f"({cfg.mask_rounds} mask + {cfg.train_rounds} train), waiting for "
+                     f"{cfg.min_nodes} node(s); run dir {self.options.run_dir}")
             while not server.finished and self.stop_requested is None:
                 self.inbox.dispatch(TICK_S)
                 self.transport.revive()
@@ -167,7 +167,7 @@ class CoordinatorService:
                 self._finish()
             else:
                 log.warning(f"stopped ({self.stop_requested}) in round {server.round}; the "
-                          "checkpoint is kept: run again with the same --run-dir to resume")
+                            "checkpoint is kept: run again with the same --run-dir to resume")
         finally:
             self.watching.stop(server, self.inbox.ledger)
             if self.transport is not None:

@@ -128,7 +128,7 @@ class EdgeAgent:
                                        protocol=self.options.protocol,
                                        max_payload=self.options.max_payload)
         log.info(f"node {node.node_id}: {len(node.data)} samples; connecting to "
-                  f"{self.address.url}")
+                 f"{self.address.url}")
         try:
             self.transport.connect(self.options.connect_timeout)
             while not node.done and self.stop_requested is None:
@@ -145,7 +145,7 @@ class EdgeAgent:
             if node.rejected:
                 counts = ", ".join(f"{reason} {n}" for reason, n in sorted(node.rejected.items()))
                 log.warning(f"node {node.node_id}: dropped {node.rejected.total()} unusable "
-                          f"server message(s): {counts}")
+                            f"server message(s): {counts}")
         if self.stop_requested is not None:
             return "stopped"
         assert node.state is not None
@@ -185,8 +185,8 @@ class EdgeAgent:
             acc = metrics.get("accuracy")
             acc_text = f"{acc:.1%}" if isinstance(acc, float) else "-"
             log.info(f"round {metrics['round']} {metrics['phase']}: trained "
-                      f"{metrics['train_seconds']:.1f}s, loss {metrics['loss']:.3f}, "
-                      f"acc {acc_text}, sent {metrics['upload_bytes']:,} B")
+                     f"{metrics['train_seconds']:.1f}s, loss {metrics['loss']:.3f}, "
+                     f"acc {acc_text}, sent {metrics['upload_bytes']:,} B")
 
     def _on_progress(self, progress: Progress) -> None:
         """An epoch finished (or training began): tell the coordinator, show it here."""

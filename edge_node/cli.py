@@ -134,8 +134,8 @@ def start(
             fitted = memory_guard(guarded, parameters, data.shape, wanted,
                                   dataset_bytes=data.x.nbytes)
             if fitted < wanted:
-                log.warning(f"node {node_id}: batch size {wanted} lowered to {fitted} to fit "
-                      f"{guarded.train_memory_budget_mb} MB on {guarded.label}")
+                log.warning(f"node {node_id}: batch size {wanted} lowered to {fitted} to "
+                            f"fit {guarded.train_memory_budget_mb} MB on {guarded.label}")
             return fitted
 
     node = FederationNode(node_id, federation, data, hardware=label, seed=seed * 1000 + index,
