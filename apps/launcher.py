@@ -192,7 +192,7 @@ def run_simulation(plan: SimulationPlan, live: bool = False) -> int:
         view = LiveView() if live else None
         try:
             if view is not None:
-                view.__enter__()
+                view.start()
             return _run_nodes(plan, coordinator, env, view)
         finally:
             if view is not None:

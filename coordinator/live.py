@@ -130,8 +130,11 @@ class LiveView:
         self._view: FederationView | None = None
         self._drawn = 0.0
 
-    def __enter__(self) -> LiveView:
+    def start(self) -> None:
         self._live.start()
+
+    def __enter__(self) -> LiveView:
+        self.start()
         return self
 
     def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None,

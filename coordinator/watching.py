@@ -58,7 +58,7 @@ class Watching:
             log.info(f"metrics on http://{self.options.metrics_address}:"
                      f"{self.options.metrics_port}/metrics")
         if self.live is not None:
-            self.live.__enter__()
+            self.live.start()
 
     def stop(self, server: FederationServer, ledger: ByteLedger | None) -> None:
         self.observe(server, ledger, force=True)
