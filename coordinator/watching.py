@@ -20,13 +20,14 @@ from coordinator.metrics import CoordinatorMetrics
 from mpfl.errors import MpflError
 from mpfl.federation.metrics import RoundLog
 from mpfl.federation.server import FederationServer
-from mpfl.federation.watch import Event, FederationView, FleetWatch, events
+from mpfl.federation.watch import Event, FederationView, FleetWatch, events, waiting
 from mpfl.logs import fields
 from mpfl.net.inbox import ByteLedger
 from mpfl.wire.protocol import Progress
 
 log = logging.getLogger(__name__)
 VIEW_INTERVAL_S = 0.25
+QUIET_S = 30.0  # without a live view, no stretch longer than this goes without a line
 
 
 @dataclass
@@ -46,6 +47,7 @@ class Watching:
             else None
         self.last: FederationView | None = None
         self._taken = 0.0
+        self._said = time.monotonic()  # the last event line
         self._told_answered: set[tuple[int, str]] = set()  # (round, node) lines logged
 
     def start(self, server: FederationServer) -> None:
@@ -92,6 +94,10 @@ class Watching:
             if event.name == "node-answered":
                 self._told_answered.add((view.round, event.fields["node"]))
             self._log(event)
+        if now - self._said >= QUIET_S and self.live is None:
+            quiet = waiting(view)
+            if quiet is not None:
+                self._log(quiet)
         self.last = view
         if self.live is not None:
             self.live.show(view, force=force)
@@ -102,6 +108,7 @@ class Watching:
 
 
     def _log(self, event: Event) -> None:
+        self._said = time.monotonic()
         level = logging.DEBUG if self.live is not None else logging.INFO
         log.log(level, event.message, extra=fields(event=event.name, **event.fields))
 

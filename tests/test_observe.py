@@ -18,7 +18,7 @@ from rich.console import Console
 from coordinator.live import MAX_NODE_ROWS, render
 from coordinator.metrics import CoordinatorMetrics
 from coordinator.service import CoordinatorService, ServiceOptions
-from coordinator.watching import WatchOptions, read_status
+from coordinator.watching import QUIET_S, Watching, WatchOptions, read_status
 from mpfl.choices import LogFormat, Phase
 from mpfl.config.settings import FederationConfig
 from mpfl.errors import DocumentError
@@ -27,7 +27,7 @@ from mpfl.federation.node import FederationNode
 from mpfl.federation.server import FederationServer
 from mpfl.federation.simulation import run_in_process
 from mpfl.federation.transport import MemoryBroker
-from mpfl.federation.watch import FederationView, FleetWatch, events
+from mpfl.federation.watch import Event, FederationView, FleetWatch, events, waiting
 from mpfl.logs import fields, replay, setup_logging
 from mpfl.ml.data import load_dataset
 from mpfl.wire import topics
@@ -273,3 +273,27 @@ def test_a_large_fleet_shows_the_nodes_needing_attention_and_counts_the_rest(
     assert len(rows) == MAX_NODE_ROWS - 1
     assert re.search(r"^p07\s+offline", text, flags=re.MULTILINE)  # attention first
     assert f"... and {40 - MAX_NODE_ROWS + 1} more: " in text
+
+
+def test_a_quiet_stretch_gets_one_line_saying_what_the_round_waits_for(
+    one_torch_thread: None, caplog: pytest.LogCaptureFixture,
+) -> None:
+    clock = Clock()
+    server, watch, nodes = _fleet(clock)
+    assert waiting(watch.view(server)) == Event(
+        "waiting", "waiting for nodes: 0 online", {"online": 0})
+    for node in nodes:
+        server.handle(topics.node_topic(CFG.federation, node.node_id, topics.NODE_STATUS),
+                      node.hello().payload)
+    watch.heard("n0", topics.NODE_PROGRESS, Progress(1, 1, 2))
+    quiet = waiting(watch.view(server))
+    assert quiet is not None and quiet.message == (
+        "round 1: 0/2 answered; waiting for n0 (epoch 1/2), n1; deadline in 120s")
+    watching = Watching(WatchOptions(), CFG.federation)
+    watching.fleet = watch
+    caplog.set_level(logging.INFO, logger="coordinator.watching")
+    watching.observe(server, None, force=True)
+    assert not any(r.getMessage().startswith("round 1: 0/2") for r in caplog.records)
+    watching._said -= QUIET_S  # thirty seconds without a line
+    watching.observe(server, None, force=True)
+    assert [r.getMessage() for r in caplog.records][-1] == quiet.message

@@ -185,3 +185,23 @@ def events(before: FederationView | None, after: FederationView) -> list[Event]:
                          {"round": after.round, "phase": str(after.phase),
                           "deadline": after.deadline}))
     return out
+
+
+def waiting(view: FederationView) -> Event | None:
+    """What the federation waits for now (a line for a quiet stretch), None when done."""
+    if view.phase is Phase.WAITING:
+        return Event("waiting", f"waiting for nodes: {view.online} online",
+                     {"online": view.online})
+    if not view.phase.is_round:
+        return None
+    pending = [n for n in view.nodes if n.online and not n.answered]
+    names = ", ".join(
+        n.node_id + (f" (epoch {n.epoch}/{n.epochs})" if n.progress_round == view.round
+                     and n.epochs else "") for n in pending[:5])
+    more = f" and {len(pending) - 5} more" if len(pending) > 5 else ""
+    return Event("waiting", f"round {view.round}: {view.answered}/{view.online} answered; "
+                 f"waiting for {names or 'nobody online'}{more}; deadline in "
+                 f"{max(0.0, view.deadline - view.time):.0f}s",
+                 {"round": view.round, "answered": view.answered,
+                  "waiting_for": [n.node_id for n in pending]})
+
