@@ -94,7 +94,7 @@ def _simulate(
                           verbosity=verbosity, metrics_port=metrics_port)
     for index, kind in sorted((corrupt or {}).items()):
         log.info(f"  node-{index} trains on {kind}")
-    code = run_simulation(plan, live=wants_live_view(log_format) and verbosity >= 0)
+    code = run_simulation(plan, live=wants_live_view(log_format, verbosity))
     _print_table(path)
     if code != 0:
         raise FederationError("the coordinator exited with an error", exit_code=code)
@@ -179,7 +179,7 @@ def demo(nodes: int, rounds: tuple[int, int], run_dir: str | None, in_process: b
         from apps.demo import run_demo
 
         run_demo(nodes=nodes, mask_rounds=rounds[0], train_rounds=rounds[1],
-                 live=wants_live_view(log_format) and verbosity >= 0)
+                 live=wants_live_view(log_format, verbosity))
         return
     overrides = {"mask_rounds": rounds[0], "train_rounds": rounds[1]}
     path = _simulate(nodes, "digits", None, "dirichlet:0.5", None, None, overrides, run_dir,

@@ -96,7 +96,7 @@ def run(**kwargs: Any) -> None:
                              kwargs["max_payload"] or DEFAULT_MAX_PAYLOAD,
                              on_broker_ready=announce,
                              keys=_coordinator_keys(kwargs["key_file"], kwargs["enrolment_file"]),
-                             watch=WatchOptions(wants_live_view(log_format),
+                             watch=WatchOptions(wants_live_view(log_format, verbosity),
                                                 kwargs["status_file"], kwargs["metrics_port"],
                                                 kwargs["metrics_address"]))
     service = CoordinatorService(cfg, options, load_evaluator(cfg))

@@ -142,7 +142,8 @@ def start(
                           batch_size=batch_size, fit_batch=fit_batch)
     options = AgentOptions(mqtt_protocol, max_payload or DEFAULT_MAX_PAYLOAD,
                            Path(state_dir or _default_state_dir()), connect_timeout, keys,
-                           live=wants_live_view(log_format), progress_every=progress_every)
+                           live=wants_live_view(log_format, verbosity),
+                           progress_every=progress_every)
     agent = EdgeAgent(node, address, options)
 
     def on_signal(signum: int, _frame: FrameType | None) -> None:

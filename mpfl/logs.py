@@ -36,8 +36,6 @@ F = TypeVar("F", bound=Callable[..., Any])
 # Third-party loggers that talk about their own plumbing at INFO.
 _NOISY = ("amqtt", "transitions", "asyncio", "PIL", "matplotlib")
 _FIELDS_KEY = "mpfl_fields"
-# Attributes every LogRecord has: anything else on a record came in through ``extra``.
-_STANDARD = set(vars(logging.makeLogRecord({}))) | {"message", "asctime", "taskName"}
 
 
 def fields(**values: Any) -> dict[str, Any]:
@@ -60,12 +58,13 @@ def console() -> Console:
 
 
 def is_terminal() -> bool:
-    return console().is_terminal
+    return sys.stdout.isatty()
 
 
-def wants_live_view(log_format: LogFormat) -> bool:
-    """A live view belongs in a terminal, and only with text logs (JSON is for machines)."""
-    return log_format is LogFormat.TEXT and is_terminal()
+def wants_live_view(log_format: LogFormat, verbosity: int = 0) -> bool:
+    """A live view belongs in a terminal, with text logs (JSON is for machines), unless
+    ``--quiet`` asked for warnings only."""
+    return log_format is LogFormat.TEXT and verbosity >= 0 and is_terminal()
 
 
 class JsonFormatter(logging.Formatter):
