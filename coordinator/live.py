@@ -129,6 +129,7 @@ class LiveView:
                           redirect_stdout=False, redirect_stderr=False)
         self._view: FederationView | None = None
         self._drawn = 0.0
+        self._changed = False
 
     def start(self) -> None:
         self._live.start()
@@ -144,14 +145,15 @@ class LiveView:
     def show(self, view: FederationView | None, force: bool = False) -> None:
         """Draw ``view`` when it changed (at most every 0.5 s), else redraw the last one
         each second for the countdown and the "seen" column."""
-        changed = view is not None and (self._view is None or _moved(self._view, view))
+        if view is not None and (self._view is None or _moved(self._view, view)):
+            self._changed = True  # drawn at the next slot, even if nothing changes then
         if view is not None:
             self._view = view
         now = time.monotonic()
-        due = REFRESH_S if changed else TICK_S
+        due = REFRESH_S if self._changed else TICK_S
         if self._view is None or (not force and now - self._drawn < due):
             return
-        self._drawn = now
+        self._drawn, self._changed = now, False
         self._live.update(render(self._view), refresh=True)
 
     def stop(self) -> None:

@@ -14,9 +14,8 @@ import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from coordinator.live import LiveView
-from coordinator.metrics import CoordinatorMetrics
 from mpfl.errors import MpflError
 from mpfl.federation.metrics import RoundLog
 from mpfl.federation.server import FederationServer
@@ -24,6 +23,10 @@ from mpfl.federation.watch import Event, FederationView, FleetWatch, events, wai
 from mpfl.logs import fields
 from mpfl.net.inbox import ByteLedger
 from mpfl.wire.protocol import Progress
+
+if TYPE_CHECKING:
+    from coordinator.live import LiveView
+    from coordinator.metrics import CoordinatorMetrics
 
 log = logging.getLogger(__name__)
 VIEW_INTERVAL_S = 0.25
@@ -42,9 +45,17 @@ class Watching:
     def __init__(self, options: WatchOptions, federation: str) -> None:
         self.options = options
         self.fleet = FleetWatch()
-        self.live = LiveView() if options.live else None
-        self.metrics = CoordinatorMetrics(federation) if options.metrics_port is not None \
-            else None
+        # rich and prometheus_client are imported only by a service that uses them.
+        self.live: LiveView | None = None
+        self.metrics: CoordinatorMetrics | None = None
+        if options.live:
+            from coordinator.live import LiveView
+
+            self.live = LiveView()
+        if options.metrics_port is not None:
+            from coordinator.metrics import CoordinatorMetrics
+
+            self.metrics = CoordinatorMetrics(federation)
         self.last: FederationView | None = None
         self._taken = 0.0
         self._said = time.monotonic()  # the last event line

@@ -164,7 +164,9 @@ def test_the_coordinator_and_an_edge_node_draw_their_own_views_in_terminals(
     (code, coordinator), (edge_code, edge) = screens["coordinator"], screens["edge"]
     assert code == 0 and edge_code == 0, coordinator[-2000:] + edge[-2000:]
     assert "federation terminals  phase mask  round 1/2  deadline in " in coordinator
-    assert re.search(r"pi-01\s+(training|answered)", coordinator)
+    # The node's row (which state a redraw catches depends on the machine's speed).
+    assert re.search(r"pi-01\s+(waiting|training|answered|idle)\s+\w+\s+\d+s ago",
+                     coordinator)
     assert "done: 2 rounds" in coordinator  # log lines above the view
     assert re.search(r"round 1 .* 3/3 epochs", edge) and re.search(r"round 2 .* 3/3 epochs", edge)
     assert "node pi-01: done" in edge
