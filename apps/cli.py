@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Any
 
 import click
 
+from mpfl.choices import LogFormat
 from mpfl.config.flags import config_options, pop_config_overrides
 from mpfl.errors import ConfigError, reports_errors
+from mpfl.logs import logging_options, pop_logging_options, setup_logging, wants_live_view
+
+log = logging.getLogger("apps.cli")
 
 
 @click.group()
@@ -41,9 +46,9 @@ def _print_partition(dataset: str, data_dir: str | None, nodes: int, scheme: str
     parts = partition(labels, nodes, scheme, seed)
     if limit is not None:
         parts = [p[:limit] for p in parts]
-    click.echo(f"{dataset}, {scheme} over {nodes} nodes (samples per label 0..9):")
+    log.info(f"{dataset}, {scheme} over {nodes} nodes (samples per label 0..9):")
     for line in partition_lines(labels, parts, int(labels.max()) + 1):
-        click.echo(line)
+        log.info(line)
 
 
 def _print_table(run_dir: Path) -> None:
@@ -55,11 +60,11 @@ def _print_table(run_dir: Path) -> None:
     logs = read_metrics(run_dir)
     if not logs:
         return
-    click.echo(HEADER)
-    for log in logs:
-        click.echo(format_round(log))
-    click.echo(f"{totals_line(logs)}; run directory {run_dir}")
-    click.echo(f"plots and a summary of this run: mpfl report {run_dir}")
+    log.info(HEADER)
+    for record in logs:
+        log.info(format_round(record))
+    log.info(f"{totals_line(logs)}; run directory {run_dir}")
+    log.info(f"plots and a summary of this run: mpfl report {run_dir}")
 
 
 def _simulate(
@@ -68,6 +73,8 @@ def _simulate(
     broker: str | None, threads: int, evaluate: bool,
     hardware: str | None = None, links: tuple[str, ...] = (),
     corrupt: dict[int, str] | None = None,
+    log_format: LogFormat = LogFormat.TEXT, verbosity: int = 0,
+    metrics_port: int | None = None,
 ) -> Path:
     import time
 
@@ -84,10 +91,11 @@ def _simulate(
     path = Path(run_dir or Path("runs") / f"{cfg.federation}-{stamp}")
     _print_partition(dataset, data_dir, nodes, scheme, cfg.seed, limit)
     plan = SimulationPlan(cfg, nodes, dataset, path, data_dir, scheme, cfg.seed, limit, broker,
-                          threads, dataset if evaluate else None, corrupt=corrupt or {})
+                          threads, dataset if evaluate else None, corrupt=corrupt or {},
+                          verbosity=verbosity, metrics_port=metrics_port)
     for index, kind in sorted((corrupt or {}).items()):
-        click.echo(f"  node-{index} trains on {kind}")
-    code = run_simulation(plan, echo=lambda line: click.echo(line))
+        log.info(f"  node-{index} trains on {kind}")
+    code = run_simulation(plan, live=wants_live_view(log_format, verbosity))
     _print_table(path)
     if code != 0:
         raise FederationError("the coordinator exited with an error", exit_code=code)
@@ -96,7 +104,7 @@ def _simulate(
         from hardware import get_profile
 
         profile = get_profile(hardware) if hardware is not None else None
-        click.echo(plan_from_run_dir(path, list(links), profile))
+        log.info(plan_from_run_dir(path, list(links), profile))
     return path
 
 
@@ -126,16 +134,25 @@ def _simulate(
               help="The first K nodes train on pixel-shuffled noise (robustness check).")
 @click.option("--permuted-nodes", type=click.IntRange(min=0), default=0, show_default=True,
               help="The next K nodes train with permuted labels (robustness check).")
+@click.option("--metrics-port", type=click.IntRange(1, 65535), default=None,
+              help="The coordinator serves Prometheus metrics on this port.  [default: off]")
+@logging_options
 @config_options(skip=("eval_dataset", "eval_data_dir"))
 @reports_errors
 def simulate(**kwargs: Any) -> None:
-    """A federation as real processes: embedded broker, a coordinator, N edge nodes."""
+    """A federation as real processes: embedded broker, a coordinator, N edge nodes.
+
+    In a terminal the coordinator's live view is drawn (rounds, nodes and their local
+    epochs, bytes against dense FedAvg); otherwise one line per event."""
+    log_format, verbosity = pop_logging_options(kwargs)
+    setup_logging(log_format, verbosity)
     overrides = pop_config_overrides(kwargs)
     _simulate(kwargs["nodes"], kwargs["dataset"], kwargs["data_dir"], kwargs["partition_scheme"],
               kwargs["limit"], kwargs["config_path"], overrides,
               kwargs["run_dir"], kwargs["broker"], kwargs["threads"],
               kwargs["evaluate"], kwargs["hardware"], tuple(kwargs["links"]),
-              _faulty_nodes(kwargs["nodes"], kwargs["noise_nodes"], kwargs["permuted_nodes"]))
+              _faulty_nodes(kwargs["nodes"], kwargs["noise_nodes"], kwargs["permuted_nodes"]),
+              log_format, verbosity, kwargs["metrics_port"])
 
 
 def _faulty_nodes(nodes: int, noise: int, permuted: int) -> dict[int, str]:
@@ -152,20 +169,25 @@ def _faulty_nodes(nodes: int, noise: int, permuted: int) -> dict[int, str]:
 @click.option("--run-dir", default=None, help="[default: runs/demo-<time>]")
 @click.option("--in-process", is_flag=True,
               help="Run everything in this process over an in-memory broker (no MQTT).")
+@logging_options
 @reports_errors
-def demo(nodes: int, rounds: tuple[int, int], run_dir: str | None, in_process: bool) -> None:
+def demo(nodes: int, rounds: tuple[int, int], run_dir: str | None, in_process: bool,
+         **logging_flags: Any) -> None:
     """A whole MPFL run on the bundled 8x8 digits, through an embedded MQTT broker."""
+    log_format, verbosity = pop_logging_options(logging_flags)
+    setup_logging(log_format, verbosity)
     if in_process:
         from apps.demo import run_demo
 
-        run_demo(nodes=nodes, mask_rounds=rounds[0], train_rounds=rounds[1], echo=click.echo)
+        run_demo(nodes=nodes, mask_rounds=rounds[0], train_rounds=rounds[1],
+                 live=wants_live_view(log_format, verbosity))
         return
     overrides = {"mask_rounds": rounds[0], "train_rounds": rounds[1]}
     path = _simulate(nodes, "digits", None, "dirichlet:0.5", None, None, overrides, run_dir,
-                     None, 1, True)
+                     None, 1, True, log_format=log_format, verbosity=verbosity)
     from apps.demo import export_demo_model
 
-    export_demo_model(path, echo=click.echo)
+    export_demo_model(path)
 
 
 @main.command()

@@ -8,11 +8,14 @@ FedAvg would have sent.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+import contextlib
+import logging
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 
+from coordinator.live import LiveView
 from mpfl.config.settings import FederationConfig
 from mpfl.errors import ExportError
 from mpfl.federation.evaluation import dataset_evaluator
@@ -21,6 +24,8 @@ from mpfl.federation.server import FederationServer
 from mpfl.federation.simulation import run_in_process
 from mpfl.maths.partition import label_histogram, partition
 from mpfl.ml.data import load_dataset
+
+log = logging.getLogger(__name__)
 
 DEMO_CONFIG = FederationConfig(
     federation="demo",
@@ -62,27 +67,29 @@ def partition_lines(labels: np.ndarray, parts: Sequence[np.ndarray], classes: in
 
 
 def run_demo(
-    nodes: int = 4, mask_rounds: int = 3, train_rounds: int = 8,
-    echo: Callable[[str], None] = print,
+    nodes: int = 4, mask_rounds: int = 3, train_rounds: int = 8, live: bool = False,
 ) -> FederationServer:
+    """In this process over the in-memory broker; ``live``: draw the live view."""
     cfg = FederationConfig(**{**DEMO_CONFIG.to_dict(), "mask_rounds": mask_rounds,
                               "train_rounds": train_rounds, "min_nodes": nodes,
                               "quorum": max(1, nodes - 1)}).validate()
     train, test = load_dataset("digits", None, "train"), load_dataset("digits", None, "test")
     parts = partition(train.y, nodes, "dirichlet:0.5", seed=cfg.seed)
-    echo(f"MPFL demo: {nodes} nodes, {cfg.model} on 8x8 digits, {cfg.granularity} masks "
-         f"to {cfg.final_sparsity:.0%}, {cfg.value_codec} values")
+    log.info(f"MPFL demo: {nodes} nodes, {cfg.model} on 8x8 digits, {cfg.granularity} "
+             f"masks to {cfg.final_sparsity:.0%}, {cfg.value_codec} values")
     for line in partition_lines(train.y, parts, train.num_classes):
-        echo(line)
-    echo(HEADER)
-    server = run_in_process(cfg, [train.subset(p) for p in parts],
-                            dataset_evaluator(cfg.model_spec, test),
-                            on_round=lambda log: echo(format_round(log)), signed=True)
-    echo(totals_line(server.log))
+        log.info(line)
+    log.info(HEADER)
+    with LiveView() if live else contextlib.nullcontext() as view:
+        server = run_in_process(cfg, [train.subset(p) for p in parts],
+                                dataset_evaluator(cfg.model_spec, test),
+                                on_round=lambda record: log.info(format_round(record)),
+                                signed=True, on_view=view.show if view is not None else None)
+    log.info(totals_line(server.log))
     return server
 
 
-def export_demo_model(run_dir: Path, echo: Callable[[str], None] = print) -> Path:
+def export_demo_model(run_dir: Path) -> Path:
     """The run's final model as ONNX, verified on the digits test split: what
     ``mpfl-export RUN_DIR --out RUN_DIR/model.onnx`` does, called in this process (the
     verification still runs onnxruntime in a process of its own)."""
@@ -90,17 +97,17 @@ def export_demo_model(run_dir: Path, echo: Callable[[str], None] = print) -> Pat
     from mpfl.ml.checkpoint import load_model
 
     out = run_dir / "model.onnx"
-    echo(f"\nmpfl-export {run_dir} --out {out}")
+    log.info(f"mpfl-export {run_dir} --out {out}")
     saved = load_model(run_dir)
     data = verification_data(saved.spec, "digits", None)
     result, report = export_and_verify(saved, out, ExportOptions(), data, dataset="digits")
-    echo(report.table())
+    log.info(report.table())
     if result.candidates:
         weighed = ", ".join(f"{f} {n / 1024:.1f} KiB" for f, n in result.candidates)
-        echo(f"auto chose {result.format} from: {weighed}")
-    echo(f"wrote {result.path}")
+        log.info(f"auto chose {result.format} from: {weighed}")
+    log.info(f"wrote {result.path}")
     if not report.passed:
         raise ExportError("the export of the demo's model failed verification",
                           failures=len(report.failures))
-    echo(f"on a device, with onnxruntime alone: mpfl-infer {out} --dataset digits")
+    log.info(f"on a device, with onnxruntime alone: mpfl-infer {out} --dataset digits")
     return result.path

@@ -4,31 +4,42 @@ Starts ``python -m coordinator.cli run`` (which starts the embedded broker unles
 is given), waits for the ready file in which the coordinator says where its broker
 listens, then starts one ``python -m edge_node.cli start`` per node, each taking its share
 of the dataset by ``--partition i/N``. Separate processes are the point: they talk only
-over MQTT, exactly as on a real fleet. The coordinator's output is shown as it comes and
-kept in ``logs/coordinator.log``; each node's goes to ``logs/node-<i>.log``.
+over MQTT, exactly as on a real fleet.
+
+The coordinator logs JSON lines: each is kept in ``logs/coordinator.log`` and logged again
+here as it comes (``mpfl.logs.replay``), so the whole run reads in this command's own log
+format. In a terminal the coordinator's live view is drawn here, from the status file it
+keeps in the run directory; each node's output goes to ``logs/node-<i>.log``.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
+from coordinator.live import LiveView
 from coordinator.ready import read_ready_file
+from coordinator.watching import read_status
+from mpfl.choices import LogFormat
 from mpfl.config.flags import config_to_args
 from mpfl.config.settings import FederationConfig
 from mpfl.errors import FederationError
+from mpfl.logs import replay, verbosity_args
 from mpfl.wire.signing import SigningKey, write_enrolment
 
 BROKER_WAIT_S = 60.0
 READY_POLL_S = 0.05
 NODE_EXIT_WAIT_S = 30.0
+VIEW_POLL_S = 0.25
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -48,6 +59,9 @@ class SimulationPlan:
     corrupt: dict[int, str] = field(default_factory=dict)  # node index -> --corrupt kind
     # Throwaway Ed25519 keys in <run_dir>/keys, so a simulation runs signed as a fleet does.
     signed: bool = True
+    verbosity: int = 0  # passed on to every process (-1 quiet, 1 verbose)
+    node_log_format: LogFormat = LogFormat.TEXT
+    metrics_port: int | None = None  # the coordinator's Prometheus endpoint
 
     @property
     def keys_dir(self) -> Path:
@@ -72,12 +86,17 @@ class SimulationPlan:
         return self.run_dir / "coordinator.ready.json"
 
     @property
+    def status_file(self) -> Path:
+        return self.run_dir / "status.json"
+
+    @property
     def coordinator_log(self) -> Path:
         return self.run_dir / "logs" / "coordinator.log"
 
     def coordinator_command(self) -> list[str]:
         cmd = [sys.executable, "-m", "coordinator.cli", "run", "--run-dir", str(self.run_dir),
-               "--ready-file", str(self.ready_file),
+               "--ready-file", str(self.ready_file), "--status-file", str(self.status_file),
+               "--log-format", LogFormat.JSON.value, *verbosity_args(self.verbosity),
                *config_to_args(self.cfg, skip=("eval_dataset", "eval_data_dir"))]
         if self.eval_dataset:
             cmd += ["--eval-data", self.eval_dataset]
@@ -85,6 +104,8 @@ class SimulationPlan:
                 cmd += ["--data-dir", self.data_dir]
         if self.broker:
             cmd += ["--broker", self.broker]
+        if self.metrics_port is not None:
+            cmd += ["--metrics-port", str(self.metrics_port)]
         if self.signed:
             cmd += ["--key", str(self.keys_dir / "coordinator.key"),
                     "--enrolment", str(self.keys_dir / "enrolled.toml")]
@@ -96,7 +117,11 @@ class SimulationPlan:
                "--dataset", self.dataset, "--partition", f"{index}/{self.nodes}",
                "--partition-scheme", self.scheme, "--seed", str(self.seed),
                "--threads", str(self.threads),
-               "--state-dir", str(self.run_dir / "node-state"), *self.extra_node_args]
+               "--state-dir", str(self.run_dir / "node-state"),
+               "--log-format", self.node_log_format.value, *verbosity_args(self.verbosity),
+               # one machine, no link to spare: the live view shows every epoch
+               "--progress-every", "0",
+               *self.extra_node_args]
         if self.data_dir:
             cmd += ["--data-dir", self.data_dir]
         if self.limit:
@@ -117,11 +142,12 @@ def child_env() -> dict[str, str]:
     return env
 
 
-def _relay(stream: IO[str], echo: Callable[[str], None], log: IO[str]) -> None:
+def _relay(stream: IO[str], kept: IO[str]) -> None:
     for line in stream:
-        log.write(line)
-        log.flush()
-        echo(line.rstrip("\n"))
+        kept.write(line)
+        kept.flush()
+        if line.strip():
+            replay(line.rstrip("\n"), "coordinator")
 
 
 def wait_for_broker(plan: SimulationPlan, coordinator: subprocess.Popen[str],
@@ -146,39 +172,61 @@ def wait_for_broker(plan: SimulationPlan, coordinator: subprocess.Popen[str],
         time.sleep(READY_POLL_S)
 
 
-def run_simulation(plan: SimulationPlan, echo: Callable[[str], None] = print) -> int:
-    """Run coordinator and nodes to the end; the coordinator's exit code."""
+def run_simulation(plan: SimulationPlan, live: bool = False) -> int:
+    """Run coordinator and nodes to the end; the coordinator's exit code. ``live``: draw
+    the coordinator's live view (in a terminal)."""
     plan.run_dir.mkdir(parents=True, exist_ok=True)
     logs = plan.coordinator_log.parent
     logs.mkdir(exist_ok=True)
     plan.ready_file.unlink(missing_ok=True)
+    plan.status_file.unlink(missing_ok=True)
     plan.write_keys()
     env = child_env()
     with plan.coordinator_log.open("w", encoding="utf-8") as coordinator_log:
         coordinator = subprocess.Popen(plan.coordinator_command(), stdout=subprocess.PIPE,
                                        stderr=subprocess.STDOUT, text=True, env=env)
         assert coordinator.stdout is not None
-        relay = threading.Thread(target=_relay, args=(coordinator.stdout, echo, coordinator_log),
+        relay = threading.Thread(target=_relay, args=(coordinator.stdout, coordinator_log),
                                  daemon=True)
         relay.start()
+        view = LiveView() if live else None
         try:
-            return _run_nodes(plan, coordinator, env, echo)
+            if view is not None:
+                view.start()
+            return _run_nodes(plan, coordinator, env, view)
         finally:
+            if view is not None:
+                view.stop()
             relay.join(timeout=5)
             plan.ready_file.unlink(missing_ok=True)  # it described a process now gone
 
 
+def _watch(plan: SimulationPlan, coordinator: subprocess.Popen[str],
+           view: LiveView | None) -> int:
+    """Wait for the coordinator to exit, drawing its status file meanwhile."""
+    while True:
+        try:
+            code = coordinator.wait(timeout=VIEW_POLL_S)
+        except subprocess.TimeoutExpired:
+            if view is not None:
+                view.show(read_status(plan.status_file))
+            continue
+        if view is not None:
+            view.show(read_status(plan.status_file), force=True)
+        return code
+
+
 def _run_nodes(plan: SimulationPlan, coordinator: subprocess.Popen[str], env: dict[str, str],
-               echo: Callable[[str], None]) -> int:
+               view: LiveView | None) -> int:
     logs = plan.coordinator_log.parent
     nodes: list[subprocess.Popen[bytes]] = []
     try:
         url = plan.broker or wait_for_broker(plan, coordinator)
         for i in range(plan.nodes):
-            with (logs / f"node-{i}.log").open("wb") as log:
-                nodes.append(subprocess.Popen(plan.node_command(i, url), stdout=log,
+            with (logs / f"node-{i}.log").open("wb") as out:
+                nodes.append(subprocess.Popen(plan.node_command(i, url), stdout=out,
                                               stderr=subprocess.STDOUT, env=env))
-        code = coordinator.wait()
+        code = _watch(plan, coordinator, view)
         deadline = time.monotonic() + NODE_EXIT_WAIT_S
         for proc in nodes:
             try:
@@ -187,8 +235,8 @@ def _run_nodes(plan: SimulationPlan, coordinator: subprocess.Popen[str], env: di
                 proc.terminate()
         failed = [i for i, p in enumerate(nodes) if p.wait(timeout=10) not in (0, -15)]
         if failed and code == 0:
-            echo(f"warning: node(s) {', '.join(map(str, failed))} exited with an error; "
-                 f"see {logs}")
+            log.warning(f"node(s) {', '.join(map(str, failed))} exited with an error; "
+                        f"see {logs}")
         return code
     finally:
         everyone: list[subprocess.Popen[Any]] = [*nodes, coordinator]

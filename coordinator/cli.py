@@ -15,6 +15,7 @@ import click
 from coordinator.provision.cli import provision_command
 from mpfl.config.flags import config_options, pop_config_overrides
 from mpfl.errors import reports_errors
+from mpfl.logs import logging_options, pop_logging_options, setup_logging, wants_live_view
 
 
 @click.group()
@@ -69,11 +70,25 @@ def main() -> None:
               type=click.Path(dir_okay=False), default=None,
               help="With --region: the root coordinator's public key file; with --key and "
                    "--enrolment (the region's nodes) every message is signed and verified.")
+@click.option("--metrics-port", type=click.IntRange(1, 65535), default=None,
+              help="Serve Prometheus metrics on this port (/metrics).  [default: off]")
+@click.option("--metrics-address", default="127.0.0.1", show_default=True,
+              help="Address the metrics listen on (0.0.0.0: every interface).")
+@click.option("--status-file", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Keep the federation's current state here as JSON, replaced atomically "
+                   "a few times a second (what `mpfl simulate` draws its live view from).")
+@logging_options
 @config_options(skip=("eval_dataset", "eval_data_dir"))
 @reports_errors
 def run(**kwargs: Any) -> None:
-    """Run (or resume) a federation until it is done or fails."""
+    """Run (or resume) a federation until it is done or fails.
+
+    In a terminal it draws a live view of the rounds and nodes; without one it logs one
+    line per event."""
+    log_format, verbosity = pop_logging_options(kwargs)
+    setup_logging(log_format, verbosity)
     from coordinator.service import CoordinatorService, ServiceOptions, load_evaluator
+    from coordinator.watching import WatchOptions
     from mpfl.config.settings import load_config
     from mpfl.errors import ConfigError
     from mpfl.net.endpoint import parse_broker_url
@@ -98,9 +113,11 @@ def run(**kwargs: Any) -> None:
     options = ServiceOptions(run_dir, broker, kwargs["embedded_broker"], kwargs["mqtt_protocol"],
                              kwargs["max_payload"] or DEFAULT_MAX_PAYLOAD,
                              on_broker_ready=announce,
-                             keys=_coordinator_keys(kwargs["key_file"], kwargs["enrolment_file"]))
-    echo = _echo
-    service = CoordinatorService(cfg, options, echo, load_evaluator(cfg))
+                             keys=_coordinator_keys(kwargs["key_file"], kwargs["enrolment_file"]),
+                             watch=WatchOptions(wants_live_view(log_format, verbosity),
+                                                kwargs["status_file"], kwargs["metrics_port"],
+                                                kwargs["metrics_address"]))
+    service = CoordinatorService(cfg, options, load_evaluator(cfg))
 
     def on_signal(signum: int, _frame: FrameType | None) -> None:
         service.request_stop(signal.Signals(signum).name)
@@ -139,7 +156,7 @@ def _run_region(cfg: Any, broker: Any, kwargs: dict[str, Any]) -> None:
     run_dir = Path(kwargs["run_dir"] or os.path.join("runs", f"{cfg.federation}-{region}"))
     options = RegionOptions(region, run_dir, broker, upstream, kwargs["mqtt_protocol"],
                             kwargs["max_payload"] or DEFAULT_MAX_PAYLOAD, keys=keys)
-    service = RegionService(cfg, options, _echo)
+    service = RegionService(cfg, options)
 
     def on_signal(signum: int, _frame: FrameType | None) -> None:
         service.request_stop(signal.Signals(signum).name)
@@ -177,10 +194,6 @@ def _ready_writer(path: Path | None) -> Callable[[str], None] | None:
     path.unlink(missing_ok=True)  # a stale file from an earlier run must not be believed
     return lambda url: write_ready_file(path, CoordinatorReady(url, os.getpid()))
 
-
-def _echo(line: str) -> None:
-    click.echo(line)
-    sys.stdout.flush()
 
 
 @main.command("bridge-config")

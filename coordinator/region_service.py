@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from collections.abc import Callable
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -31,6 +31,8 @@ from mpfl.net.inbox import Inbox
 from mpfl.net.mqtt import DEFAULT_MAX_PAYLOAD, MqttTransport
 from mpfl.wire import topics
 from mpfl.wire.protocol import Publish
+
+log = logging.getLogger(__name__)
 
 TICK_S = 0.2
 
@@ -62,15 +64,13 @@ def format_region_progress(record: RegionRound, region: str) -> str:
 
 
 class RegionService:
-    def __init__(self, cfg: FederationConfig, options: RegionOptions,
-                 echo: Callable[[str], None] = print) -> None:
+    def __init__(self, cfg: FederationConfig, options: RegionOptions) -> None:
         self.cfg = cfg
         self.options = options
-        self.echo = echo
         self.inbox = Inbox()
         self.stop_requested: str | None = None
         self.region = RegionalServer(cfg, options.region)
-        self.gate = RegionGate(self.region, options.keys, say=echo)
+        self.gate = RegionGate(self.region, options.keys)
         self.broker: MosquittoBroker | None = None
         self.transport: MqttTransport | None = None
         self._logged = 0  # region rounds already reported
@@ -95,7 +95,7 @@ class RegionService:
                                   username=upstream.username, password=upstream.password,
                                   cafile=upstream.ca_file if upstream.tls else None)
         self.broker = MosquittoBroker(binary, extra=bridge).start()
-        self.echo(f"embedded regional broker on {self.broker.url}, bridged to {upstream.url}")
+        log.info(f"embedded regional broker on {self.broker.url}, bridged to {upstream.url}")
         return parse_broker_url(self.broker.url)
 
     def run(self) -> RegionalServer:
@@ -105,12 +105,12 @@ class RegionService:
             self.transport = MqttTransport(
                 address, f"mpfl-region-{fed}-{region.region}", self.inbox,
                 will=self.gate.will(), protocol=self.options.protocol,
-                max_payload=self.options.max_payload, log=self.echo)
+                max_payload=self.options.max_payload)
             # The root's state first, so the retained node hellos meet a known session.
             self.inbox.subscribe(topics.server_filter(fed), self._on_message)
             self.inbox.subscribe(topics.nodes_filter(fed), self._on_message)
             self.transport.connect(self.options.connect_timeout)
-            self.echo(f"region {region.region} of federation '{fed}': waiting for the root's "
+            log.info(f"region {region.region} of federation '{fed}': waiting for the root's "
                       f"state on {address.url} and for {self.cfg.min_nodes} node(s)")
             while not region.finished and self.stop_requested is None:
                 self.inbox.dispatch(TICK_S)
@@ -120,10 +120,10 @@ class RegionService:
                     region.record_drop(reason, count)
             if region.finished:
                 assert region.state is not None
-                self.echo(f"region {region.region}: the root says {region.state.phase}; "
+                log.info(f"region {region.region}: the root says {region.state.phase}; "
                           f"{len(region.log)} round(s) forwarded")
             else:
-                self.echo(f"region {region.region}: stopped ({self.stop_requested}); it keeps "
+                log.info(f"region {region.region}: stopped ({self.stop_requested}); it keeps "
                           "nothing on disk: run it again to rejoin the root's next round")
         finally:
             if self.transport is not None:  # flushes the last partial, then says offline
@@ -146,7 +146,7 @@ class RegionService:
         self._logged = len(self.region.log)
 
     def _record(self, record: RegionRound) -> None:
-        self.echo(format_region_progress(record, self.region.region))
+        log.info(format_region_progress(record, self.region.region))
         self.options.run_dir.mkdir(parents=True, exist_ok=True)
         with (self.options.run_dir / "region.jsonl").open("a", encoding="utf-8") as f:
             f.write(json.dumps(dataclasses.asdict(record), sort_keys=True) + "\n")

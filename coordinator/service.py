@@ -7,18 +7,23 @@ can never leave nodes a round ahead of the checkpoint they resume from). A stop 
 (SIGTERM or SIGINT) ends the loop between messages; the checkpoint of the last closed
 round stays, and running again with the same run directory resumes from it.
 
+Everything it says goes through this module's logger; what an operator watches (events,
+the live view, the status file, Prometheus metrics) is ``coordinator.watching``'s.
+
 Node liveness is the server's (``active_nodes``); the service keeps no copy of it.
 """
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from coordinator.broker import EmbeddedBroker, start_embedded_broker
 from coordinator.runstore import RunStore
+from coordinator.watching import Watching, WatchOptions
 from mpfl.config.settings import FederationConfig
 from mpfl.errors import MpflError
 from mpfl.federation.evaluation import Evaluator, dataset_evaluator
@@ -26,12 +31,15 @@ from mpfl.federation.gate import CoordinatorKeys, ServerGate
 from mpfl.federation.metrics import RoundLog
 from mpfl.federation.rejections import RejectionLog
 from mpfl.federation.server import FederationServer, Step
+from mpfl.logs import fields
 from mpfl.ml.data import load_dataset
 from mpfl.net.endpoint import BrokerAddress, parse_broker_url
 from mpfl.net.inbox import Inbox
 from mpfl.net.mqtt import DEFAULT_MAX_PAYLOAD, MqttTransport
 from mpfl.wire import topics
-from mpfl.wire.protocol import Publish, decode_json
+from mpfl.wire.protocol import Progress, Publish, decode_json
+
+log = logging.getLogger(__name__)
 
 TICK_S = 0.2
 # nodes/<id>/metrics is informational: a line of a few hundred bytes per round. Anything
@@ -52,6 +60,7 @@ class ServiceOptions:
     on_broker_ready: Callable[[str], None] | None = None
     # The coordinator's key and the enrolled nodes' public keys; None: unauthenticated.
     keys: CoordinatorKeys | None = None
+    watch: WatchOptions = field(default_factory=WatchOptions)
 
 
 def load_evaluator(cfg: FederationConfig) -> Evaluator | None:
@@ -76,12 +85,10 @@ class CoordinatorService:
         self,
         cfg: FederationConfig,
         options: ServiceOptions,
-        echo: Callable[[str], None] = print,
         evaluate: Evaluator | None = None,
     ) -> None:
         self.cfg = cfg
         self.options = options
-        self.echo = echo
         self.evaluate = evaluate
         self.store = RunStore(options.run_dir)
         self.inbox = Inbox()
@@ -91,7 +98,8 @@ class CoordinatorService:
         self.server: FederationServer | None = None
         self.gate: ServerGate | None = None
         self._connects = 0
-        self.rejections = RejectionLog(echo, "coordinator")
+        self.rejections = RejectionLog(log.warning, "coordinator")
+        self.watching = Watching(options.watch, cfg.federation)
 
     def request_stop(self, reason: str) -> None:
         """Safe from a signal handler: the loop ends after the message in hand."""
@@ -104,14 +112,14 @@ class CoordinatorService:
             self.store.check_config(self.cfg)
             arrays, meta = self.store.load()
             server = FederationServer.restore(self.cfg, arrays, meta, self.evaluate)
-            self.echo(f"resuming {self.options.run_dir}: {server.closed_round} of "
-                      f"{server.total_rounds} rounds closed, phase {server.phase}")
+            log.info(f"resuming {self.options.run_dir}: {server.closed_round} of "
+                     f"{server.total_rounds} rounds closed, phase {server.phase}")
         else:
             self.store.check_config(self.cfg)
             server = FederationServer(self.cfg, self.evaluate)
         self.store.write_config(self.cfg)
         self.rejections.baseline(server.dropped)  # a resumed run's drops were logged before
-        self.gate = ServerGate(server, self.options.keys, say=self.echo)
+        self.gate = ServerGate(server, self.options.keys, say=log.warning)
         return server
 
     def _connect(self) -> MqttTransport:
@@ -120,14 +128,13 @@ class CoordinatorService:
             self.broker = start_embedded_broker(self.options.embedded)
             if self.broker.kind == "amqtt" and protocol == "auto":
                 protocol = "3.1.1"  # amqtt speaks nothing else
-            self.echo(f"embedded broker ({self.broker.kind}) listening on {self.broker.url}")
+            log.info(f"embedded broker ({self.broker.kind}) listening on {self.broker.url}")
             if self.options.on_broker_ready is not None:
                 self.options.on_broker_ready(self.broker.url)
             address = parse_broker_url(self.broker.url)
         client_id = f"mpfl-coordinator-{self.cfg.federation}"
         transport = MqttTransport(address, client_id, self.inbox, protocol=protocol,
-                                  max_payload=self.options.max_payload,
-                                  log=self.echo)
+                                  max_payload=self.options.max_payload)
         self.inbox.subscribe(topics.nodes_filter(self.cfg.federation), self._on_message)
         self.inbox.on_connected = self._on_connected
         transport.connect(self.options.connect_timeout)
@@ -138,27 +145,31 @@ class CoordinatorService:
     def run(self) -> FederationServer:
         self.server = server = self._make_server()
         try:
+            self.watching.start(server)
             self.transport = self._connect()
             self._publish_all(server.start())
             cfg = self.cfg
-            self.echo(f"federation '{cfg.federation}': {server.total_rounds} rounds "
-                      f"({cfg.mask_rounds} mask + {cfg.train_rounds} train), waiting for "
-                      f"{cfg.min_nodes} node(s); run dir {self.options.run_dir}")
+            log.info(f"federation '{cfg.federation}': {server.total_rounds} rounds "
+                     f"({cfg.mask_rounds} mask + {cfg.train_rounds} train), waiting for "
+                     f"{cfg.min_nodes} node(s); run dir {self.options.run_dir}")
             while not server.finished and self.stop_requested is None:
                 self.inbox.dispatch(TICK_S)
                 self.transport.revive()
                 self._apply(server.tick())
                 self._count_chunk_drops()
                 self.rejections.observe(server.dropped)
+                self.watching.observe(server, self.inbox.ledger)
             self._count_chunk_drops()
             self.rejections.observe(server.dropped)
             self.rejections.flush(force=True)
+            self.watching.observe(server, self.inbox.ledger, force=True)
             if server.finished:
                 self._finish()
             else:
-                self.echo(f"stopped ({self.stop_requested}) in round {server.round}; the "
-                          "checkpoint is kept: run again with the same --run-dir to resume")
+                log.warning(f"stopped ({self.stop_requested}) in round {server.round}; the "
+                            "checkpoint is kept: run again with the same --run-dir to resume")
         finally:
+            self.watching.stop(server, self.inbox.ledger)
             if self.transport is not None:
                 self.transport.close()
             if self.broker is not None:
@@ -185,10 +196,34 @@ class CoordinatorService:
             return
         payload = opened
         parsed = topics.parse_node_topic(self.cfg.federation, topic)
-        if parsed is not None and parsed[1] == topics.NODE_METRICS:
-            self._record_node_metrics(parsed[0], payload)
+        if parsed is None:
             return
-        self._apply(self.server.handle(topic, payload))
+        node_id, name = parsed
+        if name == topics.NODE_METRICS:
+            self._record_node_metrics(node_id, payload)
+        elif name == topics.NODE_PROGRESS:
+            self._record_progress(node_id, payload)
+        else:
+            self._apply(self.server.handle(topic, payload))
+            if node_id in self.server.nodes:
+                self.watching.heard(node_id, name)
+
+    def _record_progress(self, node_id: str, payload: bytes) -> None:
+        """A node's epoch count, for the live view only: from a node that said hello."""
+        assert self.server is not None
+        if node_id not in self.server.nodes:
+            self.server.record_drop("progress-unknown-node")
+            return
+        try:
+            progress = Progress.decode(payload)
+        except MpflError:
+            self.server.record_drop("malformed")
+            return
+        self.watching.heard(node_id, topics.NODE_PROGRESS, progress)
+        log.debug(f"node {node_id}: round {progress.round} epoch "
+                  f"{progress.epoch}/{progress.epochs}",
+                  extra=fields(event="node-progress", node=node_id, round=progress.round,
+                               epoch=progress.epoch, epochs=progress.epochs))
 
     def _record_node_metrics(self, node_id: str, payload: bytes) -> None:
         """Append a node's report to node_metrics.jsonl: only from a node that said hello,
@@ -208,6 +243,8 @@ class CoordinatorService:
             return
         if not self.store.append_node_metrics(node_id, doc):
             server.record_drop("metrics-quota")
+            return
+        self.watching.heard(node_id, topics.NODE_METRICS)
 
     def _on_connected(self, session_present: bool) -> None:
         self._connects += 1
@@ -216,7 +253,7 @@ class CoordinatorService:
         # The broker lost our session (restarted): its retained messages and uploads in
         # flight may be gone. Re-publish everything under a new session id, which also
         # asks nodes to resend the open round's cached upload.
-        self.echo("reconnected to a broker without our session: re-publishing state")
+        log.warning("reconnected to a broker without our session: re-publishing state")
         self._publish_all(self.server.new_session())
 
     def _count_chunk_drops(self) -> None:
@@ -232,7 +269,9 @@ class CoordinatorService:
         self.inbox.reassembler.drop_incomplete()
         self._count_chunk_drops()
         record.wire = self.inbox.ledger.window()
-        self.echo(format_progress(record, server.total_rounds, len(server.nodes)))
+        self.watching.round_closed(record)
+        log.info(format_progress(record, server.total_rounds, len(server.nodes)),
+                 extra=fields(event="round-closed", **record.to_dict()))
         self.store.save(server, {"wire": self.inbox.ledger.as_dict()})
 
     def _finish(self) -> None:
@@ -243,10 +282,10 @@ class CoordinatorService:
             path = self.store.save_final(server, {"run_dir": str(self.options.run_dir)})
             last = server.log[-1] if server.log else None
             acc = f"{last.accuracy:.2%}" if last and last.accuracy is not None else "n/a"
-            self.echo(f"done: {server.closed_round} rounds, sparsity {server.sparsity():.1%}, "
+            log.info(f"done: {server.closed_round} rounds, sparsity {server.sparsity():.1%}, "
                       f"accuracy {acc}; final model in {path}")
         else:
-            self.echo(f"failed: {server.error}")
+            log.error(f"failed: {server.error}")
         self.transport.flush()
         if self.broker is not None:
             self._linger()

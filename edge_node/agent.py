@@ -7,21 +7,29 @@ the counts when it stops. After each upload is acknowledged by the broker, the f
 round (and its exact bytes) is saved, so a restarted agent neither retrains nor sends the
 round twice. On every (re)connect the node announces itself again (its retained status
 may have been replaced by the last will, or lost with the broker).
+
+While a round trains, its local epochs are published (signed) on the node's ``progress``
+topic for the coordinator's live view, at most one message per ``progress_every`` seconds
+(each costs about 130 bytes: on a slow link, as much as a sparse mask), and every epoch is
+shown here: on a progress bar in a terminal, as one log line otherwise.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import logging
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from edge_node.live import EpochBar
 from edge_node.state import load_finished, save_finished, state_path
 from mpfl.choices import Phase
 from mpfl.errors import FederationError
 from mpfl.federation.gate import NodeGate, NodeKeys
 from mpfl.federation.node import FederationNode, Finished
+from mpfl.logs import fields
 from mpfl.maths.partition import parse_share, partition
 from mpfl.ml.data import Dataset, load_dataset
 from mpfl.net.endpoint import BrokerAddress
@@ -29,9 +37,12 @@ from mpfl.net.inbox import Inbox
 from mpfl.net.mqtt import DEFAULT_MAX_PAYLOAD, MqttTransport
 from mpfl.wire import topics
 from mpfl.wire.chunks import Reassembler
-from mpfl.wire.protocol import Publish
+from mpfl.wire.protocol import Progress, Publish
+
+log = logging.getLogger(__name__)
 
 UPLOAD_ACK_TIMEOUT_S = 120.0
+PROGRESS_EVERY_S = 10.0
 EDGE_CHUNK_BYTES = 16 << 20
 
 
@@ -67,6 +78,8 @@ class AgentOptions:
     connect_timeout: float | None = None
     # This node's key and the coordinator's public key; None: unauthenticated.
     keys: NodeKeys | None = None
+    live: bool = False  # a progress bar of the local epochs (in a terminal)
+    progress_every: float = PROGRESS_EVERY_S  # 0: every epoch
 
 
 class EdgeAgent:
@@ -75,19 +88,20 @@ class EdgeAgent:
         node: FederationNode,
         address: BrokerAddress,
         options: AgentOptions,
-        echo: Callable[[str], None] = print,
     ) -> None:
         self.node = node
         self.address = address
         self.options = options
-        self.echo = echo
         # The coordinator never chunks what it sends (see mpfl.wire.chunks), so chunks on
         # the server's topics are foreign: a small budget bounds what they may hold.
         self.inbox = Inbox(reassembler=Reassembler(max_bytes=EDGE_CHUNK_BYTES,
                                                    sender_bytes=EDGE_CHUNK_BYTES))
         self.stop_requested: str | None = None
         self.transport: MqttTransport | None = None
-        self.gate = NodeGate(node, options.keys, say=echo)
+        self.gate = NodeGate(node, options.keys, say=log.warning)
+        self.epochs = EpochBar() if options.live else None
+        node.on_progress = self._on_progress
+        self._progress_sent: float | None = None
         fed, nid = node.federation, node.node_id
         self.status_topic = topics.node_topic(fed, nid, topics.NODE_STATUS)
         self.path = state_path(options.state_dir, fed, nid) if options.state_dir else None
@@ -112,10 +126,9 @@ class EdgeAgent:
         client_id = f"mpfl-{node.federation}-{node.node_id}"
         self.transport = MqttTransport(self.address, client_id, self.inbox, will=offline,
                                        protocol=self.options.protocol,
-                                       max_payload=self.options.max_payload,
-                                       log=self.echo)
-        self.echo(f"node {node.node_id}: {len(node.data)} samples; connecting to "
-                  f"{self.address.url}")
+                                       max_payload=self.options.max_payload)
+        log.info(f"node {node.node_id}: {len(node.data)} samples; connecting to "
+                 f"{self.address.url}")
         try:
             self.transport.connect(self.options.connect_timeout)
             while not node.done and self.stop_requested is None:
@@ -124,13 +137,15 @@ class EdgeAgent:
                 self._count_chunk_drops()
                 node.rejections.flush()
         finally:
+            if self.epochs is not None:
+                self.epochs.stop()
             self.transport.close(final=self.gate.goodbye())
             self._count_chunk_drops()
             node.rejections.flush(force=True)
             if node.rejected:
                 counts = ", ".join(f"{reason} {n}" for reason, n in sorted(node.rejected.items()))
-                self.echo(f"node {node.node_id}: dropped {node.rejected.total()} unusable "
-                          f"server message(s): {counts}")
+                log.warning(f"node {node.node_id}: dropped {node.rejected.total()} unusable "
+                            f"server message(s): {counts}")
         if self.stop_requested is not None:
             return "stopped"
         assert node.state is not None
@@ -159,19 +174,34 @@ class EdgeAgent:
             return
         assert self.transport is not None
         if not self.transport.flush(UPLOAD_ACK_TIMEOUT_S):
-            self.echo("upload not yet acknowledged by the broker; it stays queued")
+            log.warning("upload not yet acknowledged by the broker; it stays queued")
             return
         self._save()
         metrics = self.node.last_metrics
         if metrics is trained_before:
             finished = self.node.finished
-            self.echo(f"resent round {finished.round if finished else '?'} (cached bytes)")
+            log.info(f"resent round {finished.round if finished else '?'} (cached bytes)")
         else:
             acc = metrics.get("accuracy")
             acc_text = f"{acc:.1%}" if isinstance(acc, float) else "-"
-            self.echo(f"round {metrics['round']} {metrics['phase']}: trained "
-                      f"{metrics['train_seconds']:.1f}s, loss {metrics['loss']:.3f}, "
-                      f"acc {acc_text}, sent {metrics['upload_bytes']:,} B")
+            log.info(f"round {metrics['round']} {metrics['phase']}: trained "
+                     f"{metrics['train_seconds']:.1f}s, loss {metrics['loss']:.3f}, "
+                     f"acc {acc_text}, sent {metrics['upload_bytes']:,} B")
+
+    def _on_progress(self, progress: Progress) -> None:
+        """An epoch finished (or training began): tell the coordinator, show it here."""
+        now = time.monotonic()
+        sent = self._progress_sent
+        if self.transport is not None and (
+                sent is None or now - sent >= self.options.progress_every):
+            self._progress_sent = now
+            self.transport.publish(self.gate.seal(self.node.progress_message(progress)))
+        if self.epochs is not None:
+            self.epochs.show(progress)
+        elif progress.epoch > 0:
+            log.info(f"round {progress.round}: epoch {progress.epoch}/{progress.epochs}",
+                     extra=fields(event="epoch", round=progress.round, epoch=progress.epoch,
+                                  epochs=progress.epochs))
 
     def _save(self) -> None:
         key = self._key(self.node.finished)

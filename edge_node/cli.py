@@ -13,6 +13,9 @@ from typing import Any
 import click
 
 from mpfl.errors import reports_errors
+from mpfl.logs import logging_options, pop_logging_options, setup_logging, wants_live_view
+
+log = logging.getLogger("edge_node.cli")
 
 
 def _default_state_dir() -> str:
@@ -69,6 +72,11 @@ def main() -> None:
 @click.option("--coordinator-key", "coordinator_key_file", envvar="MPFL_COORDINATOR_KEY",
               type=click.Path(dir_okay=False), default=None,
               help="The coordinator's public key file (env MPFL_COORDINATOR_KEY).")
+@click.option("--progress-every", type=click.FloatRange(min=0), default=10.0,
+              show_default=True, metavar="SECONDS",
+              help="Tell the coordinator's live view of the local epochs at most this "
+                   "often (0: every epoch; each message is about 130 bytes).")
+@logging_options
 @reports_errors
 def start(
     broker: str, federation: str, node_id: str, dataset: str, data_dir: str | None,
@@ -77,11 +85,13 @@ def start(
     ca_file: str | None,
     username: str | None, password: str | None, mqtt_protocol: str, max_payload: int | None,
     connect_timeout: float | None, key_file: str | None, coordinator_key_file: str | None,
+    progress_every: float, **logging_flags: Any,
 ) -> None:
-    """Join a federation and take part until it is done."""
-    # One line per event on stdout, beside the agent's own lines (a dropped server
-    # message is logged by the node).
-    logging.basicConfig(level=logging.WARNING, format="%(message)s", stream=sys.stdout)
+    """Join a federation and take part until it is done.
+
+    In a terminal a progress bar shows the local epochs; otherwise one line per event."""
+    log_format, verbosity = pop_logging_options(logging_flags)
+    setup_logging(log_format, verbosity)
     import torch
 
     from edge_node.agent import AgentOptions, EdgeAgent, load_node_data
@@ -124,15 +134,17 @@ def start(
             fitted = memory_guard(guarded, parameters, data.shape, wanted,
                                   dataset_bytes=data.x.nbytes)
             if fitted < wanted:
-                _echo(f"node {node_id}: batch size {wanted} lowered to {fitted} to fit "
-                      f"{guarded.train_memory_budget_mb} MB on {guarded.label}")
+                log.warning(f"node {node_id}: batch size {wanted} lowered to {fitted} to "
+                            f"fit {guarded.train_memory_budget_mb} MB on {guarded.label}")
             return fitted
 
     node = FederationNode(node_id, federation, data, hardware=label, seed=seed * 1000 + index,
                           batch_size=batch_size, fit_batch=fit_batch)
     options = AgentOptions(mqtt_protocol, max_payload or DEFAULT_MAX_PAYLOAD,
-                           Path(state_dir or _default_state_dir()), connect_timeout, keys)
-    agent = EdgeAgent(node, address, options, echo=_echo)
+                           Path(state_dir or _default_state_dir()), connect_timeout, keys,
+                           live=wants_live_view(log_format, verbosity),
+                           progress_every=progress_every)
+    agent = EdgeAgent(node, address, options)
 
     def on_signal(signum: int, _frame: FrameType | None) -> None:
         agent.request_stop(signal.Signals(signum).name)
@@ -140,7 +152,7 @@ def start(
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
     outcome = agent.run()
-    _echo(f"node {node_id}: {outcome}")
+    log.info(f"node {node_id}: {outcome}")
     if agent.stop_requested == "SIGINT":
         sys.exit(130)
 
@@ -156,11 +168,6 @@ def _node_keys(key_file: str | None, coordinator_key_file: str | None) -> Any:
     if key_file is None or coordinator_key_file is None:
         raise ConfigError("--key and --coordinator-key go together: sign and verify, or neither")
     return NodeKeys(SigningKey.load(Path(key_file)), PublicKey.load(Path(coordinator_key_file)))
-
-
-def _echo(line: str) -> None:
-    click.echo(line)
-    sys.stdout.flush()
 
 
 if __name__ == "__main__":

@@ -19,6 +19,7 @@ __all__ = [
     "AggregatorName",
     "ConsensusName",
     "Granularity",
+    "LogFormat",
     "Mode",
     "ModelName",
     "ModelScope",
@@ -107,6 +108,13 @@ class VoteWeighting(StrEnum):
 
     UNIFORM = "uniform"
     SAMPLES = "samples"
+
+
+class LogFormat(StrEnum):
+    """How log records look: plain or rich text, or one JSON object per line."""
+
+    TEXT = "text"
+    JSON = "json"
 
 
 class ModelScope(StrEnum):

@@ -7,9 +7,11 @@ every publish can be checked against what is on disk at that moment.
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from coordinator.service import CoordinatorService, ServiceOptions
 from mpfl.config.settings import FederationConfig
@@ -45,11 +47,11 @@ class CheckingTransport:
 
 
 def test_a_closed_round_is_checkpointed_before_the_next_round_is_announced(
-    tmp_path: Path,
+    tmp_path: Path, caplog: pytest.LogCaptureFixture,
 ) -> None:
+    caplog.set_level(logging.INFO)
     run_dir = tmp_path / "run"
-    lines: list[str] = []
-    service = CoordinatorService(CFG, ServiceOptions(run_dir), echo=lines.append)
+    service = CoordinatorService(CFG, ServiceOptions(run_dir))
     broker = MemoryBroker()
     transport = CheckingTransport(broker, run_dir)
     service.transport = transport  # type: ignore[assignment]
@@ -70,6 +72,7 @@ def test_a_closed_round_is_checkpointed_before_the_next_round_is_announced(
     assert [r for r, _ in opened] == [1, 2, 3, 4]
     assert all(on_disk == r - 1 for r, on_disk in opened)  # never a round ahead of the disk
     assert transport.announced[-1] == ("done", 4, 4)
+    lines = [r.getMessage() for r in caplog.records if r.name == "coordinator.service"]
     assert sum(line.startswith("round ") for line in lines) == 4
     metrics = (run_dir / "metrics.jsonl").read_text().splitlines()
     assert [json.loads(line)["round"] for line in metrics] == [1, 2, 3, 4]

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -207,8 +208,10 @@ def _publish_hostile(host: str, port: int, federation: str) -> None:
 
 
 def _trained_rounds(log: str) -> Counter[int]:
-    return Counter(int(line.split()[1]) for line in log.splitlines()
-                   if line.startswith("round ") and ": trained" in line)
+    """How often each round was trained, from the agent's log lines
+    (``... edge_node.agent: round 3 train: trained 1.2s, ...``)."""
+    return Counter(int(m[1]) for m in re.finditer(r"edge_node\.agent: round (\d+) \w+: trained",
+                                                  log))
 
 
 def test_coordinator_killed_and_restarted_resumes(

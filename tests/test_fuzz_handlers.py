@@ -213,13 +213,12 @@ def test_inbox_dispatch(tmp_path_factory: pytest.TempPathFactory,
                         messages: list[tuple[str, bytes]]) -> None:
     """Both services' inbox paths: chunk reassembly, node metrics to disk, the handlers."""
     run_dir: Path = tmp_path_factory.mktemp("run")
-    service = CoordinatorService(CFG, ServiceOptions(run_dir), echo=lambda _line: None)
+    service = CoordinatorService(CFG, ServiceOptions(run_dir))
     service.transport = FakeTransport()  # type: ignore[assignment]
     service.server = open_round()
     service.gate = ServerGate(service.server, None, say=lambda _line: None)  # unkeyed
     service.inbox.subscribe(topics.nodes_filter(FED), service._on_message)
-    agent = EdgeAgent(waiting_node(), parse_broker_url("mqtt://127.0.0.1:1"), AgentOptions(),
-                      echo=lambda _line: None)
+    agent = EdgeAgent(waiting_node(), parse_broker_url("mqtt://127.0.0.1:1"), AgentOptions())
     agent.transport = FakeTransport()  # type: ignore[assignment]
     agent.inbox.subscribe(topics.server_filter(FED), agent._on_message)
     for topic, payload in messages:

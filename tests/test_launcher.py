@@ -129,3 +129,23 @@ def test_a_simulation_runs_signed_with_throwaway_keys(tmp_path: Path) -> None:
         assert pub == coordinator_key.public_key
     unsigned = SimulationPlan(FederationConfig(), 2, "digits", tmp_path, signed=False)
     assert "--key" not in unsigned.coordinator_command() + unsigned.node_command(0, "x")
+
+
+def test_the_children_log_json_the_coordinator_keeps_a_status_file_and_both_parse(
+    tmp_path: Path,
+) -> None:
+    from coordinator.cli import run
+    from edge_node.cli import start
+
+    plan = SimulationPlan(FederationConfig(), 2, "digits", tmp_path, metrics_port=9107,
+                          verbosity=1)
+    coordinator = plan.coordinator_command()
+    assert coordinator[1:4] == ["-m", "coordinator.cli", "run"]
+    params = run.make_context("run", coordinator[4:]).params
+    assert params["status_file"] == tmp_path / "status.json"
+    assert (params["log_format"], params["verbose"], params["metrics_port"]) == ("json", True,
+                                                                                 9107)
+    node = plan.node_command(0, "mqtt://127.0.0.1:1")
+    assert node[1:4] == ["-m", "edge_node.cli", "start"]
+    params = start.make_context("start", node[4:]).params
+    assert (params["progress_every"], params["verbose"]) == (0.0, True)

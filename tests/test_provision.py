@@ -300,7 +300,10 @@ def test_deploy_templates_ship_with_the_coordinator_package() -> None:
     carries them only if pyproject's package data names them."""
     deploy = resources.files("coordinator").joinpath("deploy")
     shipped = sorted(item.name for item in deploy.iterdir() if item.is_file())
-    assert shipped == ["mosquitto-bridge.conf.template", "mosquitto.conf.template", *sorted(UNITS)]
+    assert shipped == sorted(
+        ["grafana-dashboard.json", "mosquitto-bridge.conf.template", "mosquitto.conf.template",
+         *UNITS]
+    )
     pyproject = tomllib.loads((Path(__file__).parents[1] / "pyproject.toml").read_text())
     globs = pyproject["tool"]["setuptools"]["package-data"]["coordinator"]
     for name in shipped:

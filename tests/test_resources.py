@@ -5,11 +5,13 @@ within limits, and rejections are logged once per reason, then summarized."""
 from __future__ import annotations
 
 import json
+import logging
 import secrets
 import zlib
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from coordinator.runstore import RunStore
 from coordinator.service import MAX_NODE_METRICS_BYTES, CoordinatorService, ServiceOptions
@@ -118,8 +120,7 @@ def test_unfinished_sets_expire_by_age_even_on_a_quiet_link() -> None:
 def test_the_edge_counts_foreign_chunks_and_holds_at_most_its_budget() -> None:
     data = load_dataset("digits", None, "train").subset(np.arange(20))
     node = FederationNode("pi-01", "f", data)
-    agent = EdgeAgent(node, parse_broker_url("mqtt://127.0.0.1:1"), AgentOptions(),
-                      echo=lambda _line: None)
+    agent = EdgeAgent(node, parse_broker_url("mqtt://127.0.0.1:1"), AgentOptions())
     state = topics.server_topic("f", topics.SERVER_STATE)
     peak = 0
     for i, (_topic, chunk) in enumerate(_never_completing("x", 100)):
@@ -164,10 +165,10 @@ def _metrics_topic(node_id: str) -> str:
 
 
 def test_node_metrics_reach_disk_only_from_known_nodes_and_within_limits(
-    tmp_path: Path,
+    tmp_path: Path, caplog: pytest.LogCaptureFixture,
 ) -> None:
-    lines: list[str] = []
-    service = CoordinatorService(CFG, ServiceOptions(tmp_path), echo=lines.append)
+    caplog.set_level(logging.INFO)
+    service = CoordinatorService(CFG, ServiceOptions(tmp_path))
     service.store = RunStore(tmp_path, node_metrics_limit=4096)
     server = service.server = service._make_server()
     status = topics.node_topic(CFG.federation, "n0", topics.NODE_STATUS)
@@ -187,4 +188,5 @@ def test_node_metrics_reach_disk_only_from_known_nodes_and_within_limits(
     assert server.dropped["metrics-too-large"] == 1 and server.dropped["malformed"] == 1
     assert server.dropped["metrics-quota"] == 201 - len(written)
     service.rejections.observe(server.dropped)
+    lines = [r.getMessage() for r in caplog.records]
     assert sum("dropped a message" in line for line in lines) == 4  # one per reason

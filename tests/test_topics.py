@@ -36,7 +36,7 @@ def test_topics_follow_the_design_table() -> None:
         "mpfl/v1/lab/server/mask",
     ]
     assert node_topic("lab", "pi-01", "update") == "mpfl/v1/lab/nodes/pi-01/update"
-    assert set(NODE_TOPICS) == {"status", "mask", "update", "metrics", "partial"}
+    assert set(NODE_TOPICS) == {"status", "mask", "update", "metrics", "progress", "partial"}
     assert server_filter("lab") == "mpfl/v1/lab/server/#"
     assert nodes_filter("lab") == "mpfl/v1/lab/nodes/#"
     assert node_filter("lab", "pi-01") == "mpfl/v1/lab/nodes/pi-01/#"

@@ -154,6 +154,10 @@ class NodeGate:
         self._once(reason, f"node {self.node.node_id}: ignored a message on {topic}: "
                    f"{reason} ({detail})")
 
+    def seal(self, message: Publish) -> Publish:
+        """One message of this node's own (its training progress), signed."""
+        return self._seal(message)
+
     def _seal(self, message: Publish) -> Publish:
         if self._sealer is None:
             return message

@@ -45,6 +45,7 @@ from mpfl.wire import (
 )
 from mpfl.wire.protocol import (
     Hello,
+    Progress,
     Publish,
     StateDocument,
     decode_state,
@@ -104,6 +105,9 @@ class FederationNode:
         self.sent_bytes = 0
         self.received_bytes = 0
         self.last_metrics: dict[str, Any] = {}
+        # Hears of each local epoch while a round trains (the agent publishes it on
+        # nodes/<id>/progress; the in-process simulation hands it to its live view).
+        self.on_progress: Callable[[Progress], None] | None = None
 
     def _topic(self, name: str) -> str:
         return topics.node_topic(self.federation, self.node_id, name)
@@ -252,7 +256,8 @@ class FederationNode:
         enforcer = MaskEnforcer(model, unit_map, mask)
         spec = doc.train if self.batch_size is None else doc.train.replace(
             batch_size=self.batch_size)
-        result = train_local(model, self.data, spec, enforcer, seed=self.seed * 100_003 + t)
+        result = train_local(model, self.data, spec, enforcer, seed=self.seed * 100_003 + t,
+                             on_epoch=self._epoch_reporter(t))
         trained = model_state(model)
         uploads: list[tuple[Kind, int, bytes]] = []
         if doc.phase == Phase.MASK:
@@ -284,6 +289,17 @@ class FederationNode:
         }
         metrics = Publish(self._topic(topics.NODE_METRICS), encode_json(self.last_metrics), qos=0)
         return [*messages, metrics]
+
+
+    def _epoch_reporter(self, t: int) -> Callable[[int, int], None] | None:
+        report = self.on_progress
+        if report is None:
+            return None
+        return lambda done, epochs: report(Progress(t, done, epochs))
+
+    def progress_message(self, progress: Progress) -> Publish:
+        """``progress`` on this node's progress topic (QoS 0: a lost one is superseded)."""
+        return Publish(self._topic(topics.NODE_PROGRESS), progress.encode(), qos=0)
 
 
 _UPLOAD_TOPIC = {Kind.LOCAL_MASK: topics.NODE_MASK, Kind.UPDATE: topics.NODE_UPDATE}

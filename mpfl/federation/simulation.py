@@ -22,9 +22,10 @@ from mpfl.federation.region import RegionalServer
 from mpfl.federation.region_gate import RegionGate, RegionKeys
 from mpfl.federation.server import FederationServer
 from mpfl.federation.transport import MemoryBroker
+from mpfl.federation.watch import FederationView, FleetWatch
 from mpfl.ml.data import Dataset
 from mpfl.wire import topics
-from mpfl.wire.protocol import Publish
+from mpfl.wire.protocol import Progress, Publish
 from mpfl.wire.signing import Keyring, SigningKey
 
 
@@ -39,12 +40,22 @@ def run_in_process(
     on_round: Callable[[RoundLog], None] | None = None,
     signed: bool = False,
     corrupt: Mapping[int, str] | None = None,
+    on_view: Callable[[FederationView], None] | None = None,
 ) -> FederationServer:
     """``evaluate`` scores the global weights after each averaging (None: no evaluation);
     ``on_round`` sees each round's record as it closes; ``corrupt`` maps a node index to
-    how its uploads are corrupted (``mpfl.federation.corruption``: simulation only)."""
+    how its uploads are corrupted (``mpfl.federation.corruption``: simulation only);
+    ``on_view`` sees the federation after every message and every local epoch (a live
+    view; the nodes' progress comes by callback, not over the in-memory broker)."""
     broker = MemoryBroker()
     server = FederationServer(cfg, evaluate)
+    watch = FleetWatch()
+
+    def show(node_id: str, activity: str, progress: Progress | None = None) -> None:
+        if on_view is not None:
+            watch.heard(node_id, activity, progress)
+            on_view(watch.view(server))
+
     ids = [f"node-{i}" for i in range(len(node_data))]
     node_keys = {n: SigningKey.generate() for n in ids} if signed else {}
     coordinator_key = SigningKey.generate()
@@ -61,6 +72,9 @@ def run_in_process(
         if step.closed is not None and on_round is not None:
             on_round(step.closed)
         publish_all(step.publishes)
+        parsed = topics.parse_node_topic(cfg.federation, topic)
+        if parsed is not None and parsed[0] in server.nodes:
+            show(*parsed)
 
     broker.subscribe(topics.nodes_filter(cfg.federation), server_handler)
     publish_all(gate.seal(server.start()))
@@ -69,6 +83,8 @@ def run_in_process(
         if corrupt and i in corrupt:
             # Corrupted before it is signed, as a compromised device with its own key would.
             node = cast(FederationNode, CorruptedNode(node, corrupt[i], seed=cfg.seed + i))
+        if on_view is not None:
+            node.on_progress = lambda p, n=node_id: show(n, topics.NODE_PROGRESS, p)
         keys = NodeKeys(node_keys[node_id], coordinator_key.public_key) if signed else None
         node_gate = NodeGate(node, keys, say=_quiet)
 

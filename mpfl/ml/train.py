@@ -90,8 +90,10 @@ def train_local(
     cfg: TrainSpec,
     enforcer: MaskEnforcer | None = None,
     seed: int = 0,
+    on_epoch: Callable[[int, int], None] | None = None,
 ) -> TrainResult:
-    """Train ``cfg.epochs`` epochs over ``data`` with the mask held; deterministic by seed."""
+    """Train ``cfg.epochs`` epochs over ``data`` with the mask held; deterministic by seed.
+    ``on_epoch(done, epochs)`` hears of each finished epoch (and of the start, done = 0)."""
     start = time.perf_counter()
     generator = torch.Generator().manual_seed(seed)
     x, y = torch.from_numpy(data.x), torch.from_numpy(data.y)
@@ -99,7 +101,9 @@ def train_local(
     loss_fn = nn.CrossEntropyLoss()
     model.train()
     total_loss, correct, seen = 0.0, 0, 0
-    for _ in range(cfg.epochs):
+    if on_epoch is not None:
+        on_epoch(0, cfg.epochs)
+    for epoch in range(cfg.epochs):
         order = torch.randperm(len(y), generator=generator)
         for i in range(0, len(y), cfg.batch_size):
             idx = order[i : i + cfg.batch_size]
@@ -116,6 +120,8 @@ def train_local(
             total_loss += float(loss.detach()) * len(yb)
             correct += int((out.argmax(1) == yb).sum())
             seen += len(yb)
+        if on_epoch is not None:
+            on_epoch(epoch + 1, cfg.epochs)
     return TrainResult(total_loss / max(seen, 1), correct / max(seen, 1), len(y),
                        time.perf_counter() - start)
 

@@ -21,6 +21,7 @@ Retained messages are never split: one over the broker's announced limit is refu
 
 from __future__ import annotations
 
+import logging
 import socket
 import threading
 import time
@@ -49,6 +50,8 @@ _BAD_PROTOCOL = {"Unsupported protocol version", "Unacceptable protocol version"
 _BAD_AUTH = {"Bad user name or password", "Not authorized", "Banned", "Client identifier not valid"}
 _PACKET_OVERHEAD = 16  # fixed header, topic length, packet id, property length
 
+_log = logging.getLogger(__name__)
+
 
 class MqttTransport:
     """Publish/subscribe over a real broker; incoming messages land on ``inbox``."""
@@ -76,7 +79,7 @@ class MqttTransport:
         self.max_payload = max_payload
         self.broker_max_packet: int | None = None
         self.keepalive = keepalive
-        self.log = log or (lambda _line: None)
+        self.log = log or _log.info  # connects, losses and reconnects: one line each
         self.connected = threading.Event()
         self._connack = threading.Event()
         self._connack_reason = ""

@@ -153,3 +153,25 @@ class Hello(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
         if payload in (OFFLINE, b""):
             return None
         return decode_document(payload, Hello, "node status")
+
+
+class Progress(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """``nodes/<id>/progress`` (QoS 0, not retained): local epochs done in ``round``.
+
+    Informational, for the operator's live view; signed like every node message.
+    """
+
+    round: Annotated[int, msgspec.Meta(ge=1, le=0xFFFF_FFFF)]
+    epoch: _U32
+    epochs: Annotated[int, msgspec.Meta(ge=1, le=0xFFFF)]
+
+    def __post_init__(self) -> None:
+        if self.epoch > self.epochs:
+            raise ValueError(f"epoch {self.epoch} is past the last ({self.epochs})")
+
+    def encode(self) -> bytes:
+        return encode_document(self)
+
+    @staticmethod
+    def decode(payload: bytes) -> Progress:
+        return decode_document(payload, Progress, "node progress")

@@ -4,7 +4,7 @@ Every topic lives under ``mpfl/v1/<federation>``::
 
     server/state   server/model   server/mask                      coordinator -> all
     nodes/<id>/status   nodes/<id>/mask   nodes/<id>/update
-    nodes/<id>/metrics                                             node -> coordinator
+    nodes/<id>/metrics   nodes/<id>/progress                       node -> coordinator
     nodes/<region>/partial                                         region -> root
 
 Federation names and node ids become topic levels (and broker usernames and file names
@@ -29,8 +29,9 @@ NODE_STATUS = "status"
 NODE_MASK = "mask"
 NODE_UPDATE = "update"
 NODE_METRICS = "metrics"
+NODE_PROGRESS = "progress"  # local epochs done in the round in hand, for the live views
 NODE_PARTIAL = "partial"  # a regional coordinator's one upload per round
-NODE_TOPICS = (NODE_STATUS, NODE_MASK, NODE_UPDATE, NODE_METRICS, NODE_PARTIAL)
+NODE_TOPICS = (NODE_STATUS, NODE_MASK, NODE_UPDATE, NODE_METRICS, NODE_PROGRESS, NODE_PARTIAL)
 
 _NAME_RE = re.compile(r"[A-Za-z0-9_-]{1,64}")
 _WILDCARDS = ("+", "#", "\0")
