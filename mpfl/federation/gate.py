@@ -17,6 +17,7 @@ say once, loudly, that nothing is authenticated.
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -107,6 +108,7 @@ class NodeGate:
         self._sealer: Sealer | None = None
         self._opener: Opener | None = None
         self._announced: str | None = None  # the session the last hello was signed for
+        self._sealing = threading.Lock()
         if keys is None:
             say(UNAUTHENTICATED_WARNING)
         else:
@@ -118,8 +120,9 @@ class NodeGate:
         return self._opener.session if self._opener is not None else ""
 
     def will(self) -> Publish:
-        """The "offline" status for the broker to publish if this node vanishes; signed now,
-        at connect, since nothing can sign it later (see ``mpfl.wire.seal``)."""
+        """The "offline" status for the broker to publish if this node vanishes. Signed now,
+        at each (re)connect, since nothing can sign it later (see ``mpfl.wire.seal``); a
+        will from an earlier connection would be a replay. Called from the MQTT thread."""
         status = topics.node_topic(self.node.federation, self.node.node_id, topics.NODE_STATUS)
         return self._seal(Publish(status, OFFLINE, retain=True, qos=1))
 
@@ -157,5 +160,6 @@ class NodeGate:
     def _seal(self, message: Publish) -> Publish:
         if self._sealer is None:
             return message
-        self._sealer.session = self.session
-        return self._sealer.seal(message)
+        with self._sealing:  # the will is sealed on the MQTT thread, the rest on the main one
+            self._sealer.session = self.session
+            return self._sealer.seal(message)
