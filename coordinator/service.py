@@ -111,7 +111,8 @@ class CoordinatorService:
             server = FederationServer(self.cfg, self.evaluate)
         self.store.write_config(self.cfg)
         self.rejections.baseline(server.dropped)  # a resumed run's drops were logged before
-        self.gate = ServerGate(server, self.options.keys, say=self.echo)
+        self.gate = ServerGate(server, self.options.keys, say=self.echo,
+                               rejections=self.rejections)
         return server
 
     def _connect(self) -> MqttTransport:
