@@ -321,7 +321,11 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     doc = {"profile": profile.name, "command": command, "elapsed_seconds": elapsed,
            "notes": profile.notes(), "settings": asdict(profile.settings),
            "bad_nodes": list(profile.bad_nodes), "seeds": list(profile.seeds),
-           "accuracy": table, "runs": runs}
+           "accuracy": {attack: {rule: None if cell is None else
+                                 {"mean": cell[0], "sd": cell[1]}
+                                 for rule, cell in row.items()}
+                        for attack, row in table.items()},
+           "runs": runs}
     (out_dir / "robust.json").write_text(json.dumps(doc, indent=1, default=str) + "\n")
     (out_dir / "robust.md").write_text(text + "\n")
     if not args.quick and args.out is None:
