@@ -56,6 +56,7 @@ RULES: dict[str, tuple[str, bool]] = {
     "median+agreement": ("median", True),
     "nearest-median+agreement": ("nearest-median", True),
 }
+CANDIDATE = "nearest-median+agreement"  # run first: the rule meant to hold every attack
 TRIM = 0.2  # 2 bad nodes of 10: cut 2 values per side per coordinate
 
 
@@ -159,6 +160,17 @@ def run_one(profile: Profile, data_dir: str | None, attack: str, rule: str,
             "sparsity": server.sparsity(), "seconds": time.perf_counter() - start}
 
 
+def run_order(seeds: Sequence[int]) -> list[tuple[str, str, int]]:
+    """Every (attack, rule, seed), those that carry the verdict first: the reference
+    (clean fedavg) and CANDIDATE under every attack, then what each attack does to fedavg,
+    then the other rules. Each (attack, rule) runs over every seed before the next, so a
+    sweep stopped early leaves whole cells."""
+    pairs = [("clean", "fedavg"), *((a, CANDIDATE) for a in ATTACKS),
+             *((a, "fedavg") for a in ATTACKS)]
+    pairs += [(a, r) for r in RULES for a in ATTACKS if (a, r) not in pairs]
+    return [(a, r, s) for a, r in dict.fromkeys(pairs) for s in seeds]
+
+
 def logged_runs(log: Path) -> list[dict[str, Any]]:
     """The runs already in ``log`` (one JSON object a line); none if there is no log."""
     if not log.is_file():
@@ -170,7 +182,7 @@ def run_all(profile: Profile, data_dir: str | None, jobs: int, log: Path | None 
             done_before: Sequence[dict[str, Any]] = ()) -> list[dict[str, Any]]:
     """Every run not in ``done_before``; each result is appended to ``log`` as it arrives."""
     have = {(r["attack"], r["rule"], r["seed"]) for r in done_before}
-    every = [(a, r, s) for s in profile.seeds for a in ATTACKS for r in RULES]
+    every = run_order(profile.seeds)
     todo = [t for t in every if t not in have]
     out: list[dict[str, Any]] = [r for r in done_before
                                  if (r["attack"], r["rule"], r["seed"]) in set(every)]
@@ -197,16 +209,21 @@ def run_all(profile: Profile, data_dir: str | None, jobs: int, log: Path | None 
 Cell = tuple[float, float] | None  # (mean, standard deviation) of the accuracy
 
 
-def summarize(runs: list[dict[str, Any]]) -> dict[str, dict[str, Cell]]:
-    """Mean and spread of the accuracy by attack and rule; a failed run counts as 0
-    (None: every seed failed)."""
+def summarize(runs: list[dict[str, Any]], seeds: Sequence[int]
+              ) -> dict[str, dict[str, Cell]]:
+    """Mean and spread of the accuracy by attack and rule over ``seeds``; a failed run
+    counts as 0 (None: every seed failed). A cell missing a seed is left out."""
     table: dict[str, dict[str, Cell]] = {}
     for attack in ATTACKS:
         table[attack] = {}
         for rule in RULES:
-            accs = [r["accuracy"] for r in runs if r["attack"] == attack and r["rule"] == rule]
+            by_seed = {r["seed"]: r["accuracy"] for r in runs
+                       if r["attack"] == attack and r["rule"] == rule}
+            if not set(seeds) <= set(by_seed):
+                continue
+            accs = [by_seed[s] for s in seeds]
             scored = np.array([0.0 if a is None else a for a in accs])
-            if not accs or all(a is None for a in accs):
+            if all(a is None for a in accs):
                 table[attack][rule] = None
             else:
                 spread = float(scored.std(ddof=1)) if len(scored) > 1 else 0.0
@@ -218,30 +235,45 @@ def _mean(cell: Cell) -> float:
     return 0.0 if cell is None else cell[0]
 
 
-def _cell(cell: Cell) -> str:
+def _cell(row: dict[str, Cell], rule: str) -> str:
+    if rule not in row:
+        return "n/r"
+    cell = row[rule]
     return "failed" if cell is None else f"{100 * cell[0]:.1f} ± {100 * cell[1]:.1f}"
 
 
 def markdown(profile: Profile, table: dict[str, dict[str, Cell]], command: str,
              elapsed: float, jobs: int) -> str:
-    reference = _mean(table["clean"]["fedavg"])
+    reference = _mean(table["clean"].get("fedavg"))
     rules = list(RULES)
     head = "| bad nodes | " + " | ".join(rules) + " | best rule | drop (pt) | <= 1 pt |"
     rows = [head, "|" + "---|" * (len(rules) + 4)]
-    worst: dict[str, float] = dict.fromkeys(rules, -math.inf)
+    worst: dict[str, float | None] = dict.fromkeys(rules, -math.inf)
     for attack in ATTACKS:
         accs = table[attack]
-        best = max(rules, key=lambda r: _mean(accs[r]))
-        drop = 100 * (reference - _mean(accs[best]))
-        cells = " | ".join(_cell(accs[r]) for r in rules)
-        verdict = "-" if attack == "clean" else ("yes" if drop <= 1.0 else "no")
-        rows.append(f"| {attack} | {cells} | {best} | {drop:+.1f} | {verdict} |")
+        done = [r for r in rules if r in accs]
+        cells = " | ".join(_cell(accs, r) for r in rules)
+        if done:
+            best = max(done, key=lambda r: _mean(accs[r]))
+            drop = 100 * (reference - _mean(accs[best]))
+            verdict = "-" if attack == "clean" else ("yes" if drop <= 1.0 else "no")
+            rows.append(f"| {attack} | {cells} | {best} | {drop:+.1f} | {verdict} |")
+        else:
+            rows.append(f"| {attack} | {cells} | n/r | | |")
         if attack != "clean":
             for r in rules:
-                worst[r] = max(worst[r], 100 * (reference - _mean(accs[r])))
-    rows.append("| worst drop (pt) | " + " | ".join(f"{worst[r]:+.1f}" for r in rules)
-                + " | | | |")
-    one_rule = min(rules, key=lambda r: worst[r])
+                w = worst[r]
+                worst[r] = None if w is None or r not in accs else max(
+                    w, 100 * (reference - _mean(accs[r])))
+    rows.append("| worst drop (pt) | " + " | ".join(
+        "n/r" if worst[r] is None else f"{worst[r]:+.1f}" for r in rules) + " | | | |")
+    missing = any(r not in table[a] for a in ATTACKS for r in rules)
+    complete = {r: w for r, w in worst.items() if w is not None}
+    one_rule = min(complete, key=lambda r: complete[r]) if complete else None
+    verdict_line = ("No rule was run under every attack." if one_rule is None else
+                    f"One rule for every attack: **{one_rule}** (worst drop "
+                    f"{complete[one_rule]:+.1f} pt"
+                    + (", among the rules run under every attack)." if missing else ")."))
     seeds = (f"mean ± standard deviation over {len(profile.seeds)} seeds"
              if len(profile.seeds) > 1
              else "ONE seed only (no spread measured: differences under ~1 pt are noise)")
@@ -257,11 +289,13 @@ def markdown(profile: Profile, table: dict[str, dict[str, Cell]], command: str,
         f"({100 * reference:.1f}%) minus the best rule's mean accuracy under that attack "
         "(negative: better than clean); worst drop: a rule's largest drop over the five "
         "attacks. failed: the run never finished (the attack drove the model to NaN, whose "
-        "uploads are dropped, so a round never closed); a failed seed counts as 0.",
+        "uploads are dropped, so a round never closed); a failed seed counts as 0."
+        + (" n/r: not run (the sweep runs the reference and "
+           f"{CANDIDATE} first and was stopped before these)." if missing else ""),
         "",
         *rows,
         "",
-        f"One rule for every attack: **{one_rule}** (worst drop {worst[one_rule]:+.1f} pt).",
+        verdict_line,
     ])
 
 
@@ -287,6 +321,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--jobs", type=int, default=2, help="worker processes")
     parser.add_argument("--resume", action="store_true",
                         help="keep the runs already in robust_runs.jsonl; run only the rest")
+    parser.add_argument("--report-only", action="store_true",
+                        help="write the tables from robust_runs.jsonl, running nothing")
     parser.add_argument("--out", type=Path, default=None,
                         help="results directory (default: benchmarks/results, "
                              "benchmarks/results/quick with --quick)")
@@ -306,16 +342,22 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     env = "" if args.quick or any(a.startswith("--data-dir") for a in given) else (
         "MPFL_DATA_DIR=/path/to/datasets ")
     command = env + ".venv/bin/python benchmarks/bench_robust.py" + "".join(
-        f" {shlex.quote(a)}" for a in given if a != "--resume")
+        f" {shlex.quote(a)}" for a in given if a not in ("--resume", "--report-only"))
     start = time.perf_counter()
     log = out_dir / "robust_runs.jsonl"
-    done_before = logged_runs(log) if args.resume else []
-    if not args.resume:
+    resume = args.resume or args.report_only
+    done_before = logged_runs(log) if resume else []
+    if not resume:
         log.unlink(missing_ok=True)
-    runs = run_all(profile, None if args.quick else args.data_dir, args.jobs, log, done_before)
+    if args.report_only:
+        wanted = set(run_order(profile.seeds))
+        runs = [r for r in done_before if (r["attack"], r["rule"], r["seed"]) in wanted]
+    else:
+        runs = run_all(profile, None if args.quick else args.data_dir, args.jobs, log,
+                       done_before)
     elapsed = time.perf_counter() - start
-    table = summarize(runs)
-    if args.resume:  # the wall time covers only this invocation: say what it measured
+    table = summarize(runs, profile.seeds)
+    if resume:  # this invocation's wall time, plus the logged runs' share of theirs
         elapsed += sum(r["seconds"] for r in done_before) / max(1, args.jobs)
     text = markdown(profile, table, command, elapsed, args.jobs)
     doc = {"profile": profile.name, "command": command, "elapsed_seconds": elapsed,

@@ -84,7 +84,7 @@ def test_bench_robust_table_reports_mean_spread_and_the_one_rule(tmp_path: Path)
                 weak = rule == "fedavg" and attack != "clean"
                 runs.append({"attack": attack, "rule": rule, "seed": seed,
                              "accuracy": bad if weak else good, "seconds": 1.0})
-    table = bench.summarize(runs)
+    table = bench.summarize(runs, [0, 1])
     mean, spread = table["clean"]["fedavg"]
     assert mean == pytest.approx(0.81) and spread == pytest.approx(0.01414, abs=1e-4)
     assert table["scale"]["fedavg"][0] == pytest.approx(0.25)  # a failed seed counts as 0
@@ -95,4 +95,10 @@ def test_bench_robust_table_reports_mean_spread_and_the_one_rule(tmp_path: Path)
     assert "One rule for every attack: **median**" in text  # the first rule with no drop
     log = tmp_path / "runs.jsonl"
     log.write_text("".join(json.dumps(r) + "\n" for r in runs))
-    assert bench.run_all(profile, None, 1, None, bench.logged_runs(log)) == runs  # resumed
+    assert sorted(map(str, bench.run_all(profile, None, 1, None, bench.logged_runs(log)))) \
+        == sorted(map(str, runs))  # resumed: nothing left to run
+    partial = bench.summarize([r for r in runs if r["seed"] == 0 or r["rule"] != "median"],
+                              [0, 1])
+    assert "median" not in partial["clean"]  # one seed of two: no cell
+    text = bench.markdown(profile, partial, "cmd", 60.0, 2)
+    assert "| n/r |" in text and "not run" in text
