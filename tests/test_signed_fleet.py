@@ -4,7 +4,8 @@ Mosquitto, and an attacker's paho client on the same (anonymous) broker.
 Each time the coordinator opens a round the attacker publishes, on every topic:
 
 (a) as node-0, unsigned and signed with its own key: a valid mask or update envelope for
-    the round, a hello claiming 2^32-1 samples, an "offline" status and metrics;
+    the round, a hello claiming 2^32-1 samples, an "offline" status and metrics; and an
+    honest node's signed upload re-published under another node's topic;
 (b) a replay of every honest upload (masks, updates) and metrics it captured;
 (c) a retained ``server/state`` with lr = 1e30 and a retained ``server/model`` of w0 x -3,
     unsigned and self-signed, and replays of the coordinator's own earlier state and model;
@@ -131,6 +132,11 @@ class Attacker:
             forged = encode_envelope(Envelope(old.kind, doc.round, old.fingerprint, "node-0",
                                               old.codec, old.payload))
             self._as_node0("forged-upload", topic.rsplit("/", 1)[-1], forged, session)
+            # An honest node's signed upload, re-topicked under another node's name.
+            owner, name = topics.parse_node_topic(FED, topic) or ("", "")
+            other = "node-1" if owner == "node-0" else "node-0"
+            self._send("re-topicked", topics.node_topic(FED, other, name), payload,
+                       reason="wrong-topic")
         self._as_node0("forged-hello", topics.NODE_STATUS,
                        Hello("node-0", 0xFFFF_FFFF).encode(), session, retain=True)
         self._as_node0("forged-offline", topics.NODE_STATUS, OFFLINE, session)
@@ -233,8 +239,9 @@ def test_a_keyed_fleet_rejects_every_forgery(tmp_path: Path) -> None:
                     proc.kill()
                     proc.wait()
     assert attacker.rounds == {1, 2, 3, 4}, attacker.sent
-    assert {"replay", "forged-upload", "forged-hello", "forged-offline", "forged-metrics",
-            "server-state", "server-model", "server-replay", "ghost"} <= set(attacker.sent)
+    assert {"replay", "forged-upload", "re-topicked", "forged-hello", "forged-offline",
+            "forged-metrics", "server-state", "server-model", "server-replay",
+            "ghost"} <= set(attacker.sent)
     rounds = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     assert [r["participants"] for r in rounds] == [[f"node-{i}" for i in range(N)]] * 4
     summary = json.loads((run_dir / "summary.json").read_text())
