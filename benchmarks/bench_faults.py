@@ -80,7 +80,7 @@ def coordinator_kill(fleet: Fleet, rng: random.Random, note: dict[str, Any]) -> 
     for i in range(SPEC.nodes):
         fleet.start_edge(i)
     while True:  # release every paused write but the chosen one
-        fleet.wait_for("a checkpoint write", marker.exists, 60)
+        fleet.wait_for("a checkpoint write", marker.exists)
         seen = read_marker(marker)
         if seen is None:
             continue
