@@ -20,8 +20,9 @@ rejects as a replay.
 Reconnecting is prompt: paho waits RECONNECT_MIN_S after a drop, doubling up to
 RECONNECT_MAX_S while the broker stays away, so a node whose network comes back is back
 within RECONNECT_MAX_S (plus the handshake), in time for the round that is open, rather
-than after paho's default back-off of up to two minutes. A fleet of N nodes then tries at
-most N / RECONNECT_MAX_S CONNECTs a second while its broker is down.
+than after paho's default back-off of up to two minutes. While its broker is down, a fleet
+of N nodes settles at N / RECONNECT_MAX_S CONNECT attempts a second (each refused at once
+by a closed port), a load any broker takes when it is back.
 
 Payloads over the chunk limit are split (``mpfl.wire.chunks``); the limit is the smaller of
 ``max_payload`` and the Maximum-Packet-Size a v5 broker announces in its CONNACK.
