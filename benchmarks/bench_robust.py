@@ -54,6 +54,7 @@ RULES: dict[str, tuple[str, bool]] = {
     "trimmed-mean": ("trimmed-mean", False),
     "norm-clip": ("norm-clip", False),
     "median+agreement": ("median", True),
+    "nearest-median": ("nearest-median", False),
     "nearest-median+agreement": ("nearest-median", True),
 }
 CANDIDATE = "nearest-median+agreement"  # run first: the rule meant to hold every attack
@@ -163,10 +164,11 @@ def run_one(profile: Profile, data_dir: str | None, attack: str, rule: str,
 def run_order(seeds: Sequence[int]) -> list[tuple[str, str, int]]:
     """Every (attack, rule, seed), those that carry the verdict first: the reference
     (clean fedavg) and CANDIDATE under every attack, then what each attack does to fedavg,
-    then the other rules. Each (attack, rule) runs over every seed before the next, so a
+    then the candidate without vote agreement (which of the two does what), then the other
+    rules. Each (attack, rule) runs over every seed before the next, so a
     sweep stopped early leaves whole cells."""
     pairs = [("clean", "fedavg"), *((a, CANDIDATE) for a in ATTACKS),
-             *((a, "fedavg") for a in ATTACKS)]
+             *((a, "fedavg") for a in ATTACKS), *((a, "nearest-median") for a in ATTACKS)]
     pairs += [(a, r) for r in RULES for a in ATTACKS if (a, r) not in pairs]
     return [(a, r, s) for a, r in dict.fromkeys(pairs) for s in seeds]
 
