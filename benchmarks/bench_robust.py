@@ -298,7 +298,23 @@ def markdown(profile: Profile, table: dict[str, dict[str, Cell]], command: str,
         *rows,
         "",
         verdict_line,
+        "",
+        "What each attack costs each rule: the rule's clean accuracy minus its accuracy "
+        "under the attack (pt, means over the same seeds), so a rule's own cost on clean "
+        "data is left out:",
+        "",
+        *own_clean_rows(table, rules),
     ])
+
+
+def own_clean_rows(table: dict[str, dict[str, Cell]], rules: list[str]) -> list[str]:
+    rows = ["| bad nodes | " + " | ".join(rules) + " |", "|" + "---|" * (len(rules) + 1)]
+    for attack in ATTACKS[1:]:
+        cells = ["n/r" if r not in table[attack] or r not in table["clean"] else
+                 f"{100 * (_mean(table['clean'][r]) - _mean(table[attack][r])):+.1f}"
+                 for r in rules]
+        rows.append(f"| {attack} | " + " | ".join(cells) + " |")
+    return rows
 
 
 def write_benchmarks_md(text: str, path: Path = BENCHMARKS_MD) -> None:

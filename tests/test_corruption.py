@@ -92,6 +92,7 @@ def test_bench_robust_table_reports_mean_spread_and_the_one_rule(tmp_path: Path)
     text = bench.markdown(profile, table, "cmd", 60.0, 2)
     assert "81.0 ± 1.4" in text and "25.0 ± 35.4" in text
     assert "| worst drop (pt) | +56.0 |" in text
+    assert "| scale | +56.0 | +0.0 |" in text  # against each rule's own clean run
     assert "One rule for every attack: **median**" in text  # the first rule with no drop
     log = tmp_path / "runs.jsonl"
     log.write_text("".join(json.dumps(r) + "\n" for r in runs))
