@@ -135,7 +135,7 @@ class RunSpec:
                 "--mask-rounds", str(self.mask_rounds), "--train-rounds",
                 str(self.train_rounds), "--min-nodes", str(self.nodes), "--quorum",
                 str(self.quorum), "--round-timeout", str(self.round_timeout), "--retries", "2",
-                "--local-epochs", str(self.local_epochs), "--start-timeout", "60",
+                "--local-epochs", str(self.local_epochs), "--start-timeout", f"{WAIT_S:g}",
                 "--eval-data", "digits"]
 
 
