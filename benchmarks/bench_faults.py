@@ -15,7 +15,9 @@ quorum 2, round deadline 6 s), so one takes seconds. Faults, each at a random ro
   node-stopped      a node SIGSTOPped when its round opens, resumed (SIGCONT) after the
                     round closed at its deadline without it.
   node-reconnect    a node's connection cut (its process runs on) while its round is
-                    open, restored after the round closed: it reconnects and rejoins.
+                    open, restored after the round closed: it reconnects (the seconds from
+                    the restore to the node's "reconnected" line are reported) and rejoins
+                    a later round.
 
 Reported per fault: runs, faults injected, faults that landed where intended (inside the
 checkpoint write; while the round was open), rounds completed and lost (the final round
@@ -25,7 +27,8 @@ exiting non-zero or by a signal the benchmark did not send it).
 
     .venv/bin/python benchmarks/bench_faults.py [--reps 3] [--quick] [--out DIR]
 
-``--quick`` (one run each of coordinator-kill, node-kill and broker-restart) is the CI form
+``--quick`` (one run each of coordinator-kill, node-kill, broker-restart and node-reconnect)
+is the CI form
 (tests/test_bench_faults.py); the exit code is 1 when a round is lost, the log is
 inconsistent or a process crashed. Writes ``faults.json`` and prints a markdown table.
 """
@@ -61,6 +64,7 @@ from coordinator.runstore import PAUSE_ENV  # noqa: E402
 
 SPEC = RunSpec()
 NODE = 2  # the node the node faults hit
+RECONNECTED = "reconnected to"  # mpfl.net.mqtt's line when a dropped connection is back
 
 
 def _pick_round(rng: random.Random) -> int:
@@ -76,7 +80,7 @@ def coordinator_kill(fleet: Fleet, rng: random.Random, note: dict[str, Any]) -> 
     for i in range(SPEC.nodes):
         fleet.start_edge(i)
     while True:  # release every paused write but the chosen one
-        fleet.wait_for("a checkpoint write", marker.exists, 60)
+        fleet.wait_for("a checkpoint write", marker.exists)
         seen = read_marker(marker)
         if seen is None:
             continue
@@ -154,8 +158,17 @@ def node_reconnect(fleet: Fleet, rng: random.Random, note: dict[str, Any]) -> in
     fleet.wait_for(f"round {t} to close", lambda: fleet.closed() >= t,
                    SPEC.round_timeout * 3 + 10)
     note["landed"] = int(opened)
+    name = f"node-{NODE}"
+    before = fleet.log(name).count(RECONNECTED)
     fleet.proxies[NODE].restore()
+    restored = time.monotonic()
     note["cut_round"] = t
+    try:  # the node's own line, written when paho's loop is connected again
+        fleet.wait_for(f"{name} to reconnect", lambda: fleet.log(name).count(RECONNECTED)
+                       > before, 30)
+        note["reconnect_s"] = round(time.monotonic() - restored, 2)
+    except FaultTimeout:
+        note["reconnect_s"] = None
     return 1
 
 
@@ -166,7 +179,7 @@ FAULTS: dict[str, Callable[[Fleet, random.Random, dict[str, Any]], int]] = {
     "node-stopped": node_stopped,
     "node-reconnect": node_reconnect,
 }
-QUICK = ("coordinator-kill", "node-kill", "broker-restart")
+QUICK = ("coordinator-kill", "node-kill", "broker-restart", "node-reconnect")
 
 
 def one_run(name: str, rep: int, root: Path, seed: int) -> dict[str, Any]:
@@ -205,6 +218,9 @@ def summarise(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
             "fault": name, "runs": len(mine), "faults": sum(r["faults"] for r in mine),
             "landed": sum(r["landed"] for r in mine),
             "rejoined": sum(r.get("rejoined", 0) for r in mine),
+            "reconnect_s_max": max((r["reconnect_s"] for r in mine
+                                    if r.get("reconnect_s") is not None), default=None),
+            "reconnected": sum(r.get("reconnect_s") is not None for r in mine),
             "rounds_completed": sum(r["rounds_completed"] for r in mine),
             "rounds_lost": sum(r["rounds_lost"] for r in mine),
             "crashes": sum(len(r["crashes"]) for r in mine),
@@ -225,7 +241,10 @@ def markdown(rows: list[dict[str, Any]]) -> str:
     for r in rows:
         landed = f"{r['landed']}/{r['runs']} {LANDED.get(r['fault'], 'mid-round')}"
         if r["fault"] == "node-reconnect":
-            landed += f", rejoined {r['rejoined']}/{r['runs']}"
+            slowest = r["reconnect_s_max"]
+            landed += (f", reconnected {r['reconnected']}/{r['runs']} (at most "
+                       f"{slowest if slowest is not None else '-'} s after the network came "
+                       f"back), rejoined a later round {r['rejoined']}/{r['runs']}")
         lines.append(f"| {r['fault']} | {r['runs']} | {r['faults']} | {landed} | "
                      f"{r['rounds_completed']} | {r['rounds_lost']} | {r['crashes']} | "
                      f"{r['inconsistent_runs']} | {r['below_quorum_rounds']} | "

@@ -9,9 +9,9 @@ nodes' own code over the in-memory transport). Kinds of bad node:
 - uploads (``mpfl.federation.corruption``, simulation only): ``random-mask`` (the local
   mask's kept units shuffled), ``scale`` (values x100) and ``sign-flip`` (values negated).
 
-Each rule is a value aggregator (fedavg, median, trimmed-mean, norm-clip), optionally with
-``vote_agreement`` (outlier mask voters down-weighted). Every rule also runs clean; the
-reference is the clean run with the default rule (fedavg). Writes
+Each rule is a value aggregator (fedavg, median, trimmed-mean, norm-clip, nearest-median),
+optionally with ``vote_agreement`` (outlier mask voters down-weighted). Every rule also
+runs clean; the reference is the clean run with the default rule (fedavg). Writes
 benchmarks/results/robust.json and robust.md, and the table into BENCHMARKS.md between
 its markers. `--quick` runs a tiny version on sklearn's digits (a smoke test: its numbers
 mean nothing) into benchmarks/results/quick/ and leaves BENCHMARKS.md alone.
@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import shlex
 import sys
@@ -53,7 +54,10 @@ RULES: dict[str, tuple[str, bool]] = {
     "trimmed-mean": ("trimmed-mean", False),
     "norm-clip": ("norm-clip", False),
     "median+agreement": ("median", True),
+    "nearest-median": ("nearest-median", False),
+    "nearest-median+agreement": ("nearest-median", True),
 }
+CANDIDATE = "nearest-median+agreement"  # run first: the rule meant to hold every attack
 TRIM = 0.2  # 2 bad nodes of 10: cut 2 values per side per coordinate
 
 
@@ -78,18 +82,26 @@ class Profile:
             f"sparsity {self.final_sparsity:.0%}, rewind mode) + {s.train_rounds} training "
             f"rounds; {s.local_epochs} local epoch, SGD lr {s.lr} momentum {s.momentum}, "
             f"batch {s.batch_size}; fp32 values",
-            f"seeds {list(self.seeds)} (accuracy is the mean over them)",
+            f"seeds {list(self.seeds)}: each cell is the mean and the sample standard "
+            "deviation over them (the seed draws the split, the initial weights and the "
+            "bad nodes' corruption)",
             f"trimmed-mean cuts floor({TRIM} x {s.nodes}) values per side per coordinate; "
             "norm-clip clips each update's step from the global model to the round's median "
-            "step; +agreement: vote_agreement on (outlier mask voters down-weighted)",
+            "step; nearest-median averages (by sample count) all but the floor(trim x N) "
+            "updates farthest from the coordinate-wise median; +agreement: vote_agreement "
+            "on (outlier mask voters down-weighted)",
         ]
 
 
 def full_profile(seeds: Sequence[int]) -> Profile:
+    # Dirichlet alpha 1.0: every node holds most classes in uneven shares, so honest
+    # updates disagree as on a real fleet, yet not so much (alpha 0.5 leaves nodes with
+    # two or three classes) that an honest minority-class node is indistinguishable from
+    # a bad one, which no aggregation rule can tell apart from its values alone.
     settings = ExperimentSettings(
-        nodes=10, partition="iid", mask_rounds=3, train_rounds=6, granularity="filter",
-        train_limit=6000, test_limit=2000, local_epochs=1, batch_size=32, lr=0.05,
-        momentum=0.9, eval_every_round=False,
+        nodes=10, partition="dirichlet:1.0", mask_rounds=3, train_rounds=6,
+        granularity="filter", train_limit=8000, test_limit=5000, local_epochs=1,
+        batch_size=32, lr=0.05, momentum=0.9, eval_every_round=False,
     )
     return Profile("full", "fashion-mnist", "lenet5", settings, (3, 7), 0.5, tuple(seeds))
 
@@ -149,11 +161,33 @@ def run_one(profile: Profile, data_dir: str | None, attack: str, rule: str,
             "sparsity": server.sparsity(), "seconds": time.perf_counter() - start}
 
 
-def run_all(profile: Profile, data_dir: str | None, jobs: int,
-            log: Path | None = None) -> list[dict[str, Any]]:
-    """Every run; each one's result is also appended to ``log`` as it arrives."""
-    todo = [(a, r, s) for s in profile.seeds for a in ATTACKS for r in RULES]
-    out: list[dict[str, Any]] = []
+def run_order(seeds: Sequence[int]) -> list[tuple[str, str, int]]:
+    """Every (attack, rule, seed), those that carry the verdict first: the reference
+    (clean fedavg) and CANDIDATE under every attack, then what each attack does to fedavg,
+    then the candidate without vote agreement (which of the two does what), then the other
+    rules. Each (attack, rule) runs over every seed before the next, so a
+    sweep stopped early leaves whole cells."""
+    pairs = [("clean", "fedavg"), *((a, CANDIDATE) for a in ATTACKS),
+             *((a, "fedavg") for a in ATTACKS), *((a, "nearest-median") for a in ATTACKS)]
+    pairs += [(a, r) for r in RULES for a in ATTACKS if (a, r) not in pairs]
+    return [(a, r, s) for a, r in dict.fromkeys(pairs) for s in seeds]
+
+
+def logged_runs(log: Path) -> list[dict[str, Any]]:
+    """The runs already in ``log`` (one JSON object a line); none if there is no log."""
+    if not log.is_file():
+        return []
+    return [json.loads(line) for line in log.read_text().splitlines() if line.strip()]
+
+
+def run_all(profile: Profile, data_dir: str | None, jobs: int, log: Path | None = None,
+            done_before: Sequence[dict[str, Any]] = ()) -> list[dict[str, Any]]:
+    """Every run not in ``done_before``; each result is appended to ``log`` as it arrives."""
+    have = {(r["attack"], r["rule"], r["seed"]) for r in done_before}
+    every = run_order(profile.seeds)
+    todo = [t for t in every if t not in have]
+    out: list[dict[str, Any]] = [r for r in done_before
+                                 if (r["attack"], r["rule"], r["seed"]) in set(every)]
 
     def done(result: dict[str, Any]) -> None:
         out.append(result)
@@ -161,7 +195,7 @@ def run_all(profile: Profile, data_dir: str | None, jobs: int,
             with log.open("a") as f:
                 f.write(json.dumps(result) + "\n")
         acc = "failed" if result["accuracy"] is None else f"{result['accuracy']:.4f}"
-        print(f"[{len(out)}/{len(todo)}] {result['attack']:<11} {result['rule']:<20} seed "
+        print(f"[{len(out)}/{len(every)}] {result['attack']:<11} {result['rule']:<20} seed "
               f"{result['seed']}: {acc} ({result['seconds']:.0f} s)", flush=True)
 
     if jobs <= 1:
@@ -174,36 +208,76 @@ def run_all(profile: Profile, data_dir: str | None, jobs: int,
     return out
 
 
-def summarize(runs: list[dict[str, Any]]) -> dict[str, dict[str, float | None]]:
-    """Mean accuracy by attack and rule; a failed run counts as 0 (None: all failed)."""
-    table: dict[str, dict[str, float | None]] = {}
+Cell = tuple[float, float] | None  # (mean, standard deviation) of the accuracy
+
+
+def summarize(runs: list[dict[str, Any]], seeds: Sequence[int]
+              ) -> dict[str, dict[str, Cell]]:
+    """Mean and spread of the accuracy by attack and rule over ``seeds``; a failed run
+    counts as 0 (None: every seed failed). A cell missing a seed is left out."""
+    table: dict[str, dict[str, Cell]] = {}
     for attack in ATTACKS:
         table[attack] = {}
         for rule in RULES:
-            accs = [r["accuracy"] for r in runs if r["attack"] == attack and r["rule"] == rule]
-            ok = [a for a in accs if a is not None]
-            table[attack][rule] = float(np.sum(ok) / len(accs)) if ok else None
+            by_seed = {r["seed"]: r["accuracy"] for r in runs
+                       if r["attack"] == attack and r["rule"] == rule}
+            if not set(seeds) <= set(by_seed):
+                continue
+            accs = [by_seed[s] for s in seeds]
+            scored = np.array([0.0 if a is None else a for a in accs])
+            if all(a is None for a in accs):
+                table[attack][rule] = None
+            else:
+                spread = float(scored.std(ddof=1)) if len(scored) > 1 else 0.0
+                table[attack][rule] = (float(scored.mean()), spread)
     return table
 
 
-def _cell(acc: float | None) -> str:
-    return "failed" if acc is None else f"{100 * acc:.1f}"
+def _mean(cell: Cell) -> float:
+    return 0.0 if cell is None else cell[0]
 
 
-def markdown(profile: Profile, table: dict[str, dict[str, float | None]], command: str,
+def _cell(row: dict[str, Cell], rule: str) -> str:
+    if rule not in row:
+        return "n/r"
+    cell = row[rule]
+    return "failed" if cell is None else f"{100 * cell[0]:.1f} ± {100 * cell[1]:.1f}"
+
+
+def markdown(profile: Profile, table: dict[str, dict[str, Cell]], command: str,
              elapsed: float, jobs: int) -> str:
-    reference = table["clean"]["fedavg"] or 0.0
+    reference = _mean(table["clean"].get("fedavg"))
     rules = list(RULES)
     head = "| bad nodes | " + " | ".join(rules) + " | best rule | drop (pt) | <= 1 pt |"
     rows = [head, "|" + "---|" * (len(rules) + 4)]
+    worst: dict[str, float | None] = dict.fromkeys(rules, -math.inf)
     for attack in ATTACKS:
         accs = table[attack]
-        best = max(rules, key=lambda r: accs[r] or 0.0)
-        drop = 100 * (reference - (accs[best] or 0.0))
-        cells = " | ".join(_cell(accs[r]) for r in rules)
-        verdict = "-" if attack == "clean" else ("yes" if drop <= 1.0 else "no")
-        rows.append(f"| {attack} | {cells} | {best} | {drop:+.1f} | {verdict} |")
-    seeds = (f"mean over {len(profile.seeds)} seeds" if len(profile.seeds) > 1
+        done = [r for r in rules if r in accs]
+        cells = " | ".join(_cell(accs, r) for r in rules)
+        if done:
+            best = max(done, key=lambda r: _mean(accs[r]))
+            drop = 100 * (reference - _mean(accs[best]))
+            verdict = "-" if attack == "clean" else ("yes" if drop <= 1.0 else "no")
+            rows.append(f"| {attack} | {cells} | {best} | {drop:+.1f} | {verdict} |")
+        else:
+            rows.append(f"| {attack} | {cells} | n/r | | |")
+        if attack != "clean":
+            for r in rules:
+                w = worst[r]
+                worst[r] = None if w is None or r not in accs else max(
+                    w, 100 * (reference - _mean(accs[r])))
+    rows.append("| worst drop (pt) | " + " | ".join(
+        "n/r" if worst[r] is None else f"{worst[r]:+.1f}" for r in rules) + " | | | |")
+    missing = any(r not in table[a] for a in ATTACKS for r in rules)
+    complete = {r: w for r, w in worst.items() if w is not None}
+    one_rule = min(complete, key=lambda r: complete[r]) if complete else None
+    verdict_line = ("No rule was run under every attack." if one_rule is None else
+                    f"One rule for every attack: **{one_rule}** (worst drop "
+                    f"{complete[one_rule]:+.1f} pt"
+                    + (", among the rules run under every attack)." if missing else ")."))
+    seeds = (f"mean ± standard deviation over {len(profile.seeds)} seeds"
+             if len(profile.seeds) > 1
              else "ONE seed only (no spread measured: differences under ~1 pt are noise)")
     return "\n".join([
         f"Command: `{command}` ({elapsed / 60:.1f} min wall on {os.cpu_count()} shared "
@@ -214,12 +288,33 @@ def markdown(profile: Profile, table: dict[str, dict[str, float | None]], comman
         *[f"- {n}" for n in profile.notes()],
         "",
         f"Final test accuracy (%), {seeds}. Drop: the clean fedavg run "
-        f"({100 * reference:.1f}%) minus the best rule's accuracy under that attack "
-        "(negative: better than clean). failed: the run never finished (the attack drove "
-        "the model to NaN, whose uploads are dropped, so a round never closed).",
+        f"({100 * reference:.1f}%) minus the best rule's mean accuracy under that attack "
+        "(negative: better than clean); worst drop: a rule's largest drop over the five "
+        "attacks. failed: the run never finished (the attack drove the model to NaN, whose "
+        "uploads are dropped, so a round never closed); a failed seed counts as 0."
+        + (" n/r: not run (the sweep runs the reference and "
+           f"{CANDIDATE} first and was stopped before these)." if missing else ""),
         "",
         *rows,
+        "",
+        verdict_line,
+        "",
+        "What each attack costs each rule: the rule's clean accuracy minus its accuracy "
+        "under the attack (pt, means over the same seeds), so a rule's own cost on clean "
+        "data is left out:",
+        "",
+        *own_clean_rows(table, rules),
     ])
+
+
+def own_clean_rows(table: dict[str, dict[str, Cell]], rules: list[str]) -> list[str]:
+    rows = ["| bad nodes | " + " | ".join(rules) + " |", "|" + "---|" * (len(rules) + 1)]
+    for attack in ATTACKS[1:]:
+        cells = ["n/r" if r not in table[attack] or r not in table["clean"] else
+                 f"{100 * (_mean(table['clean'][r]) - _mean(table[attack][r])):+.1f}"
+                 for r in rules]
+        rows.append(f"| {attack} | " + " | ".join(cells) + " |")
+    return rows
 
 
 def write_benchmarks_md(text: str, path: Path = BENCHMARKS_MD) -> None:
@@ -240,8 +335,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--data-dir", default=os.environ.get("MPFL_DATA_DIR"),
                         help="directory holding fashion-mnist/ (default: $MPFL_DATA_DIR)")
     parser.add_argument("--quick", action="store_true", help="a tiny smoke run on digits")
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0])
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--jobs", type=int, default=2, help="worker processes")
+    parser.add_argument("--resume", action="store_true",
+                        help="keep the runs already in robust_runs.jsonl; run only the rest")
+    parser.add_argument("--report-only", action="store_true",
+                        help="write the tables from robust_runs.jsonl, running nothing")
     parser.add_argument("--out", type=Path, default=None,
                         help="results directory (default: benchmarks/results, "
                              "benchmarks/results/quick with --quick)")
@@ -261,18 +360,32 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     env = "" if args.quick or any(a.startswith("--data-dir") for a in given) else (
         "MPFL_DATA_DIR=/path/to/datasets ")
     command = env + ".venv/bin/python benchmarks/bench_robust.py" + "".join(
-        f" {shlex.quote(a)}" for a in given)
+        f" {shlex.quote(a)}" for a in given if a not in ("--resume", "--report-only"))
     start = time.perf_counter()
     log = out_dir / "robust_runs.jsonl"
-    log.unlink(missing_ok=True)
-    runs = run_all(profile, None if args.quick else args.data_dir, args.jobs, log)
+    resume = args.resume or args.report_only
+    done_before = logged_runs(log) if resume else []
+    if not resume:
+        log.unlink(missing_ok=True)
+    if args.report_only:
+        wanted = set(run_order(profile.seeds))
+        runs = [r for r in done_before if (r["attack"], r["rule"], r["seed"]) in wanted]
+    else:
+        runs = run_all(profile, None if args.quick else args.data_dir, args.jobs, log,
+                       done_before)
     elapsed = time.perf_counter() - start
-    table = summarize(runs)
+    table = summarize(runs, profile.seeds)
+    if resume:  # this invocation's wall time, plus the logged runs' share of theirs
+        elapsed += sum(r["seconds"] for r in done_before) / max(1, args.jobs)
     text = markdown(profile, table, command, elapsed, args.jobs)
     doc = {"profile": profile.name, "command": command, "elapsed_seconds": elapsed,
            "notes": profile.notes(), "settings": asdict(profile.settings),
            "bad_nodes": list(profile.bad_nodes), "seeds": list(profile.seeds),
-           "accuracy": table, "runs": runs}
+           "accuracy": {attack: {rule: None if cell is None else
+                                 {"mean": cell[0], "sd": cell[1]}
+                                 for rule, cell in row.items()}
+                        for attack, row in table.items()},
+           "runs": runs}
     (out_dir / "robust.json").write_text(json.dumps(doc, indent=1, default=str) + "\n")
     (out_dir / "robust.md").write_text(text + "\n")
     if not args.quick and args.out is None:

@@ -26,7 +26,10 @@ from typing import Any
 
 from coordinator.broker import MosquittoBroker, mosquitto_binary
 
-RUN_TIMEOUT_S = 120.0
+# Bounds on waiting, not figures: generous, so a loaded shared machine (imports of torch
+# in four processes at once) is not mistaken for a hang.
+WAIT_S = 180.0
+RUN_TIMEOUT_S = 300.0
 
 
 class FaultTimeout(Exception):
@@ -132,7 +135,7 @@ class RunSpec:
                 "--mask-rounds", str(self.mask_rounds), "--train-rounds",
                 str(self.train_rounds), "--min-nodes", str(self.nodes), "--quorum",
                 str(self.quorum), "--round-timeout", str(self.round_timeout), "--retries", "2",
-                "--local-epochs", str(self.local_epochs), "--start-timeout", "60",
+                "--local-epochs", str(self.local_epochs), "--start-timeout", f"{WAIT_S:g}",
                 "--eval-data", "digits"]
 
 
@@ -175,7 +178,7 @@ class Fleet:
             "coordinator.cli", "run", "--broker", self.url, "--federation", self.federation,
             "--run-dir", str(self.run_dir), "--ready-file", str(ready),
             *self.spec.coordinator_flags()], env)
-        self.wait_for("the coordinator's ready file", ready.exists, 60)
+        self.wait_for("the coordinator's ready file", ready.exists, WAIT_S)
         return self.coordinator
 
     def start_edge(self, i: int) -> Proc:
@@ -207,14 +210,15 @@ class Fleet:
     def closed(self) -> int:
         return len(self.rounds())
 
-    def wait_for(self, what: str, condition: Callable[[], bool], timeout: float = 60) -> None:
+    def wait_for(self, what: str, condition: Callable[[], bool],
+                 timeout: float = WAIT_S) -> None:
         deadline = time.monotonic() + timeout
         while not condition():
             if time.monotonic() > deadline:
                 raise FaultTimeout(f"timed out waiting for {what}")
             time.sleep(0.02)
 
-    def wait_round_open(self, t: int, timeout: float = 60) -> None:
+    def wait_round_open(self, t: int, timeout: float = WAIT_S) -> None:
         """Round ``t`` is open: round ``t - 1`` is on disk (it is announced only after)."""
         self.wait_for(f"round {t} to open", lambda: self.closed() >= t - 1, timeout)
 

@@ -104,7 +104,7 @@ class RegionService:
             address = self._address()
             self.transport = MqttTransport(
                 address, f"mpfl-region-{fed}-{region.region}", self.inbox,
-                will=self.gate.will(), protocol=self.options.protocol,
+                will=self.gate.will, protocol=self.options.protocol,
                 max_payload=self.options.max_payload)
             # The root's state first, so the retained node hellos meet a known session.
             self.inbox.subscribe(topics.server_filter(fed), self._on_message)

@@ -119,7 +119,8 @@ class CoordinatorService:
             server = FederationServer(self.cfg, self.evaluate)
         self.store.write_config(self.cfg)
         self.rejections.baseline(server.dropped)  # a resumed run's drops were logged before
-        self.gate = ServerGate(server, self.options.keys, say=log.warning)
+        self.gate = ServerGate(server, self.options.keys, say=log.warning,
+                               rejections=self.rejections)
         return server
 
     def _connect(self) -> MqttTransport:

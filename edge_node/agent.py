@@ -119,12 +119,10 @@ class EdgeAgent:
     def run(self) -> str:
         """Take part until the federation ends; its final phase, or "stopped"."""
         node = self.node
-        # Signed now: the broker publishes the will when this node vanishes, unsigned by it.
-        offline = self.gate.will()
         self.inbox.subscribe(topics.server_filter(node.federation), self._on_message)
         self.inbox.on_connected = lambda _session_present: self._publish(self.gate.on_connect())
         client_id = f"mpfl-{node.federation}-{node.node_id}"
-        self.transport = MqttTransport(self.address, client_id, self.inbox, will=offline,
+        self.transport = MqttTransport(self.address, client_id, self.inbox, will=self.gate.will,
                                        protocol=self.options.protocol,
                                        max_payload=self.options.max_payload)
         log.info(f"node {node.node_id}: {len(node.data)} samples; connecting to "

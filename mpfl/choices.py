@@ -80,6 +80,7 @@ class AggregatorName(StrEnum):
     MEDIAN = "median"
     TRIMMED_MEAN = "trimmed-mean"
     NORM_CLIP = "norm-clip"
+    NEAREST_MEDIAN = "nearest-median"
 
 
 class ScheduleName(StrEnum):

@@ -223,3 +223,31 @@ def test_norm_clip_keeps_honest_updates_of_equal_steps_as_fedavg() -> None:
     for values, weight in zip(updates, (1.0, 2.0, 1.0), strict=True):
         aggregation.add(values, weight)
     np.testing.assert_allclose(aggregation.result(), weighted_mean(updates, [1.0, 2.0, 1.0]))
+
+
+def test_nearest_median_drops_flipped_and_scaled_updates_and_averages_the_rest() -> None:
+    rng = np.random.default_rng(3)
+    honest = [(1.0 + 0.1 * rng.standard_normal(40)).astype(np.float32) for _ in range(8)]
+    weights = [float(w) for w in rng.integers(50, 500, size=8)]
+    expected = weighted_mean(honest, weights)
+    for bad in ([-honest[0], -honest[1]], [100 * honest[0], 100 * honest[1]]):
+        aggregation = agg.new_aggregation("nearest-median", 40, trim=0.2)
+        for values, weight in zip([bad[0], *honest[:4], bad[1], *honest[4:]],
+                                  [1e5, *weights[:4], 1e5, *weights[4:]], strict=True):
+            aggregation.add(values, weight)
+        np.testing.assert_allclose(aggregation.result(), expected, rtol=1e-6)
+        assert isinstance(aggregation, agg.NearestMedian)
+        assert sorted(aggregation.kept.tolist()) == [1, 2, 3, 4, 6, 7, 8, 9]
+
+
+def test_nearest_median_without_trim_is_fedavg_and_refuses_a_bad_trim() -> None:
+    rng = np.random.default_rng(4)
+    updates = [rng.standard_normal(10).astype(np.float32) for _ in range(5)]
+    aggregation = agg.new_aggregation("nearest-median", 10, trim=0.0)
+    for values in updates:
+        aggregation.add(values, 2.0)
+    np.testing.assert_allclose(aggregation.result(), weighted_mean(updates), rtol=1e-6)
+    with pytest.raises(ConfigError):
+        agg.new_aggregation("nearest-median", 10, trim=0.5)
+    with pytest.raises(FederationError):
+        agg.new_aggregation("nearest-median", 10, trim=0.2).result()

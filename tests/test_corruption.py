@@ -68,3 +68,38 @@ def test_bench_robust_quick(tmp_path: Path) -> None:
     table = (tmp_path / "robust.md").read_text()
     assert "ONE seed only" in table and "| sign-flip |" in table
     assert bench.BENCHMARKS_MD.read_text() == before  # quick runs leave it alone
+
+
+def test_bench_robust_table_reports_mean_spread_and_the_one_rule(tmp_path: Path) -> None:
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_robust.py"
+    spec = importlib.util.spec_from_file_location("bench_robust_table", path)
+    assert spec is not None and spec.loader is not None
+    bench = importlib.util.module_from_spec(spec)
+    sys.modules["bench_robust_table"] = bench  # dataclasses look their module up
+    spec.loader.exec_module(bench)
+    runs = []
+    for seed, (good, bad) in enumerate([(0.80, 0.50), (0.82, None)]):
+        for attack in bench.ATTACKS:
+            for rule in bench.RULES:
+                weak = rule == "fedavg" and attack != "clean"
+                runs.append({"attack": attack, "rule": rule, "seed": seed,
+                             "accuracy": bad if weak else good, "seconds": 1.0})
+    table = bench.summarize(runs, [0, 1])
+    mean, spread = table["clean"]["fedavg"]
+    assert mean == pytest.approx(0.81) and spread == pytest.approx(0.01414, abs=1e-4)
+    assert table["scale"]["fedavg"][0] == pytest.approx(0.25)  # a failed seed counts as 0
+    profile = bench.full_profile([0, 1])
+    text = bench.markdown(profile, table, "cmd", 60.0, 2)
+    assert "81.0 ± 1.4" in text and "25.0 ± 35.4" in text
+    assert "| worst drop (pt) | +56.0 |" in text
+    assert "| scale | +56.0 | +0.0 |" in text  # against each rule's own clean run
+    assert "One rule for every attack: **median**" in text  # the first rule with no drop
+    log = tmp_path / "runs.jsonl"
+    log.write_text("".join(json.dumps(r) + "\n" for r in runs))
+    assert sorted(map(str, bench.run_all(profile, None, 1, None, bench.logged_runs(log)))) \
+        == sorted(map(str, runs))  # resumed: nothing left to run
+    partial = bench.summarize([r for r in runs if r["seed"] == 0 or r["rule"] != "median"],
+                              [0, 1])
+    assert "median" not in partial["clean"]  # one seed of two: no cell
+    text = bench.markdown(profile, partial, "cmd", 60.0, 2)
+    assert "| n/r |" in text and "not run" in text

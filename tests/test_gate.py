@@ -196,3 +196,27 @@ def test_rejections_are_counted_each_and_logged_once_per_reason() -> None:
         assert step.publishes == [] and step.closed is None
     assert server.dropped == {"unsigned": 100, "bad-frame": 100}
     assert len(said) == 2 and not server.nodes
+    assert all(f"dropped a message on {topic}" in line for line in said), said
+    # The service's log observes the server's counter too: it must not log them again.
+    gate.rejections.observe(server.dropped)
+    gate.rejections.flush(force=True)
+    assert gate.rejections.totals == {"unsigned": 100, "bad-frame": 100}
+    assert len(said) == 3 and "198 more" in said[-1], said
+
+
+def test_a_node_gate_rejection_takes_the_node_s_one_drop_path() -> None:
+    from mpfl.federation.gate import NodeGate, NodeKeys
+    from mpfl.federation.node import FederationNode
+
+    said: list[str] = []
+    train = load_dataset("digits", None, "train")
+    node = FederationNode("node-0", FED, train.subset(np.arange(20)))
+    node.rejections.emit = said.append
+    gate = NodeGate(node, NodeKeys(SigningKey.generate(), SigningKey.generate().public_key),
+                    say=said.append)
+    state = topics.server_topic(FED, topics.SERVER_STATE)
+    for _ in range(50):
+        assert gate.handle(state, b'{"forged": 1}') == []
+    assert node.rejected == {"unsigned": 50} and node.rejections.totals == {"unsigned": 50}
+    assert len(said) == 1 and f"node node-0: dropped a message on {state}" in said[0], said
+    assert node.state is None

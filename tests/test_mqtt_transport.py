@@ -156,3 +156,55 @@ def _connected_within(transport: MqttTransport, seconds: float) -> bool:
             return False
         time.sleep(0.05)
     return True
+
+
+def test_a_reconnecting_node_sets_a_freshly_signed_will_each_time() -> None:
+    """The node's connection drops twice without a DISCONNECT; the broker publishes the
+    will each time, and the coordinator's check takes both (a will kept from the first
+    connect would be the same frame again: a replay)."""
+    import socket
+
+    import numpy as np
+
+    from mpfl.federation.gate import NodeGate, NodeKeys
+    from mpfl.federation.node import FederationNode
+    from mpfl.ml.data import load_dataset
+    from mpfl.wire import topics
+    from mpfl.wire.seal import Opened, Opener
+    from mpfl.wire.signing import Keyring, SigningKey
+
+    require_mosquitto()
+    binary = mosquitto_binary()
+    assert binary is not None
+    node_key, coordinator_key = SigningKey.generate(), SigningKey.generate()
+    data = load_dataset("digits", None, "train").subset(np.arange(20))
+    gate = NodeGate(FederationNode("pi-01", "f", data),
+                    NodeKeys(node_key, coordinator_key.public_key), say=lambda _line: None)
+    opener = Opener(Keyring(coordinator_key.public_key, {"pi-01": node_key.public_key}),
+                    "f", session=lambda: "current")
+    broker = MosquittoBroker(binary).start()
+    try:
+        address = parse_broker_url(broker.url)
+        wills: list[bytes] = []
+        watcher_inbox = Inbox()
+        watcher_inbox.subscribe(topics.node_topic("f", "pi-01", topics.NODE_STATUS),
+                                lambda _t, payload: wills.append(payload))
+        watcher = MqttTransport(address, "coordinator", watcher_inbox)
+        watcher.connect(20)
+        node = MqttTransport(address, "mpfl-f-pi-01", Inbox(), will=gate.will)
+        node.connect(20)
+        for drop in (1, 2):
+            client = node._client
+            assert client is not None and node.connected.is_set()
+            sock = client.socket()
+            assert isinstance(sock, socket.socket)
+            sock.shutdown(socket.SHUT_RDWR)  # the network drops: no DISCONNECT is sent
+            _wait(watcher_inbox, lambda n=drop: len(wills) >= n)  # type: ignore[misc]
+            assert node.connected.wait(20)  # paho reconnects by itself, promptly
+        results = [opener.open(topics.node_topic("f", "pi-01", topics.NODE_STATUS), w)
+                   for w in wills]
+        assert all(isinstance(r, Opened) for r in results), results
+        node.close()
+        watcher.close()
+    finally:
+        broker.stop()

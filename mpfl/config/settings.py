@@ -69,8 +69,10 @@ KEY_HELP = {
     "optimizer": "sgd or adam.",
     "value_codec": "How nodes send alive values: fp32, fp16 or int8 per-layer scale.",
     "delta": "Send values as deltas from the global model.",
-    "aggregator": "fedavg (streaming), median, trimmed-mean or norm-clip (buffered).",
-    "trim": "Fraction of values trimmed-mean cuts on each side (>= bad nodes / nodes).",
+    "aggregator": "fedavg (streaming); median, trimmed-mean, norm-clip, nearest-median "
+                  "(buffered).",
+    "trim": "Fraction of bad nodes tolerated (>= bad nodes / nodes): trimmed-mean cuts it "
+            "on each side, nearest-median drops it farthest from the median.",
     "max_samples": "Cap on the sample count a node may claim (FedAvg and vote weight).",
     "min_nodes": "Nodes to wait for before round 1.",
     "quorum": "Fewest answers with which a round may close at its deadline.",

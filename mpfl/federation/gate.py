@@ -8,8 +8,10 @@ depend on the session: a node announces itself once it knows the coordinator's s
 (from the first server message it could verify), and again whenever that session changes
 (a restarted coordinator rejects hellos of the old one).
 
-A rejected message is counted by reason (the server's ``dropped``, the node's
-``rejected``) and logged once per reason; it never reaches the state machine. Built
+A rejected message never reaches the state machine. It takes the same one path as every
+other drop on its side: counted by reason (the server's ``dropped``, the node's
+``rejected``) and logged by a ``RejectionLog`` (the first of each reason with its topic and
+detail, then periodic summaries), never by the gate itself. Built
 without keys, both gates pass everything through unchanged (the toolkit as it was) and
 say once, loudly, that nothing is authenticated.
 """
@@ -17,10 +19,12 @@ say once, loudly, that nothing is authenticated.
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 
 from mpfl.federation.node import FederationNode
+from mpfl.federation.rejections import RejectionLog
 from mpfl.federation.server import FederationServer, Step
 from mpfl.wire import topics
 from mpfl.wire.frame import COORDINATOR
@@ -43,23 +47,16 @@ class NodeKeys:
     coordinator: PublicKey
 
 
-class OncePerReason:
-    def __init__(self, say: Callable[[str], None]) -> None:
-        self.say = say
-        self.seen: set[str] = set()
-
-    def __call__(self, reason: str, line: str) -> None:
-        if reason not in self.seen:  # rate limit: a flood of forgeries is one line each
-            self.seen.add(reason)
-            self.say(f"{line} (further '{reason}' rejections are only counted)")
-
-
 class ServerGate:
+    """``rejections``: the coordinator's log of drops, which also observes the server's
+    ``dropped`` counter (the service's); by default one of the gate's own."""
+
     def __init__(self, server: FederationServer, keys: CoordinatorKeys | None,
-                 say: Callable[[str], None] = log.warning) -> None:
+                 say: Callable[[str], None] = log.warning,
+                 rejections: RejectionLog | None = None) -> None:
         self.server = server
         self.keys = keys
-        self._once = OncePerReason(say)
+        self.rejections = rejections or RejectionLog(say, "coordinator")
         self._sealer: Sealer | None = None
         self._opener: Opener | None = None
         if keys is None:
@@ -77,8 +74,7 @@ class ServerGate:
         if isinstance(result, Opened):
             return result.payload
         self.server.record_drop(result.reason)
-        self._once(result.reason, f"coordinator: rejected a message on {topic}: "
-                   f"{result.reason} ({result.detail})")
+        self.rejections.note_counted(result.reason, topic, result.detail)
         return None
 
     def seal(self, messages: list[Publish]) -> list[Publish]:
@@ -103,10 +99,10 @@ class NodeGate:
                  say: Callable[[str], None] = log.warning) -> None:
         self.node = node
         self.keys = keys
-        self._once = OncePerReason(say)
         self._sealer: Sealer | None = None
         self._opener: Opener | None = None
         self._announced: str | None = None  # the session the last hello was signed for
+        self._sealing = threading.Lock()
         if keys is None:
             say(UNAUTHENTICATED_WARNING)
         else:
@@ -118,8 +114,9 @@ class NodeGate:
         return self._opener.session if self._opener is not None else ""
 
     def will(self) -> Publish:
-        """The "offline" status for the broker to publish if this node vanishes; signed now,
-        at connect, since nothing can sign it later (see ``mpfl.wire.seal``)."""
+        """The "offline" status for the broker to publish if this node vanishes. Signed now,
+        at each (re)connect, since nothing can sign it later (see ``mpfl.wire.seal``); a
+        will from an earlier connection would be a replay. Called from the MQTT thread."""
         status = topics.node_topic(self.node.federation, self.node.node_id, topics.NODE_STATUS)
         return self._seal(Publish(status, OFFLINE, retain=True, qos=1))
 
@@ -150,9 +147,7 @@ class NodeGate:
         return self._hello_if_due() + [self._seal(m) for m in self.node.handle(topic, payload)]
 
     def _reject(self, topic: str, reason: Reject, detail: str) -> None:
-        self.node.rejected[reason] += 1
-        self._once(reason, f"node {self.node.node_id}: ignored a message on {topic}: "
-                   f"{reason} ({detail})")
+        self.node.record_drop(reason, where=topic, detail=detail)
 
     def seal(self, message: Publish) -> Publish:
         """One message of this node's own (its training progress), signed."""
@@ -161,5 +156,6 @@ class NodeGate:
     def _seal(self, message: Publish) -> Publish:
         if self._sealer is None:
             return message
-        self._sealer.session = self.session
-        return self._sealer.seal(message)
+        with self._sealing:  # the will is sealed on the MQTT thread, the rest on the main one
+            self._sealer.session = self.session
+            return self._sealer.seal(message)

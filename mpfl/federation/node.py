@@ -156,11 +156,13 @@ class FederationNode:
         self.rejected[reason] += 1
         self.rejections.note(reason, topic, str(exc))
 
-    def record_drop(self, reason: str, count: int = 1) -> None:
-        """Count server messages the transport dropped before they reached ``handle``."""
+    def record_drop(self, reason: str, count: int = 1, where: str = "",
+                    detail: str = "") -> None:
+        """Count server messages dropped before they reached ``handle`` (by the transport,
+        or by the signing gate, which knows the topic and the detail)."""
         if count > 0:
             self.rejected[reason] += count
-            self.rejections.note(reason, count=count)
+            self.rejections.note(reason, where, detail, count)
 
     def _take_state(self, doc: StateDocument) -> None:
         """Adopt a decoded state document once this node can follow it."""

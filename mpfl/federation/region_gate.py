@@ -16,8 +16,8 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from mpfl.federation.gate import OncePerReason
 from mpfl.federation.region import RegionalServer
+from mpfl.federation.rejections import RejectionLog
 from mpfl.wire import topics
 from mpfl.wire.protocol import OFFLINE, Publish
 from mpfl.wire.seal import UNAUTHENTICATED_WARNING, Opened, Opener, Sealer
@@ -37,7 +37,7 @@ class RegionGate:
     def __init__(self, region: RegionalServer, keys: RegionKeys | None,
                  say: Callable[[str], None] = log.warning) -> None:
         self.region = region
-        self._once = OncePerReason(say)
+        self.rejections = RejectionLog(say, f"region {region.region}")
         federation = region.cfg.federation
         self._server_head = topics.topic_prefix(federation) + "/server/"
         self._sealer: Sealer | None = None
@@ -69,8 +69,7 @@ class RegionGate:
         if isinstance(result, Opened):
             return result.payload
         self.region.record_drop(result.reason)
-        self._once(result.reason, f"region {self.region.region}: rejected a message on "
-                   f"{topic}: {result.reason} ({result.detail})")
+        self.rejections.note(result.reason, topic, result.detail)
         return None
 
     def seal(self, messages: list[Publish]) -> list[Publish]:

@@ -49,6 +49,13 @@ class RejectionLog:
         self._pending[reason] += count
         self.flush()
 
+    def note_counted(self, reason: str, where: str = "", detail: str = "") -> None:
+        """One rejection that a counter :meth:`observe` reads already holds (the gate adds
+        it to the server's): noted here with its topic and detail, and not again by the
+        next ``observe``, so each rejection is counted and logged once."""
+        self._observed[reason] += 1
+        self.note(reason, where, detail)
+
     def observe(self, counts: Mapping[str, int]) -> None:
         """Note what a counter kept elsewhere gained since the last call."""
         for reason, total in counts.items():

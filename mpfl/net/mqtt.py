@@ -12,7 +12,17 @@ v3.1.1 (the embedded amqtt broker speaks only 3.1.1 and refuses a v5 CONNECT wit
 (clean start off, a long session expiry under v5), so QoS 1 uploads queued by the broker
 while the coordinator was away are delivered when it is back; subscriptions are renewed
 on every connect anyway, since a restarted broker forgets them. A node's client also sets
-a retained last will "offline" on its status topic.
+a retained last will "offline" on its status topic, made afresh before every (re)connect
+(``will`` is a callable): a signed will carries a counter, and the broker would otherwise
+publish the first connection's will again after each reconnect, which the coordinator
+rejects as a replay.
+
+Reconnecting is prompt: paho waits RECONNECT_MIN_S after a drop, doubling up to
+RECONNECT_MAX_S while the broker stays away, so a node whose network comes back is back
+within RECONNECT_MAX_S (plus the handshake), in time for the round that is open, rather
+than after paho's default back-off of up to two minutes. While its broker is down, a fleet
+of N nodes settles at N / RECONNECT_MAX_S CONNECT attempts a second (each refused at once
+by a closed port), a load any broker takes when it is back.
 
 Payloads over the chunk limit are split (``mpfl.wire.chunks``); the limit is the smaller of
 ``max_payload`` and the Maximum-Packet-Size a v5 broker announces in its CONNACK.
@@ -42,8 +52,10 @@ from mpfl.wire.protocol import Publish
 DEFAULT_MAX_PAYLOAD = 1 << 20  # 1 MiB chunks unless told otherwise: EMQX's default limit
 SESSION_EXPIRY_S = 7 * 24 * 3600
 CONNACK_TIMEOUT_S = 5.0
-# paho retries at most every 16 s; a connection still down after this long is started anew,
-# since paho's own loop can wedge after a broker restart and never come back.
+RECONNECT_MIN_S = 0.5
+RECONNECT_MAX_S = 2.0
+# paho retries at least every RECONNECT_MAX_S; a connection still down after this long is
+# started anew, since paho's own loop can wedge after a broker restart and never come back.
 STALLED_S = 45.0
 PROTOCOLS = {"5": paho.MQTTv5, "3.1.1": paho.MQTTv311}
 _BAD_PROTOCOL = {"Unsupported protocol version", "Unacceptable protocol version"}
@@ -62,7 +74,7 @@ class MqttTransport:
         client_id: str,
         inbox: Inbox,
         *,
-        will: Publish | None = None,
+        will: Callable[[], Publish] | None = None,
         protocol: str = "auto",
         max_payload: int = DEFAULT_MAX_PAYLOAD,
         keepalive: int = 30,
@@ -73,7 +85,7 @@ class MqttTransport:
         self.address = address
         self.client_id = client_id
         self.inbox = inbox
-        self.will = will
+        self.will = will  # called before every connect: each CONNECT gets a fresh will
         self.protocols = list(PROTOCOLS) if protocol == "auto" else [protocol]
         self.protocol = self.protocols[0]
         self.max_payload = max_payload
@@ -103,15 +115,21 @@ class MqttTransport:
             client.tls_set(ca_certs=self.address.ca_file)
         if self.address.username:
             client.username_pw_set(self.address.username, self.address.password)
-        if self.will is not None:
-            client.will_set(self.will.topic, self.will.payload, self.will.qos, self.will.retain)
-        client.reconnect_delay_set(min_delay=1, max_delay=16)
+        self._set_will(client)
+        # paho annotates the delays as int but sleeps on floats.
+        client.reconnect_delay_set(min_delay=RECONNECT_MIN_S,  # type: ignore[arg-type]
+                                   max_delay=RECONNECT_MAX_S)  # type: ignore[arg-type]
         client.max_queued_messages_set(0)
         client.on_connect = self._on_connect
         client.on_disconnect = self._on_disconnect
         client.on_message = self._on_message
         client.on_publish = self._on_publish
         return client
+
+    def _set_will(self, client: paho.Client) -> None:
+        if self.will is not None:
+            will = self.will()
+            client.will_set(will.topic, will.payload, will.qos, will.retain)
 
     def connect(self, timeout: float | None = 60.0) -> None:
         """Connect (waiting for the broker to come up), falling back from v5 to v3.1.1.
@@ -181,16 +199,22 @@ class MqttTransport:
             self.broker_max_packet = int(limit) if limit else None
             for topic_filter in self.inbox.filters:
                 client.subscribe(topic_filter, qos=1)
+            if self._down_since is not None:
+                self.log(f"reconnected to {self.address.url} after "
+                         f"{time.monotonic() - self._down_since:.1f} s")
             self._down_since = None
             self.connected.set()
             self.inbox.put_connected(bool(getattr(flags, "session_present", False)))
         self._connack.set()
 
     def _on_disconnect(
-        self, _client: paho.Client, _userdata: Any, _flags: Any, reason: Any, _props: Any
+        self, client: paho.Client, _userdata: Any, _flags: Any, reason: Any, _props: Any
     ) -> None:
         was_connected = self.connected.is_set()
         self.connected.clear()
+        if not self._closing:
+            # paho's loop reconnects after this returns, with the will set now.
+            self._set_will(client)
         if was_connected and not self._closing:
             self._down_since = time.monotonic()
             self.log(f"lost the broker ({reason}); reconnecting")
