@@ -46,6 +46,19 @@ def _print_partition(dataset: str, data_dir: str | None, nodes: int, scheme: str
         click.echo(line)
 
 
+def _check_model_fits(cfg: Any, dataset: str, data_dir: str | None) -> None:
+    """ModelError before any process starts if the model cannot take the dataset's images:
+    every node would refuse it, and the coordinator would wait out its deadlines."""
+    import numpy as np
+
+    from mpfl.ml.data import load_dataset
+    from mpfl.ml.models import build_model
+    from mpfl.ml.train import check_fits
+
+    sample = load_dataset(dataset, data_dir, "train", select=lambda labels: np.arange(1))
+    check_fits(build_model(cfg.model_spec), sample, model_name=cfg.model, dataset=dataset)
+
+
 def _print_table(run_dir: Path) -> None:
     from apps.demo import HEADER, format_round, totals_line
     from mpfl.federation.metrics import read_metrics
@@ -82,6 +95,7 @@ def _simulate(
     stamp = time.strftime("%Y%m%d-%H%M%S")
     path = Path(run_dir or Path("runs") / f"{cfg.federation}-{stamp}")
     _print_partition(dataset, data_dir, nodes, scheme, cfg.seed, limit)
+    _check_model_fits(cfg, dataset, data_dir)
     plan = SimulationPlan(cfg, nodes, dataset, path, data_dir, scheme, cfg.seed, limit, broker,
                           threads, dataset if evaluate else None, corrupt=corrupt or {})
     for index, kind in sorted((corrupt or {}).items()):
@@ -89,7 +103,10 @@ def _simulate(
     code = run_simulation(plan, echo=lambda line: click.echo(line))
     _print_table(path)
     if code != 0:
-        raise FederationError("the coordinator exited with an error", exit_code=code)
+        failed = FederationError(f"the coordinator exited with code {code}; its log: "
+                                 f"{plan.coordinator_log}")
+        failed.exit_code = code  # its own error (said above) decides what this one means
+        raise failed
     if hardware is not None or links:
         from apps.plan import plan_from_run_dir
         from hardware import get_profile
@@ -167,6 +184,36 @@ def demo(nodes: int, rounds: tuple[int, int], run_dir: str | None, in_process: b
     export_demo_model(path, echo=click.echo)
 
 
+@main.group("config")
+def config_group() -> None:
+    """The federation configuration: defaults, TOML file, MPFL_* environment, flags."""
+
+
+@config_group.command("show")
+@click.option("--config", "config_path", type=click.Path(dir_okay=False), default=None,
+              help="Federation TOML file, as given to mpfl-coordinator run.")
+@config_options()
+@reports_errors
+def config_show(**kwargs: Any) -> None:
+    """Print each key's effective value and where it came from (default, file, env, flag).
+
+    Takes the same --config, MPFL_* variables and key flags as `mpfl-coordinator run`, so
+    it shows what a coordinator started the same way would use."""
+    import json
+
+    from mpfl.config.settings import load_config_with_sources
+
+    overrides = pop_config_overrides(kwargs)
+    cfg, sources = load_config_with_sources(kwargs["config_path"], overrides)
+    rows = []
+    for key, value in cfg.to_dict().items():
+        text = json.dumps(value, sort_keys=True)  # as TOML spells it: "lenet5", 0.5, true
+        rows.append((key, text, str(sources[key])))
+    widths = [max(len(row[i]) for row in [("KEY", "VALUE", "SOURCE"), *rows]) for i in (0, 1)]
+    for key, text, source in [("KEY", "VALUE", "SOURCE"), *rows]:
+        click.echo(f"{key:<{widths[0]}}  {text:<{widths[1]}}  {source}")
+
+
 def _add_hardware_commands() -> None:
     from hardware.cli import hardware_group
 
@@ -176,4 +223,4 @@ def _add_hardware_commands() -> None:
 _add_hardware_commands()
 
 if __name__ == "__main__":
-    main()
+    main(prog_name="mpfl")

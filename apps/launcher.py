@@ -23,12 +23,15 @@ from typing import IO, Any
 from coordinator.ready import read_ready_file
 from mpfl.config.flags import config_to_args
 from mpfl.config.settings import FederationConfig
-from mpfl.errors import FederationError
+from mpfl.errors import FederationError, NodeDied
 from mpfl.wire.signing import SigningKey, write_enrolment
 
 BROKER_WAIT_S = 60.0
 READY_POLL_S = 0.05
 NODE_EXIT_WAIT_S = 30.0
+NODE_POLL_S = 0.2
+NODE_GRACE_S = 3.0  # after a node's error, the coordinator's own exit (if it is ending) wins
+_NODE_STOPPED = (0, -15)  # done, or terminated by us
 
 
 @dataclass
@@ -168,6 +171,42 @@ def run_simulation(plan: SimulationPlan, echo: Callable[[str], None] = print) ->
             plan.ready_file.unlink(missing_ok=True)  # it described a process now gone
 
 
+def node_log(plan: SimulationPlan, index: int) -> Path:
+    return plan.coordinator_log.parent / f"node-{index}.log"
+
+
+def _last_line(path: Path) -> str:
+    try:
+        lines = path.read_text(encoding="utf-8", errors="replace").strip().splitlines()
+    except OSError:
+        return ""
+    return lines[-1].strip() if lines else ""
+
+
+def _wait_watching_nodes(plan: SimulationPlan, coordinator: subprocess.Popen[str],
+                         nodes: list[subprocess.Popen[bytes]]) -> int:
+    """The coordinator's exit code; NodeDied as soon as a node exits with an error while
+    the coordinator still runs (it would otherwise wait out its deadlines for it)."""
+    while True:
+        try:
+            return coordinator.wait(timeout=NODE_POLL_S)
+        except subprocess.TimeoutExpired:
+            pass
+        for index, proc in enumerate(nodes):
+            code = proc.poll()
+            if code is None or code in _NODE_STOPPED:
+                continue
+            try:  # a node that failed because the federation did: the coordinator says why
+                return coordinator.wait(timeout=NODE_GRACE_S)
+            except subprocess.TimeoutExpired:
+                pass
+            path = node_log(plan, index)
+            said = _last_line(path)
+            raise NodeDied(f"node-{index} exited with code {code}"
+                           + (f": {said}" if said else "") + f"; its log: {path}",
+                           node=f"node-{index}")
+
+
 def _run_nodes(plan: SimulationPlan, coordinator: subprocess.Popen[str], env: dict[str, str],
                echo: Callable[[str], None]) -> int:
     logs = plan.coordinator_log.parent
@@ -175,17 +214,17 @@ def _run_nodes(plan: SimulationPlan, coordinator: subprocess.Popen[str], env: di
     try:
         url = plan.broker or wait_for_broker(plan, coordinator)
         for i in range(plan.nodes):
-            with (logs / f"node-{i}.log").open("wb") as log:
+            with node_log(plan, i).open("wb") as log:
                 nodes.append(subprocess.Popen(plan.node_command(i, url), stdout=log,
                                               stderr=subprocess.STDOUT, env=env))
-        code = coordinator.wait()
+        code = _wait_watching_nodes(plan, coordinator, nodes)
         deadline = time.monotonic() + NODE_EXIT_WAIT_S
         for proc in nodes:
             try:
                 proc.wait(timeout=max(0.1, deadline - time.monotonic()))
             except subprocess.TimeoutExpired:
                 proc.terminate()
-        failed = [i for i, p in enumerate(nodes) if p.wait(timeout=10) not in (0, -15)]
+        failed = [i for i, p in enumerate(nodes) if p.wait(timeout=10) not in _NODE_STOPPED]
         if failed and code == 0:
             echo(f"warning: node(s) {', '.join(map(str, failed))} exited with an error; "
                  f"see {logs}")

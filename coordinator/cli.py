@@ -15,6 +15,7 @@ import click
 from coordinator.provision.cli import provision_command
 from mpfl.config.flags import config_options, pop_config_overrides
 from mpfl.errors import reports_errors
+from mpfl.net.endpoint import DEFAULT_CONNECT_TIMEOUT_S
 
 
 @click.group()
@@ -44,6 +45,10 @@ def main() -> None:
               help="Directory of the evaluation dataset (env MPFL_DATA_DIR).")
 @click.option("--mqtt-protocol", type=click.Choice(["auto", "5", "3.1.1"]), default="auto",
               show_default=True, help="MQTT version; auto tries 5, then 3.1.1.")
+@click.option("--connect-timeout", type=click.FloatRange(min=0), default=DEFAULT_CONNECT_TIMEOUT_S,
+              show_default=True, metavar="SECONDS",
+              help="Exit (code 10) if the broker does not answer within this time; 0: keep "
+                   "trying. SIGINT or SIGTERM end the wait at any moment.")
 @click.option("--max-payload", type=click.IntRange(min=4096), default=None,
               help="Split node uploads larger than this many bytes (a v5 broker's own "
                    "limit applies when smaller).  [default: 1 MiB]")
@@ -79,6 +84,7 @@ def run(**kwargs: Any) -> None:
         announce(broker.url)  # an external broker is up already
     options = ServiceOptions(run_dir, broker, kwargs["embedded_broker"], kwargs["mqtt_protocol"],
                              kwargs["max_payload"] or DEFAULT_MAX_PAYLOAD,
+                             connect_timeout=kwargs["connect_timeout"] or None,
                              on_broker_ready=announce,
                              keys=_coordinator_keys(kwargs["key_file"], kwargs["enrolment_file"]))
     echo = _echo
@@ -129,4 +135,4 @@ main.add_command(provision_command, "provision")
 
 
 if __name__ == "__main__":
-    main()
+    main(prog_name="mpfl-coordinator")
