@@ -214,6 +214,37 @@ def config_show(**kwargs: Any) -> None:
         click.echo(f"{key:<{widths[0]}}  {text:<{widths[1]}}  {source}")
 
 
+@main.group("data")
+def data_group() -> None:
+    """Prepare datasets for a fleet."""
+
+
+@data_group.command("split")
+@click.option("--dataset", required=True, help="mnist, fashion-mnist, cifar10, digits or npz.")
+@click.option("--data-dir", envvar="MPFL_DATA_DIR", default=None, help="Env MPFL_DATA_DIR.")
+@click.option("--nodes", required=True, metavar="ID,ID,...",
+              help="The node ids, in partition order (node i takes share i/N).")
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), required=True,
+              help="Writes OUT/<node id>/train.npz.")
+@click.option("--partition-scheme", default="iid", show_default=True,
+              help="iid, dirichlet:ALPHA or shards:K.")
+@click.option("--seed", default=0, show_default=True, help="Partition seed.")
+@click.option("--limit", type=click.IntRange(min=1), default=None,
+              help="At most this many samples per node.")
+@reports_errors
+def data_split(dataset: str, data_dir: str | None, nodes: str, out: Path,
+               partition_scheme: str, seed: int, limit: int | None) -> None:
+    """Each node's share of a dataset, normalised, as the train.npz `mpfl-edge start
+    --dataset npz --data-dir DIR` reads."""
+    from apps.datasplit import split_for_nodes
+
+    ids = [n.strip() for n in nodes.split(",") if n.strip()]
+    written = split_for_nodes(dataset, data_dir, ids, out, scheme=partition_scheme, seed=seed,
+                              limit=limit)
+    for node_id, path in written.items():
+        click.echo(f"{node_id}: {path}")
+
+
 def _add_hardware_commands() -> None:
     from hardware.cli import hardware_group
 
