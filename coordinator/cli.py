@@ -54,6 +54,9 @@ def main() -> None:
                    "limit applies when smaller).  [default: 1 MiB]")
 @click.option("--embedded-broker", type=click.Choice(["auto", "mosquitto", "amqtt"]),
               default="auto", show_default=True, help="Which embedded broker, without --broker.")
+@click.option("--embedded-port", type=click.IntRange(0, 65535), default=0, show_default=True,
+              help="Port of the embedded broker on 127.0.0.1 (0: any free port), so nodes "
+                   "on this host can be started with a known --broker URL.")
 @click.option("--ready-file", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Once the broker is up, write {\"broker\": URL, \"pid\": PID} here as JSON "
                    "(atomically), for a launcher that needs the embedded broker's address.")
@@ -85,6 +88,7 @@ def run(**kwargs: Any) -> None:
     options = ServiceOptions(run_dir, broker, kwargs["embedded_broker"], kwargs["mqtt_protocol"],
                              kwargs["max_payload"] or DEFAULT_MAX_PAYLOAD,
                              connect_timeout=kwargs["connect_timeout"] or None,
+                             embedded_port=kwargs["embedded_port"],
                              on_broker_ready=announce,
                              keys=_coordinator_keys(kwargs["key_file"], kwargs["enrolment_file"]))
     echo = _echo

@@ -54,6 +54,7 @@ class ServiceOptions:
     on_broker_ready: Callable[[str], None] | None = None
     # The coordinator's key and the enrolled nodes' public keys; None: unauthenticated.
     keys: CoordinatorKeys | None = None
+    embedded_port: int = 0  # 0: any free port
 
 
 def load_evaluator(cfg: FederationConfig) -> Evaluator | None:
@@ -121,7 +122,7 @@ class CoordinatorService:
     def _connect(self) -> MqttTransport:
         address, protocol = self.options.broker, self.options.protocol
         if address is None:
-            self.broker = start_embedded_broker(self.options.embedded)
+            self.broker = start_embedded_broker(self.options.embedded, self.options.embedded_port)
             if self.broker.kind == "amqtt" and protocol == "auto":
                 protocol = "3.1.1"  # amqtt speaks nothing else
             self.echo(f"embedded broker ({self.broker.kind}) listening on {self.broker.url}")

@@ -251,3 +251,17 @@ def test_a_node_that_dies_is_named_with_its_log_at_once(tmp_path: Path) -> None:
     assert proc.returncode == ExitCode.NODE_DIED
     one_error_line(Done(proc.returncode, out, err), "mpfl", "node-1 exited with code -9",
                    str(run_dir / "logs" / "node-1.log"))
+
+
+def test_a_port_in_use_is_one_line(tmp_path: Path) -> None:
+    import socket
+
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        done = run("mpfl-coordinator", "run", "--embedded-port", str(port),
+                   "--run-dir", str(tmp_path / "run"))
+    assert done.code == ExitCode.PORT_IN_USE
+    one_error_line(done, "mpfl-coordinator", f"port {port} on 127.0.0.1 is already in use",
+                   "--embedded-port")
