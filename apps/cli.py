@@ -11,7 +11,7 @@ from mpfl.config.flags import config_options, pop_config_overrides
 from mpfl.errors import ConfigError, reports_errors
 
 
-@click.group()
+@click.group(context_settings={"show_default": True})
 def main() -> None:
     """Masked Pruning Federated Learning for edge fleets."""
 

@@ -18,7 +18,7 @@ from mpfl.errors import reports_errors
 from mpfl.net.endpoint import DEFAULT_CONNECT_TIMEOUT_S
 
 
-@click.group()
+@click.group(context_settings={"show_default": True})
 def main() -> None:
     """The MPFL coordinator: mask rounds by vote, then masked federated training."""
 

@@ -22,7 +22,7 @@ def _default_state_dir() -> str:
     return os.path.join(base, "mpfl")
 
 
-@click.group()
+@click.group(context_settings={"show_default": True})
 def main() -> None:
     """The MPFL edge agent: trains locally, sends masks and surviving weights over MQTT."""
 

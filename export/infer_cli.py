@@ -69,7 +69,7 @@ def load_images(path: Path | None, dataset: str | None, split: str) -> Images:
     return Images(data.x, data.y, f"{dataset} {split} split")
 
 
-@click.command(context_settings={"help_option_names": ["-h", "--help"]})
+@click.command(context_settings={"help_option_names": ["-h", "--help"], "show_default": True})
 @click.argument("model", type=click.Path(path_type=Path))
 @click.option("--input", "input_path", type=click.Path(path_type=Path), default=None,
               help="Dataset directory, .npz (x[, y]) or .npy of preprocessed images.")

@@ -30,7 +30,7 @@ _PROFILES_OPTION = click.option(
 )
 
 
-@click.group("hardware")
+@click.group("hardware", context_settings={"show_default": True})
 def hardware_group() -> None:
     """Device profiles (threads, batch size, memory budget, role) and network links."""
 

@@ -176,7 +176,8 @@ def test_a_data_dir_without_the_dataset_is_one_line(tmp_path: Path) -> None:
     done = run("mpfl-edge", *edge("mqtt://127.0.0.1:1", tmp_path, "--dataset", "mnist",
                                  "--data-dir", str(empty)))
     assert done.code == ExitCode.DATA
-    one_error_line(done, "mpfl-edge", str(empty))
+    one_error_line(done, "mpfl-edge", "missing file train-images-idx3-ubyte.gz",
+                   "point --data-dir at", str(empty))
 
 
 def test_a_model_that_does_not_fit_the_data_stops_before_round_1(
