@@ -177,9 +177,9 @@ class MqttTransport:
             except ssl.SSLError as exc:
                 raise TlsError(f"the TLS handshake with the broker failed: "
                                f"{getattr(exc, 'verify_message', None) or exc.reason or exc}; "
-                               "check --ca-file and that the server certificate names this "
-                               "host (IP or DNS subjectAltName)", broker=self.address.url,
-                               ca_file=self.address.ca_file) from None
+                               "check --ca-file, that the server certificate names this "
+                               "host (IP or DNS subjectAltName) and that the port speaks TLS",
+                               broker=self.address.url, ca_file=self.address.ca_file) from None
             except OSError as exc:  # refused, unreachable, name not resolved (yet)
                 retry.failed(exc.strerror or str(exc))
                 self._pause(deadline, retry)
@@ -202,7 +202,6 @@ class MqttTransport:
             if answered:
                 raise FederationError(f"the broker refused the connection: {reason}",
                                       broker=self.address.url)
-            self._stop_client(client)
             retry.failed("no answer to CONNECT (an MQTT port? a TLS port needs mqtts://)")
             self._pause(deadline, retry)
 
@@ -294,6 +293,8 @@ class MqttTransport:
             self._early.clear()
         try:
             self.connect(STALLED_S)
+        except Interrupted:
+            return  # the service's loop sees the same stop request and ends
         except FederationError as exc:
             self.log(f"still no broker ({exc}); will try again")
             self._down_since = time.monotonic()
