@@ -11,6 +11,7 @@ kept in ``logs/coordinator.log``; each node's goes to ``logs/node-<i>.log``.
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 import threading
@@ -202,9 +203,10 @@ def _wait_watching_nodes(plan: SimulationPlan, coordinator: subprocess.Popen[str
                 pass
             path = node_log(plan, index)
             said = _last_line(path)
-            raise NodeDied(f"node-{index} exited with code {code}"
-                           + (f": {said}" if said else "") + f"; its log: {path}",
-                           node=f"node-{index}")
+            how = (f"was killed by {signal.Signals(-code).name}" if code < 0
+                   else f"exited with code {code}")
+            raise NodeDied(f"node-{index} {how}" + (f": {said}" if said else "")
+                           + f"; its log: {path}", node=f"node-{index}")
 
 
 def _run_nodes(plan: SimulationPlan, coordinator: subprocess.Popen[str], env: dict[str, str],

@@ -250,7 +250,7 @@ def test_a_node_that_dies_is_named_with_its_log_at_once(tmp_path: Path) -> None:
             proc.kill()
     assert time.monotonic() - killed < 60  # not three 600 s deadlines
     assert proc.returncode == ExitCode.NODE_DIED
-    one_error_line(Done(proc.returncode, out, err), "mpfl", "node-1 exited with code -9",
+    one_error_line(Done(proc.returncode, out, err), "mpfl", "node-1 was killed by SIGKILL",
                    str(run_dir / "logs" / "node-1.log"))
 
 
