@@ -27,6 +27,7 @@ def format_profile(profile: Profile, links: Mapping[str, Link] | None = None) ->
         ("torch threads", str(profile.torch_threads)),
         ("batch size", str(profile.batch_size)),
         ("train memory budget", f"{profile.train_memory_budget_mb} MB"),
+        ("training speed", _speed_text(profile)),
         ("role", profile.role),
         ("why", profile.role_reason),
         ("default link", link_text),
