@@ -16,7 +16,7 @@ from mpfl.logs import logging_options, pop_logging_options, setup_logging, wants
 log = logging.getLogger("apps.cli")
 
 
-@click.group()
+@click.group(context_settings={"show_default": True})
 def main() -> None:
     """Masked Pruning Federated Learning for edge fleets."""
 
@@ -49,6 +49,19 @@ def _print_partition(dataset: str, data_dir: str | None, nodes: int, scheme: str
     log.info(f"{dataset}, {scheme} over {nodes} nodes (samples per label 0..9):")
     for line in partition_lines(labels, parts, int(labels.max()) + 1):
         log.info(line)
+
+
+def _check_model_fits(cfg: Any, dataset: str, data_dir: str | None) -> None:
+    """ModelError before any process starts if the model cannot take the dataset's images:
+    every node would refuse it, and the coordinator would wait out its deadlines."""
+    import numpy as np
+
+    from mpfl.ml.data import load_dataset
+    from mpfl.ml.models import build_model
+    from mpfl.ml.train import check_fits
+
+    sample = load_dataset(dataset, data_dir, "train", select=lambda labels: np.arange(1))
+    check_fits(build_model(cfg.model_spec), sample, model_name=cfg.model, dataset=dataset)
 
 
 def _print_table(run_dir: Path) -> None:
@@ -90,6 +103,7 @@ def _simulate(
     stamp = time.strftime("%Y%m%d-%H%M%S")
     path = Path(run_dir or Path("runs") / f"{cfg.federation}-{stamp}")
     _print_partition(dataset, data_dir, nodes, scheme, cfg.seed, limit)
+    _check_model_fits(cfg, dataset, data_dir)
     plan = SimulationPlan(cfg, nodes, dataset, path, data_dir, scheme, cfg.seed, limit, broker,
                           threads, dataset if evaluate else None, corrupt=corrupt or {},
                           verbosity=verbosity, metrics_port=metrics_port)
@@ -98,7 +112,10 @@ def _simulate(
     code = run_simulation(plan, live=wants_live_view(log_format, verbosity))
     _print_table(path)
     if code != 0:
-        raise FederationError("the coordinator exited with an error", exit_code=code)
+        failed = FederationError(f"the coordinator exited with code {code}; its log: "
+                                 f"{plan.coordinator_log}")
+        failed.exit_code = code  # its own error (said above) decides what this one means
+        raise failed
     if hardware is not None or links:
         from apps.plan import plan_from_run_dir
         from hardware import get_profile
@@ -210,6 +227,67 @@ def report(run_dir: Path, baseline: Path | None, out: Path | None) -> None:
     click.echo(f"wrote {written.markdown}")
 
 
+@main.group("config")
+def config_group() -> None:
+    """The federation configuration: defaults, TOML file, MPFL_* environment, flags."""
+
+
+@config_group.command("show")
+@click.option("--config", "config_path", type=click.Path(dir_okay=False), default=None,
+              help="Federation TOML file, as given to mpfl-coordinator run.")
+@config_options()
+@reports_errors
+def config_show(**kwargs: Any) -> None:
+    """Print each key's effective value and where it came from (default, file, env, flag).
+
+    Takes the same --config, MPFL_* variables and key flags as `mpfl-coordinator run`, so
+    it shows what a coordinator started the same way would use."""
+    import json
+
+    from mpfl.config.settings import load_config_with_sources
+
+    overrides = pop_config_overrides(kwargs)
+    cfg, sources = load_config_with_sources(kwargs["config_path"], overrides)
+    rows = []
+    for key, value in cfg.to_dict().items():
+        text = json.dumps(value, sort_keys=True)  # as TOML spells it: "lenet5", 0.5, true
+        rows.append((key, text, str(sources[key])))
+    widths = [max(len(row[i]) for row in [("KEY", "VALUE", "SOURCE"), *rows]) for i in (0, 1)]
+    for key, text, source in [("KEY", "VALUE", "SOURCE"), *rows]:
+        click.echo(f"{key:<{widths[0]}}  {text:<{widths[1]}}  {source}")
+
+
+@main.group("data")
+def data_group() -> None:
+    """Prepare datasets for a fleet."""
+
+
+@data_group.command("split")
+@click.option("--dataset", required=True, help="mnist, fashion-mnist, cifar10, digits or npz.")
+@click.option("--data-dir", envvar="MPFL_DATA_DIR", default=None, help="Env MPFL_DATA_DIR.")
+@click.option("--nodes", required=True, metavar="ID,ID,...",
+              help="The node ids, in partition order (node i takes share i/N).")
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), required=True,
+              help="Writes OUT/<node id>/train.npz.")
+@click.option("--partition-scheme", default="iid", show_default=True,
+              help="iid, dirichlet:ALPHA or shards:K.")
+@click.option("--seed", default=0, show_default=True, help="Partition seed.")
+@click.option("--limit", type=click.IntRange(min=1), default=None,
+              help="At most this many samples per node.")
+@reports_errors
+def data_split(dataset: str, data_dir: str | None, nodes: str, out: Path,
+               partition_scheme: str, seed: int, limit: int | None) -> None:
+    """Each node's share of a dataset, normalised, as the train.npz `mpfl-edge start
+    --dataset npz --data-dir DIR` reads."""
+    from apps.datasplit import split_for_nodes
+
+    ids = [n.strip() for n in nodes.split(",") if n.strip()]
+    written = split_for_nodes(dataset, data_dir, ids, out, scheme=partition_scheme, seed=seed,
+                              limit=limit)
+    for node_id, path in written.items():
+        click.echo(f"{node_id}: {path}")
+
+
 def _add_hardware_commands() -> None:
     from hardware.cli import hardware_group
 
@@ -219,4 +297,4 @@ def _add_hardware_commands() -> None:
 _add_hardware_commands()
 
 if __name__ == "__main__":
-    main()
+    main(prog_name="mpfl")

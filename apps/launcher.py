@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 import subprocess
 import sys
 import threading
@@ -30,7 +31,7 @@ from coordinator.watching import read_status
 from mpfl.choices import LogFormat
 from mpfl.config.flags import config_to_args
 from mpfl.config.settings import FederationConfig
-from mpfl.errors import FederationError
+from mpfl.errors import FederationError, NodeDied
 from mpfl.logs import replay, verbosity_args
 from mpfl.wire.signing import SigningKey, write_enrolment
 
@@ -38,6 +39,8 @@ BROKER_WAIT_S = 60.0
 READY_POLL_S = 0.05
 NODE_EXIT_WAIT_S = 30.0
 VIEW_POLL_S = 0.25
+NODE_GRACE_S = 3.0  # after a node's error, the coordinator's own exit (if it is ending) wins
+_NODE_STOPPED = (0, -15)  # done, or terminated by us
 
 log = logging.getLogger(__name__)
 
@@ -201,19 +204,57 @@ def run_simulation(plan: SimulationPlan, live: bool = False) -> int:
             plan.ready_file.unlink(missing_ok=True)  # it described a process now gone
 
 
+def node_log(plan: SimulationPlan, index: int) -> Path:
+    return plan.coordinator_log.parent / f"node-{index}.log"
+
+
+def _last_line(path: Path) -> str:
+    try:
+        lines = path.read_text(encoding="utf-8", errors="replace").strip().splitlines()
+    except OSError:
+        return ""
+    return lines[-1].strip() if lines else ""
+
+
+def _failed_node(nodes: list[subprocess.Popen[bytes]]) -> tuple[int, int] | None:
+    """(index, exit code) of a node that exited with an error, or None."""
+    for index, proc in enumerate(nodes):
+        code = proc.poll()
+        if code is not None and code not in _NODE_STOPPED:
+            return index, code
+    return None
+
+
 def _watch(plan: SimulationPlan, coordinator: subprocess.Popen[str],
-           view: LiveView | None) -> int:
-    """Wait for the coordinator to exit, drawing its status file meanwhile."""
+           nodes: list[subprocess.Popen[bytes]], view: LiveView | None) -> int:
+    """The coordinator's exit code, drawing its status file meanwhile; NodeDied as soon as
+    a node exits with an error while the coordinator still runs (it would otherwise wait
+    out its deadlines for it)."""
     while True:
         try:
             code = coordinator.wait(timeout=VIEW_POLL_S)
+            break
         except subprocess.TimeoutExpired:
-            if view is not None:
-                view.show(read_status(plan.status_file))
-            continue
+            pass
         if view is not None:
-            view.show(read_status(plan.status_file), force=True)
-        return code
+            view.show(read_status(plan.status_file))
+        failed = _failed_node(nodes)
+        if failed is None:
+            continue
+        try:  # a node that failed because the federation did: the coordinator says why
+            code = coordinator.wait(timeout=NODE_GRACE_S)
+            break
+        except subprocess.TimeoutExpired:
+            index, node_code = failed
+            path = node_log(plan, index)
+            said = _last_line(path)
+            how = (f"was killed by {signal.Signals(-node_code).name}" if node_code < 0
+                   else f"exited with code {node_code}")
+            raise NodeDied(f"node-{index} {how}" + (f": {said}" if said else "")
+                           + f"; its log: {path}", node=f"node-{index}") from None
+    if view is not None:
+        view.show(read_status(plan.status_file), force=True)
+    return code
 
 
 def _run_nodes(plan: SimulationPlan, coordinator: subprocess.Popen[str], env: dict[str, str],
@@ -223,17 +264,17 @@ def _run_nodes(plan: SimulationPlan, coordinator: subprocess.Popen[str], env: di
     try:
         url = plan.broker or wait_for_broker(plan, coordinator)
         for i in range(plan.nodes):
-            with (logs / f"node-{i}.log").open("wb") as out:
+            with node_log(plan, i).open("wb") as out:
                 nodes.append(subprocess.Popen(plan.node_command(i, url), stdout=out,
                                               stderr=subprocess.STDOUT, env=env))
-        code = _watch(plan, coordinator, view)
+        code = _watch(plan, coordinator, nodes, view)
         deadline = time.monotonic() + NODE_EXIT_WAIT_S
         for proc in nodes:
             try:
                 proc.wait(timeout=max(0.1, deadline - time.monotonic()))
             except subprocess.TimeoutExpired:
                 proc.terminate()
-        failed = [i for i, p in enumerate(nodes) if p.wait(timeout=10) not in (0, -15)]
+        failed = [i for i, p in enumerate(nodes) if p.wait(timeout=10) not in _NODE_STOPPED]
         if failed and code == 0:
             log.warning(f"node(s) {', '.join(map(str, failed))} exited with an error; "
                         f"see {logs}")

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ctypes
+import errno
 import logging
 import os
 import shutil
@@ -27,7 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
-from mpfl.errors import FederationError
+from mpfl.errors import FederationError, PortInUse
 
 HOST = "127.0.0.1"
 _PR_SET_PDEATHSIG = 1
@@ -97,7 +98,8 @@ class MosquittoBroker:
         return f"mqtt://{self.host}:{self.port}"
 
     def start(self) -> MosquittoBroker:
-        for _attempt in range(3):
+        fixed = self.port != 0  # asked for: never swapped for another
+        for _attempt in range(1 if fixed else 3):
             self.port = self.port or free_port(self.host)
             conf = self.workdir / "mosquitto.conf"
             conf.write_text(mosquitto_config(self.port, self.host, self.extra))
@@ -111,7 +113,8 @@ class MosquittoBroker:
                     return self
                 time.sleep(0.05)
             self.stop()
-            self.port = 0  # perhaps taken meanwhile: try another
+            if not fixed:
+                self.port = 0  # perhaps taken meanwhile: try another
         text = (self.workdir / "mosquitto.log").read_text(errors="replace")[-500:]
         raise FederationError(f"the embedded mosquitto did not start: {text.strip()}")
 
@@ -187,11 +190,30 @@ class AmqttBroker:
         self._thread.join(timeout=5)
 
 
-def start_embedded_broker(prefer: str = "auto") -> EmbeddedBroker:
-    """Mosquitto when installed (or ``prefer="mosquitto"``), else amqtt in-process."""
+def check_port_free(host: str, port: int, flag: str) -> None:
+    """PortInUse, naming the flag to change, if something already listens on host:port."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        # As a listening server sets it: only a live listener (not TIME_WAIT) is a clash.
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host, port))
+        except OSError as exc:
+            if exc.errno != errno.EADDRINUSE:
+                raise PortInUse(f"cannot listen on {host}:{port}: {exc.strerror}; pick another "
+                                f"{flag}", port=port) from None
+            raise PortInUse(f"port {port} on {host} is already in use (another broker or "
+                            f"coordinator?); stop that process or pick another {flag}",
+                            port=port) from None
+
+
+def start_embedded_broker(prefer: str = "auto", port: int = 0) -> EmbeddedBroker:
+    """Mosquitto when installed (or ``prefer="mosquitto"``), else amqtt in-process; on
+    ``port`` (0: any free one)."""
     binary = mosquitto_binary()
     if prefer == "mosquitto" and binary is None:
         raise FederationError("mosquitto is not installed (apt-get install mosquitto)")
+    if port:
+        check_port_free(HOST, port, "--embedded-port")
     if binary is not None and prefer in ("auto", "mosquitto"):
-        return MosquittoBroker(binary).start()
-    return AmqttBroker().start()
+        return MosquittoBroker(binary, port=port).start()
+    return AmqttBroker(port=port).start()

@@ -16,9 +16,10 @@ from coordinator.provision.cli import provision_command
 from mpfl.config.flags import config_options, pop_config_overrides
 from mpfl.errors import reports_errors
 from mpfl.logs import logging_options, pop_logging_options, setup_logging, wants_live_view
+from mpfl.net.endpoint import DEFAULT_CONNECT_TIMEOUT_S
 
 
-@click.group()
+@click.group(context_settings={"show_default": True})
 def main() -> None:
     """The MPFL coordinator: mask rounds by vote, then masked federated training."""
 
@@ -45,11 +46,18 @@ def main() -> None:
               help="Directory of the evaluation dataset (env MPFL_DATA_DIR).")
 @click.option("--mqtt-protocol", type=click.Choice(["auto", "5", "3.1.1"]), default="auto",
               show_default=True, help="MQTT version; auto tries 5, then 3.1.1.")
+@click.option("--connect-timeout", type=click.FloatRange(min=0), default=DEFAULT_CONNECT_TIMEOUT_S,
+              show_default=True, metavar="SECONDS",
+              help="Exit (code 10) if the broker does not answer within this time; 0: keep "
+                   "trying. SIGINT or SIGTERM end the wait at any moment.")
 @click.option("--max-payload", type=click.IntRange(min=4096), default=None,
               help="Split node uploads larger than this many bytes (a v5 broker's own "
                    "limit applies when smaller).  [default: 1 MiB]")
 @click.option("--embedded-broker", type=click.Choice(["auto", "mosquitto", "amqtt"]),
               default="auto", show_default=True, help="Which embedded broker, without --broker.")
+@click.option("--embedded-port", type=click.IntRange(0, 65535), default=0, show_default=True,
+              help="Port of the embedded broker on 127.0.0.1 (0: any free port), so nodes "
+                   "on this host can be started with a known --broker URL.")
 @click.option("--ready-file", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Once the broker is up, write {\"broker\": URL, \"pid\": PID} here as JSON "
                    "(atomically), for a launcher that needs the embedded broker's address.")
@@ -112,6 +120,8 @@ def run(**kwargs: Any) -> None:
         announce(broker.url)  # an external broker is up already
     options = ServiceOptions(run_dir, broker, kwargs["embedded_broker"], kwargs["mqtt_protocol"],
                              kwargs["max_payload"] or DEFAULT_MAX_PAYLOAD,
+                             connect_timeout=kwargs["connect_timeout"] or None,
+                             embedded_port=kwargs["embedded_port"],
                              on_broker_ready=announce,
                              keys=_coordinator_keys(kwargs["key_file"], kwargs["enrolment_file"]),
                              watch=WatchOptions(wants_live_view(log_format, verbosity),
@@ -240,4 +250,4 @@ main.add_command(provision_command, "provision")
 
 
 if __name__ == "__main__":
-    main()
+    main(prog_name="mpfl-coordinator")

@@ -25,7 +25,7 @@ from typing import IO, Any
 import numpy as np
 
 from mpfl.config.settings import FederationConfig
-from mpfl.errors import ConfigError, ModelError
+from mpfl.errors import ConfigError, ForeignRunDir, ModelError
 from mpfl.federation.server import FederationServer
 from mpfl.ml.checkpoint import SavedModel, atomic_write, read_npz, save_model, write_json, write_npz
 
@@ -68,6 +68,11 @@ class RunStore:
             raise ConfigError(f"unreadable config.json in the run directory: {exc}",
                               path=str(path)) from exc
         current = cfg.to_dict()
+        theirs = stored.get("federation") if isinstance(stored, dict) else None
+        if theirs is not None and theirs != cfg.federation:
+            raise ForeignRunDir(f"the run directory belongs to federation {theirs!r}, not "
+                                f"{cfg.federation!r}; use another --run-dir (or "
+                                f"--federation {theirs} to resume that run)", path=str(self.root))
         changed = sorted(k for k in current if k not in OPERATIONAL_KEYS
                          and k in stored and stored[k] != current[k])
         if changed:

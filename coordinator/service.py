@@ -25,7 +25,7 @@ from coordinator.broker import EmbeddedBroker, start_embedded_broker
 from coordinator.runstore import RunStore
 from coordinator.watching import Watching, WatchOptions
 from mpfl.config.settings import FederationConfig
-from mpfl.errors import MpflError
+from mpfl.errors import Interrupted, MpflError
 from mpfl.federation.evaluation import Evaluator, dataset_evaluator
 from mpfl.federation.gate import CoordinatorKeys, ServerGate
 from mpfl.federation.metrics import RoundLog
@@ -33,7 +33,9 @@ from mpfl.federation.rejections import RejectionLog
 from mpfl.federation.server import FederationServer, Step
 from mpfl.logs import fields
 from mpfl.ml.data import load_dataset
-from mpfl.net.endpoint import BrokerAddress, parse_broker_url
+from mpfl.ml.models import build_model
+from mpfl.ml.train import check_fits
+from mpfl.net.endpoint import DEFAULT_CONNECT_TIMEOUT_S, BrokerAddress, parse_broker_url
 from mpfl.net.inbox import Inbox
 from mpfl.net.mqtt import DEFAULT_MAX_PAYLOAD, MqttTransport
 from mpfl.wire import topics
@@ -55,12 +57,13 @@ class ServiceOptions:
     embedded: str = "auto"  # auto | mosquitto | amqtt
     protocol: str = "auto"
     max_payload: int = DEFAULT_MAX_PAYLOAD
-    connect_timeout: float | None = 60.0
+    connect_timeout: float | None = DEFAULT_CONNECT_TIMEOUT_S
     # Called with the embedded broker's URL once it is up (``--ready-file`` writes it out).
     on_broker_ready: Callable[[str], None] | None = None
     # The coordinator's key and the enrolled nodes' public keys; None: unauthenticated.
     keys: CoordinatorKeys | None = None
     watch: WatchOptions = field(default_factory=WatchOptions)
+    embedded_port: int = 0  # 0: any free port
 
 
 def load_evaluator(cfg: FederationConfig) -> Evaluator | None:
@@ -68,6 +71,8 @@ def load_evaluator(cfg: FederationConfig) -> Evaluator | None:
     if not cfg.eval_dataset:
         return None
     data = load_dataset(cfg.eval_dataset, cfg.eval_data_dir or None, "test")
+    # Before round 1: a model that cannot take these images would fail every round.
+    check_fits(build_model(cfg.model_spec), data, model_name=cfg.model, dataset=cfg.eval_dataset)
     return dataset_evaluator(cfg.model_spec, data)
 
 
@@ -126,7 +131,7 @@ class CoordinatorService:
     def _connect(self) -> MqttTransport:
         address, protocol = self.options.broker, self.options.protocol
         if address is None:
-            self.broker = start_embedded_broker(self.options.embedded)
+            self.broker = start_embedded_broker(self.options.embedded, self.options.embedded_port)
             if self.broker.kind == "amqtt" and protocol == "auto":
                 protocol = "3.1.1"  # amqtt speaks nothing else
             log.info(f"embedded broker ({self.broker.kind}) listening on {self.broker.url}")
@@ -135,7 +140,8 @@ class CoordinatorService:
             address = parse_broker_url(self.broker.url)
         client_id = f"mpfl-coordinator-{self.cfg.federation}"
         transport = MqttTransport(address, client_id, self.inbox, protocol=protocol,
-                                  max_payload=self.options.max_payload)
+                                  max_payload=self.options.max_payload,
+                                  should_stop=lambda: self.stop_requested)
         self.inbox.subscribe(topics.nodes_filter(self.cfg.federation), self._on_message)
         self.inbox.on_connected = self._on_connected
         transport.connect(self.options.connect_timeout)
@@ -147,7 +153,11 @@ class CoordinatorService:
         self.server = server = self._make_server()
         try:
             self.watching.start(server)
-            self.transport = self._connect()
+            try:
+                self.transport = self._connect()
+            except Interrupted as exc:
+                log.warning(str(exc))
+                return server
             self._publish_all(server.start())
             cfg = self.cfg
             log.info(f"federation '{cfg.federation}': {server.total_rounds} rounds "

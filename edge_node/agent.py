@@ -26,13 +26,13 @@ import numpy as np
 from edge_node.live import EpochBar
 from edge_node.state import load_finished, save_finished, state_path
 from mpfl.choices import Phase
-from mpfl.errors import FederationError
+from mpfl.errors import FederationError, Interrupted
 from mpfl.federation.gate import NodeGate, NodeKeys
 from mpfl.federation.node import FederationNode, Finished
 from mpfl.logs import fields
 from mpfl.maths.partition import parse_share, partition
 from mpfl.ml.data import Dataset, load_dataset
-from mpfl.net.endpoint import BrokerAddress
+from mpfl.net.endpoint import DEFAULT_CONNECT_TIMEOUT_S, BrokerAddress
 from mpfl.net.inbox import Inbox
 from mpfl.net.mqtt import DEFAULT_MAX_PAYLOAD, MqttTransport
 from mpfl.wire import topics
@@ -75,7 +75,7 @@ class AgentOptions:
     protocol: str = "auto"
     max_payload: int = DEFAULT_MAX_PAYLOAD
     state_dir: Path | None = None
-    connect_timeout: float | None = None
+    connect_timeout: float | None = DEFAULT_CONNECT_TIMEOUT_S
     # This node's key and the coordinator's public key; None: unauthenticated.
     keys: NodeKeys | None = None
     live: bool = False  # a progress bar of the local epochs (in a terminal)
@@ -124,11 +124,18 @@ class EdgeAgent:
         client_id = f"mpfl-{node.federation}-{node.node_id}"
         self.transport = MqttTransport(self.address, client_id, self.inbox, will=self.gate.will,
                                        protocol=self.options.protocol,
-                                       max_payload=self.options.max_payload)
+                                       max_payload=self.options.max_payload,
+                                       should_stop=lambda: self.stop_requested)
+        limit = self.options.connect_timeout
         log.info(f"node {node.node_id}: {len(node.data)} samples; connecting to "
-                 f"{self.address.url}")
+                 f"{self.address.url} (" + ("no time limit" if limit is None else
+                                            f"giving up after {limit:g} s") + ")")
         try:
-            self.transport.connect(self.options.connect_timeout)
+            try:
+                self.transport.connect(limit)
+            except Interrupted as exc:
+                log.warning(f"node {node.node_id}: {exc}")
+                return "stopped"
             while not node.done and self.stop_requested is None:
                 self.inbox.dispatch(0.5)
                 self.transport.revive()

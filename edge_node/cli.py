@@ -14,6 +14,7 @@ import click
 
 from mpfl.errors import reports_errors
 from mpfl.logs import logging_options, pop_logging_options, setup_logging, wants_live_view
+from mpfl.net.endpoint import DEFAULT_CONNECT_TIMEOUT_S
 
 log = logging.getLogger("edge_node.cli")
 
@@ -24,7 +25,7 @@ def _default_state_dir() -> str:
     return os.path.join(base, "mpfl")
 
 
-@click.group()
+@click.group(context_settings={"show_default": True})
 def main() -> None:
     """The MPFL edge agent: trains locally, sends masks and surviving weights over MQTT."""
 
@@ -64,8 +65,10 @@ def main() -> None:
               show_default=True, help="MQTT version; auto tries 5, then 3.1.1.")
 @click.option("--max-payload", type=click.IntRange(min=4096), default=None,
               help="Split uploads larger than this many bytes.  [default: 1 MiB]")
-@click.option("--connect-timeout", type=float, default=None,
-              help="Give up if the broker is unreachable this long (default: keep trying).")
+@click.option("--connect-timeout", type=click.FloatRange(min=0), default=DEFAULT_CONNECT_TIMEOUT_S,
+              show_default=True, metavar="SECONDS",
+              help="Exit (code 10) if no broker answers within this time; 0: keep trying. "
+                   "SIGINT or SIGTERM end the wait at any moment.")
 @click.option("--key", "key_file", envvar="MPFL_KEY", type=click.Path(dir_okay=False),
               default=None, help="This node's Ed25519 private key (env MPFL_KEY); with "
                                  "--coordinator-key every message is signed and verified.")
@@ -141,7 +144,7 @@ def start(
     node = FederationNode(node_id, federation, data, hardware=label, seed=seed * 1000 + index,
                           batch_size=batch_size, fit_batch=fit_batch)
     options = AgentOptions(mqtt_protocol, max_payload or DEFAULT_MAX_PAYLOAD,
-                           Path(state_dir or _default_state_dir()), connect_timeout, keys,
+                           Path(state_dir or _default_state_dir()), connect_timeout or None, keys,
                            live=wants_live_view(log_format, verbosity),
                            progress_every=progress_every)
     agent = EdgeAgent(node, address, options)
@@ -171,4 +174,4 @@ def _node_keys(key_file: str | None, coordinator_key_file: str | None) -> Any:
 
 
 if __name__ == "__main__":
-    main()
+    main(prog_name="mpfl-edge")

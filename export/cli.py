@@ -33,7 +33,7 @@ def _verification_source(
     )
 
 
-@click.command(context_settings={"help_option_names": ["-h", "--help"]})
+@click.command(context_settings={"help_option_names": ["-h", "--help"], "show_default": True})
 @click.argument("source", type=click.Path(path_type=Path))
 @click.option("--out", "-o", required=True, type=click.Path(path_type=Path),
               help="Where to write the model (model.onnx; .zst is added with --compress zstd).")

@@ -16,7 +16,7 @@ from pathlib import Path
 import click
 import numpy as np
 
-from export.runner import Runner
+from export.runner import BATCH_SIZE, INT8_BATCH_NOTE, Runner
 from mpfl.errors import ConfigError, DataError, reports_errors
 from mpfl.ml.data import DATASETS, load_dataset
 
@@ -69,7 +69,7 @@ def load_images(path: Path | None, dataset: str | None, split: str) -> Images:
     return Images(data.x, data.y, f"{dataset} {split} split")
 
 
-@click.command(context_settings={"help_option_names": ["-h", "--help"]})
+@click.command(context_settings={"help_option_names": ["-h", "--help"], "show_default": True})
 @click.argument("model", type=click.Path(path_type=Path))
 @click.option("--input", "input_path", type=click.Path(path_type=Path), default=None,
               help="Dataset directory, .npz (x[, y]) or .npy of preprocessed images.")
@@ -77,7 +77,8 @@ def load_images(path: Path | None, dataset: str | None, split: str) -> Images:
               help="Format of --input (default: the one recorded in the model).")
 @click.option("--split", type=click.Choice(["train", "test"]), default="test", show_default=True)
 @click.option("--limit", type=click.IntRange(min=1), default=None, help="Only the first N images.")
-@click.option("--batch-size", type=click.IntRange(min=1), default=64, show_default=True)
+@click.option("--batch-size", type=click.IntRange(min=1), default=BATCH_SIZE, show_default=True,
+              help="Images per onnxruntime call (the export report's batch, by default).")
 @click.option("--threads", type=click.IntRange(min=1), default=None,
               help="onnxruntime threads (default: all cores).")
 @click.option("--show", type=click.IntRange(min=0), default=10, show_default=True,
@@ -117,6 +118,9 @@ def main(
     click.echo(f"images    {len(x)} from {images.source}")
     if accuracy is not None:
         click.echo(f"accuracy  {accuracy:.2%}")
+        if runner.metadata.get("mpfl.precision") == "int8":
+            click.echo(f"          ({INT8_BATCH_NOTE.format(batch=BATCH_SIZE)}; this run: "
+                       f"{batch_size})")
     click.echo(f"latency   {doc['ms_per_batch']:.3f} ms per batch of {batch_size}, "
                f"{doc['ms_per_image']:.4f} ms per image")
 

@@ -12,6 +12,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from export.runner import BATCH_SIZE, INT8_BATCH_NOTE
+
 
 @dataclass(frozen=True)
 class Tolerance:
@@ -109,7 +111,9 @@ class VerifyReport:
                              f"{self.output_scale:.3g})"),
             ("top-1 agreement", f"{self.top1_agreement:.2%} ({self.top1_mismatches} differ, "
                                 f"{self.near_ties} near-ties)"),
-            ("accuracy torch / onnx", f"{_pct(self.accuracy_torch)} / {_pct(self.accuracy_onnx)}"),
+            ("accuracy torch / onnx", f"{_pct(self.accuracy_torch)} / {_pct(self.accuracy_onnx)}"
+                                      + (f" ({INT8_BATCH_NOTE.format(batch=BATCH_SIZE)})"
+                                         if self.precision == "int8" else "")),
             ("sparsity mask / weights / stored",
              f"{self.mask_sparsity:.1%} / {self.weight_sparsity:.1%} / {self.stored_sparsity:.1%}"),
             ("size raw", f"{_kb(self.model_bytes)} vs dense {_kb(self.dense_bytes)} "

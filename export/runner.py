@@ -28,6 +28,12 @@ _ORT_ERRORS: tuple[type[Exception], ...] = tuple(
     if hasattr(ort.capi.onnxruntime_pybind11_state, name)
 )
 
+# The batch the export report verifies with and mpfl-infer runs by default. int8 models
+# quantise activations per batch (dynamic range), so their results depend on it a little.
+BATCH_SIZE = 256
+INT8_BATCH_NOTE = ("int8 activations are quantised per batch, so accuracy moves slightly "
+                   "with the batch size; the export report uses {batch}")
+
 
 def _is_zstd(path: Path) -> bool:
     try:
@@ -97,7 +103,7 @@ class Runner:
                             got=tuple(x.shape[1:]))
         return x
 
-    def predict(self, x: np.ndarray, batch_size: int = 256) -> np.ndarray:
+    def predict(self, x: np.ndarray, batch_size: int = BATCH_SIZE) -> np.ndarray:
         """Logits (float32, one row per input) for an NCHW float32 batch of any size."""
         x = self._check(x)
         try:
@@ -112,7 +118,7 @@ class Runner:
             return np.zeros((0, 0), dtype=np.float32)
         return np.concatenate(parts).astype(np.float32, copy=False)
 
-    def classify(self, x: np.ndarray, batch_size: int = 256) -> np.ndarray:
+    def classify(self, x: np.ndarray, batch_size: int = BATCH_SIZE) -> np.ndarray:
         """The top-1 class of each input."""
         return self.predict(x, batch_size).argmax(axis=1)
 

@@ -58,6 +58,9 @@ class Profile:
     link: str
     detect_models: tuple[str, ...] = ()
     detect_machines: tuple[str, ...] = ()
+    # Sustained fp32 throughput of a training step (forward and backward), in GFLOP/s: the
+    # link planner's training time on this board. None: not declared.
+    train_gflops: float | None = None
 
     @property
     def generic(self) -> bool:
@@ -72,6 +75,8 @@ class Profile:
         for attr in ("version", "cores", "ram_mb", "torch_threads", "batch_size"):
             if getattr(self, attr) < 1:
                 raise HardwareError(f"{attr} must be at least 1", profile=self.name)
+        if self.train_gflops is not None and not self.train_gflops > 0:
+            raise HardwareError("train_gflops must be positive", profile=self.name)
         if not 0 < self.train_memory_budget_mb <= self.ram_mb:
             raise HardwareError(
                 "train_memory_budget_mb must be positive and at most ram_mb", profile=self.name
@@ -110,6 +115,7 @@ _PROFILE_TYPES: Mapping[str, type] = {
     "link": str,
     "detect_models": tuple,
     "detect_machines": tuple,
+    "train_gflops": float,
 }
 _LINK_TYPES: Mapping[str, type] = {
     "description": str,
@@ -118,7 +124,7 @@ _LINK_TYPES: Mapping[str, type] = {
     "latency_ms": float,
     "source": str,
 }
-_OPTIONAL = {"detect_models", "detect_machines"}
+_OPTIONAL = {"detect_models", "detect_machines", "train_gflops"}
 
 
 def _typed_fields(

@@ -11,8 +11,13 @@ from pathlib import Path
 import click
 
 from hardware.catalog import get_profile, load_catalog
-from hardware.detect import detect_profile
-from hardware.formatting import format_link_table, format_profile, format_profile_table
+from hardware.detect import detect_profile, read_machine
+from hardware.formatting import (
+    format_detection,
+    format_link_table,
+    format_profile,
+    format_profile_table,
+)
 from mpfl.errors import HardwareError, reports_errors
 
 _PROFILES_OPTION = click.option(
@@ -25,7 +30,7 @@ _PROFILES_OPTION = click.option(
 )
 
 
-@click.group("hardware")
+@click.group("hardware", context_settings={"show_default": True})
 def hardware_group() -> None:
     """Device profiles (threads, batch size, memory budget, role) and network links."""
 
@@ -59,12 +64,13 @@ def show_command(name: str, profiles_path: Path | None) -> None:
 @_PROFILES_OPTION
 @reports_errors
 def detect_command(profiles_path: Path | None) -> None:
-    """The profile `mpfl-edge start` would pick on this machine without --hardware."""
+    """This machine (cores, RAM, arch, CPU flags) beside the profile `mpfl-edge start` would
+    pick without --hardware."""
     catalog = load_catalog(profiles_path)
     profile = detect_profile(profiles=catalog.profiles)
+    click.echo(format_detection(read_machine(), profile))
     if profile is None:
         raise HardwareError(
             "no profile matches this machine; pick one with --hardware "
             f"(known: {', '.join(sorted([*catalog.profiles, *catalog.aliases]))})"
         )
-    click.echo(format_profile(profile, catalog.links))

@@ -1,13 +1,16 @@
-"""Which profile this machine is: the device tree's board name and the RAM the kernel sees.
+"""Which profile this machine is: the device tree's board name and the RAM the kernel sees;
+and what the machine itself has (``read_machine``), shown beside the profile it matched.
 
-Reads plain files (``/proc/device-tree/model``, ``/proc/meminfo``), so tests point it at
-fake ones and it runs on a board with nothing but Python installed.
+Reads plain files (``/proc/device-tree/model``, ``/proc/meminfo``, ``/proc/cpuinfo``), so
+tests point it at fake ones and it runs on a board with nothing but Python installed.
 """
 
 from __future__ import annotations
 
+import os
 import platform
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 
 from hardware.catalog import Profile, load_profiles
@@ -44,6 +47,58 @@ def read_mem_total_mb(meminfo_path: str | Path = "/proc/meminfo") -> float | Non
             parts = rest.split()
             return int(parts[0]) / 1024 if parts and parts[0].isdigit() else None
     return None
+
+
+# CPU features that decide how fast (and whether bit-exactly) torch and onnxruntime run:
+# x86 vector widths and int8 dot products, ARM's NEON (asimd), dot product and fp16.
+ML_CPU_FLAGS = ("sse4_2", "avx", "avx2", "fma", "f16c", "avx512f", "avx512_vnni", "avx_vnni",
+                "amx_int8", "asimd", "asimddp", "asimdhp", "fphp", "sve", "i8mm")
+
+
+@dataclass(frozen=True)
+class Machine:
+    """What this machine has, as the kernel reports it (None: not readable here)."""
+
+    arch: str
+    cores: int
+    ram_mb: float | None
+    cpu: str | None
+    board: str | None
+    flags: tuple[str, ...]  # every CPU flag the kernel lists
+
+    @property
+    def ml_flags(self) -> tuple[str, ...]:
+        return tuple(f for f in ML_CPU_FLAGS if f in self.flags)
+
+
+def _cpuinfo_field(text: str, *keys: str) -> str | None:
+    for line in text.splitlines():
+        key, _, value = line.partition(":")
+        if key.strip() in keys and value.strip():
+            return value.strip()
+    return None
+
+
+def read_machine(
+    model_path: str | Path = "/proc/device-tree/model",
+    meminfo_path: str | Path = "/proc/meminfo",
+    cpuinfo_path: str | Path = "/proc/cpuinfo",
+    *,
+    machine: str | None = None,
+    cores: int | None = None,
+) -> Machine:
+    """This machine: architecture, the cores this process may use, RAM, CPU and its flags
+    (x86 ``flags``, ARM ``Features``)."""
+    info = _read_text(cpuinfo_path) or ""
+    usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return Machine(
+        arch=platform.machine() if machine is None else machine,
+        cores=cores if cores is not None else usable or 1,
+        ram_mb=read_mem_total_mb(meminfo_path),
+        cpu=_cpuinfo_field(info, "model name", "Model", "Hardware", "CPU part"),
+        board=read_device_model(model_path),
+        flags=tuple(sorted(set((_cpuinfo_field(info, "flags", "Features") or "").split()))),
+    )
 
 
 def detect_profile(

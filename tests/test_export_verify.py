@@ -131,3 +131,34 @@ def test_real_test_split_reports_accuracy(tmp_path: Path, mnist_dir: Path) -> No
     assert report.samples == 500 and report.inputs == "mnist test split"
     assert report.accuracy_onnx is not None and report.accuracy_torch is not None
     assert abs(report.accuracy_onnx - report.accuracy_torch) <= 0.02
+
+
+def test_int8_accuracy_says_it_depends_on_the_batch_and_infer_uses_the_same_one(
+    tmp_path: Path, mnist_dir: Path
+) -> None:
+    """Dynamic int8 quantises activations per batch: the report and mpfl-infer must agree
+    on the batch by default, and both say why another batch size moves the figure."""
+    from click.testing import CliRunner
+
+    from export.infer_cli import main as infer
+    from export.runner import BATCH_SIZE
+
+    saved = saved_model("lenet5", "filter", 0.5)
+    data = verification_data(saved.spec, "mnist", str(mnist_dir), limit=300)
+    npz = tmp_path / "images.npz"
+    np.savez(npz, x=data.x, y=data.y)
+    for int8, said in ((True, True), (False, False)):
+        options = ExportOptions(format="pruned", int8=int8)
+        out = tmp_path / f"m-{int8}.onnx"
+        result, report = export_and_verify(saved, out, options, data, latency_runs=0)
+        assert ("quantised per batch" in report.table()) is said
+        run = CliRunner().invoke(infer, [str(result.path), "--input", str(npz), "--show", "0",
+                                         "--json"])
+        assert run.exit_code == 0, run.output
+        doc = json.loads(run.output)
+        assert doc["batch_size"] == BATCH_SIZE
+        assert doc["accuracy"] == report.accuracy_onnx  # same batches, same integers
+        text = CliRunner().invoke(infer, [str(result.path), "--input", str(npz), "--show", "0",
+                                          "--batch-size", "64"]).output
+        assert ("quantised per batch" in text) is said
+        assert ("this run: 64" in text) is said

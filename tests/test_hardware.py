@@ -146,7 +146,7 @@ def test_formatting_lists_every_profile_and_field() -> None:
         assert line.split()[0] == name
     assert format_profile_table(list(profiles.values())) == table
     shown = format_profile(get_profile("rpi4"))
-    assert "rpi4-4gb v1" in shown and "train memory budget" in shown and "wifi (" in shown
+    assert "rpi4-4gb v2" in shown and "train memory budget" in shown and "wifi (" in shown
     assert len(format_link_table(load_links()).splitlines()) == len(load_links()) + 1
 
 

@@ -10,6 +10,7 @@ from click.testing import CliRunner
 import hardware.cli
 from hardware.catalog import get_profile, load_catalog, load_links, load_profiles
 from hardware.cli import hardware_group
+from hardware.detect import Machine, read_machine
 from hardware.formatting import format_link_table, format_profile, format_profile_table
 from mpfl.errors import ConfigError, HardwareError
 
@@ -101,13 +102,37 @@ def test_a_broken_profile_file_is_one_line(tmp_path: Path, text: str, message: s
     assert code == HardwareError.exit_code and "cannot read profile file" in err
 
 
-def test_detect_prints_the_detected_profile(monkeypatch: pytest.MonkeyPatch) -> None:
+def _fake_machine(**_: object) -> Machine:
+    return Machine(arch="aarch64", cores=3, ram_mb=3793.0, cpu="Cortex-A76",
+                   board="Raspberry Pi 5 Model B Rev 1.0", flags=("asimd", "fp", "sha2"))
+
+
+def test_detect_shows_this_machine_beside_the_profile(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(hardware.cli, "read_machine", _fake_machine)
     monkeypatch.setattr(hardware.cli, "detect_profile", lambda **_: get_profile("rpi5-4gb"))
     code, out, _ = _run("detect")
-    assert code == 0 and out == format_profile(get_profile("rpi5-4gb")) + "\n"
+    assert code == 0
+    rows = {line.split()[0]: line.split()[1:] for line in out.splitlines() if line.strip()}
+    assert rows["cores"] == ["3", "4"]  # the machine's, then the profile's declared figure
+    assert rows["ram"] == ["3,793", "MB", "4096", "MB"]
+    assert "rpi5-4gb v2" in out and "flags that matter for torch and onnxruntime: asimd (3" in out
+    assert "mpfl-edge applies rpi5-4gb v2 here" in out
+
+
+def test_detect_says_a_generic_match_is_not_this_machine() -> None:
+    code, out, _ = _run("detect")  # the real machine this test runs on
+    machine = read_machine()
+    assert code == 0 and f"cores                {machine.cores:<19}" in out
+    assert "matched on the architecture alone" in out
+
+
+def test_detect_without_a_match_still_shows_the_machine(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(hardware.cli, "read_machine", _fake_machine)
     monkeypatch.setattr(hardware.cli, "detect_profile", lambda **_: None)
     code, out, err = _run("detect")
-    assert code == HardwareError.exit_code and out == ""
+    assert code == HardwareError.exit_code and "no profile matches" in out
+    cores = [line.split() for line in out.splitlines() if line.startswith("cores")]
+    assert cores == [["cores", "3", "-"]]
     assert err.startswith("hardware: error: no profile matches this machine") and "rpi4-8gb" in err
 
 

@@ -378,3 +378,33 @@ def test_local_epochs_default_to_the_run_config(tmp_path: Path) -> None:
     assert "30.0 s per round per node (3 epoch(s) x 10.0 s)" in text
     (run / "config.json").write_text("{not json")
     assert "(1 epoch(s) x 10.0 s)" in plan_from_run_dir(run, ["wifi"], seconds_per_epoch=10.0)
+
+
+def test_a_profile_plans_with_its_declared_training_speed_not_this_hosts(tmp_path: Path) -> None:
+    from apps.plan.compute import input_shape, train_flops_per_sample
+    from mpfl.wire.specs import ModelSpec
+
+    run = _write_metrics(tmp_path / "run", [
+        _log(1, "mask", ["a", "b"], seconds=0.5),
+        _log(2, "train", ["a", "b"], seconds=0.5, accuracy=0.6),
+    ])
+    (run / "config.json").write_text(json.dumps({"local_epochs": 2, "model": "lenet5"}))
+    reports = [{"node": "a", "round": 1, "train_seconds": 0.2, "samples": 6000},
+               {"node": "b", "round": 1, "train_seconds": 0.1, "samples": 4000}]
+    (run / "node_metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in reports))
+    spec = ModelSpec("lenet5")
+    flops = train_flops_per_sample(spec)
+    rpi4 = get_profile("rpi4")
+    assert rpi4.train_gflops is not None
+    expected = flops * 6000 * 2 / (rpi4.train_gflops * 1e9)
+    text = plan_from_run_dir(run, ["lte-m"], "rpi4")
+    assert f"{format_duration(expected)} per round per node on rpi4-4gb v2" in text
+    assert "declared" in text and "not this host's time" in text
+    # the host's own figures remain the source without a profile
+    assert "reported training time in each round of the run on this host" in plan_from_run_dir(
+        run, ["lte-m"])
+    # FLOPs follow the architecture and the images it is built for
+    assert input_shape(spec) == (1, 28, 28)
+    assert input_shape(ModelSpec("cnn-cifar")) == (3, 32, 32)
+    assert input_shape(ModelSpec("lenet5", {"in_channels": 3, "image_size": 32})) == (3, 32, 32)
+    assert train_flops_per_sample(ModelSpec("resnet20")) > 10 * flops > 0

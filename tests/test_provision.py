@@ -89,6 +89,7 @@ def test_kit_layout_credentials_and_modes(tmp_path: Path, hasher: str) -> None:
     assert result.password_tool == hasher
     assert result.broker_url == "mqtts://gw.example:8884"
     for name in ["passwd", "acl", "mosquitto.conf", "coordinator.env", "README.txt",
+                 "federation.toml",
                  "nodes/pi-01.env", "nodes/pi-02.env", "systemd/mpfl-edge.service",
                  "systemd/mpfl-coordinator.service"]:
         assert (out / name) in result.files and (out / name).is_file(), name
@@ -117,6 +118,7 @@ def test_kit_layout_credentials_and_modes(tmp_path: Path, hasher: str) -> None:
         "MPFL_CA_FILE": "/etc/mpfl/ca.crt",
         "MPFL_KEY": "/etc/mpfl/node.key",
         "MPFL_COORDINATOR_KEY": "/etc/mpfl/coordinator.pub",
+        "MPFL_EDGE_ARGS": "--dataset npz --data-dir /var/lib/mpfl/data",
     }
     coordinator_env = _env(out / "coordinator.env")
     assert coordinator_env["MPFL_USERNAME"] == "coordinator"
@@ -308,3 +310,28 @@ def test_deploy_templates_ship_with_the_coordinator_package() -> None:
     globs = pyproject["tool"]["setuptools"]["package-data"]["coordinator"]
     for name in shipped:
         assert any(fnmatch.fnmatch(f"deploy/{name}", pattern) for pattern in globs), name
+
+
+@pytest.mark.parametrize("unit", UNITS)
+def test_units_do_not_restart_on_errors_a_restart_cannot_fix(unit: str) -> None:
+    from coordinator.provision.templates import unit_text
+    from mpfl.errors import PERMANENT, ExitCode
+
+    lines = [line for line in unit_text(unit).splitlines()
+             if line.startswith("RestartPreventExitStatus=")]
+    assert len(lines) == 1
+    codes = {int(code) for code in lines[0].split("=", 1)[1].split()}
+    assert codes == {int(code) for code in PERMANENT}
+    assert ExitCode.BROKER_UNREACHABLE not in codes  # the broker may come back
+
+
+def test_the_certificate_names_the_host_and_its_addresses(tmp_path: Path) -> None:
+    provision(["n1"], tmp_path / "kit", broker_host="gw.lan", broker_ips=["10.0.0.2"],
+              hasher="builtin")
+    readme = (tmp_path / "kit" / "README.txt").read_text()
+    assert "subjectAltName=DNS:gw.lan,IP:10.0.0.2" in readme
+    provision(["n1"], tmp_path / "bare", broker_host="gw.lan", hasher="builtin")
+    assert "--broker-ip ADDRESS" in (tmp_path / "bare" / "README.txt").read_text()
+    with pytest.raises(ConfigError, match="must be an IP address"):
+        provision(["n1"], tmp_path / "bad", broker_host="gw.lan", broker_ips=["gw2.lan"],
+                  hasher="builtin")

@@ -6,12 +6,14 @@ import json
 from collections.abc import Sequence
 from pathlib import Path
 
+from apps.plan.compute import largest_node_samples, train_flops_per_sample
 from apps.plan.rounds import node_train_seconds, rounds_from_metrics
 from apps.plan.text import format_plan
 from apps.plan.timing import compare
 from apps.plan.units import format_duration
 from hardware import Profile, get_link, get_profile
-from mpfl.errors import ConfigError
+from mpfl.errors import ConfigError, MpflError
+from mpfl.wire.specs import ModelSpec
 
 
 def _configured_epochs(run_dir: Path) -> int:
@@ -22,6 +24,34 @@ def _configured_epochs(run_dir: Path) -> int:
         return 1
     epochs = doc.get("local_epochs") if isinstance(doc, dict) else None
     return epochs if isinstance(epochs, int) and not isinstance(epochs, bool) else 1
+
+
+def _configured_model(run_dir: Path) -> ModelSpec | None:
+    try:
+        doc = json.loads((run_dir / "config.json").read_text(encoding="utf-8"))
+        return ModelSpec.from_dict({"name": doc["model"], "args": doc.get("model_args", {})})
+    except (OSError, ValueError, KeyError, TypeError, MpflError):
+        return None
+
+
+def _declared_train_seconds(
+    run_dir: Path, profile: Profile, local_epochs: int
+) -> tuple[float, str] | None:
+    """Training seconds per round on ``profile`` from its declared throughput, and the
+    note that says so; None when the profile declares none or the run lacks the figures."""
+    spec = _configured_model(run_dir)
+    samples = largest_node_samples(run_dir)
+    if profile.train_gflops is None or spec is None or samples is None:
+        return None
+    flops = train_flops_per_sample(spec)
+    seconds = flops * samples * local_epochs / (profile.train_gflops * 1e9)
+    note = (
+        f"{format_duration(seconds)} per round per node on {profile.label}, from its declared "
+        f"{profile.train_gflops:g} GFLOP/s (an estimate in hardware/profiles.toml, not this "
+        f"host's time): {flops / 1e6:.2f} MFLOP per sample x {samples:,} samples (the largest "
+        f"node) x {local_epochs} epoch(s)"
+    )
+    return seconds, note
 
 
 def plan_from_run_dir(
@@ -40,6 +70,8 @@ def plan_from_run_dir(
     ``link_names`` are assigned to nodes in turn (one name: the whole fleet); without any,
     the profile's default link is used. ``seconds_per_epoch`` (measured on the board, e.g.
     by benchmarks/bench_edge.py) replaces the training time the run measured on this host;
+    without it, a profile that declares ``train_gflops`` gives the training time, and only
+    then the run's own times on this host are used; every case says which.
     ``local_epochs`` defaults to the run's ``config.json`` (1 if it has none).
     """
     chosen = get_profile(profile) if isinstance(profile, str) else profile
@@ -54,11 +86,16 @@ def plan_from_run_dir(
         raise ConfigError("local epochs must be at least 1", local_epochs=local_epochs)
     rounds = rounds_from_metrics(run_dir, nodes_train_sequentially=nodes_train_sequentially)
     train_seconds = None if seconds_per_epoch is None else seconds_per_epoch * local_epochs
+    declared = None
+    if train_seconds is None and chosen is not None:
+        declared = _declared_train_seconds(folder, chosen, local_epochs)
     if train_seconds is not None:
         note = (
             f"{format_duration(train_seconds)} per round per node "
             f"({local_epochs} epoch(s) x {format_duration(seconds_per_epoch or 0.0)})"
         )
+    elif declared is not None:
+        train_seconds, note = declared
     elif node_train_seconds(folder):
         note = "the slowest node's reported training time in each round of the run on this host"
     else:

@@ -26,6 +26,14 @@ from mpfl.errors import MpflError
     show_default=True,
     help="Host name the nodes connect to (must match the server certificate).",
 )
+@click.option(
+    "--broker-ip",
+    "broker_ips",
+    multiple=True,
+    metavar="ADDRESS",
+    help="The gateway's IP address (repeatable): named in the server certificate beside "
+    "--broker-host, so nodes may dial either.",
+)
 @click.option("--port", type=click.IntRange(1, 65535), default=8883, show_default=True)
 @click.option("--coordinator-user", default="coordinator", show_default=True)
 @click.option(
@@ -44,6 +52,7 @@ def provision_command(
     out: Path,
     federation: str,
     broker_host: str,
+    broker_ips: tuple[str, ...],
     port: int,
     coordinator_user: str,
     broker_dir: str,
@@ -57,6 +66,7 @@ def provision_command(
             out,
             federation=federation,
             broker_host=broker_host,
+            broker_ips=broker_ips,
             port=port,
             coordinator_user=coordinator_user,
             force=force,

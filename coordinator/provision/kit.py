@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import re
 from collections import Counter
 from collections.abc import Mapping, Sequence
@@ -23,6 +24,7 @@ from coordinator.provision.templates import (
     DEFAULT_PERSISTENCE_DIR,
     UNITS,
     env_text,
+    federation_toml_text,
     mosquitto_conf_text,
     readme_text,
     unit_text,
@@ -38,6 +40,8 @@ COORDINATOR_KEY = "/etc/mpfl/coordinator.key"
 ENROLMENT = "/etc/mpfl/enrolled.toml"
 NODE_KEY = "/etc/mpfl/node.key"
 COORDINATOR_PUB = "/etc/mpfl/coordinator.pub"
+# Where the kit's README installs each node's train.npz (made by `mpfl data split`).
+NODE_EDGE_ARGS = "--dataset npz --data-dir /var/lib/mpfl/data"
 
 
 @dataclass(frozen=True)
@@ -55,7 +59,7 @@ def _generated_paths(out: Path) -> list[Path]:
     """Files an earlier run of provision may have left in ``out`` (certs/ is the user's)."""
     paths = [out / name for name in ("README.txt", "mosquitto.conf", "passwd", "acl",
                                      "coordinator.env", "coordinator.key", "coordinator.pub",
-                                     "enrolled.toml")]
+                                     "enrolled.toml", "federation.toml")]
     for pattern in ("*.env", "*.key"):
         paths += sorted((out / "nodes").glob(pattern)) if (out / "nodes").is_dir() else []
     paths += [out / "systemd" / unit for unit in UNITS]
@@ -91,6 +95,14 @@ def _validate_nodes(nodes: Sequence[str], coordinator_user: str) -> list[str]:
     return node_ids
 
 
+def _is_ip_address(text: str) -> bool:
+    try:
+        ipaddress.ip_address(text.strip("[]"))
+    except ValueError:
+        return False
+    return True
+
+
 def _broker_url(host: str, port: int) -> str:
     if not _HOST_RE.fullmatch(host):
         raise ConfigError("invalid broker host", host=repr(host))
@@ -115,6 +127,7 @@ def provision(
     ca_file: str = DEFAULT_CA_FILE,
     hasher: PasswordHasher = "auto",
     region: str | None = None,
+    broker_ips: Sequence[str] = (),
 ) -> ProvisionResult:
     """Write a kit for ``nodes`` into ``out`` (see the package docstring for its layout).
 
@@ -123,11 +136,16 @@ def provision(
     ``hasher`` picks ``mosquitto_passwd`` when installed (``auto``) or Python's PBKDF2.
     ``region``: the kit of a regional gateway, whose coordinator only reads the server
     topics (the root's, bridged down) and writes under ``nodes/<region>/``.
+    ``broker_ips`` are the gateway's addresses, named in the server certificate beside
+    ``broker_host`` so that nodes may dial either.
     """
     out = Path(out)
     node_ids = _validate_nodes(nodes, coordinator_user)
     topic_prefix(federation)  # validates the federation name
     url = _broker_url(broker_host, port)
+    for address in broker_ips:
+        if not _is_ip_address(address):
+            raise ConfigError("--broker-ip must be an IP address", broker_ip=address)
     binary = choose_hasher(hasher)
     _prepare_out(out, force)
 
@@ -155,6 +173,7 @@ def provision(
     if region is not None:
         validate_name(region, what="region")
     emit("acl", acl_text(federation, node_ids, coordinator_user, region))
+    emit("federation.toml", federation_toml_text(federation, node_ids))
     emit(
         "mosquitto.conf",
         mosquitto_conf_text(port=port, broker_dir=broker_dir, persistence_dir=persistence_dir),
@@ -188,6 +207,8 @@ def provision(
                     "MPFL_CA_FILE": ca_file,
                     "MPFL_KEY": NODE_KEY,
                     "MPFL_COORDINATOR_KEY": COORDINATOR_PUB,
+                    # The node's own mpfl-edge flags; the unit splits them at whitespace.
+                    "MPFL_EDGE_ARGS": NODE_EDGE_ARGS,
                 },
             ),
             SECRET_MODE,
@@ -204,6 +225,7 @@ def provision(
             node_ids=node_ids,
             coordinator_user=coordinator_user,
             ca_file=ca_file,
+            broker_ips=broker_ips,
         ),
     )
     return ProvisionResult(

@@ -81,6 +81,39 @@ def _is_ip(host: str) -> bool:
     return True
 
 
+def subject_alt_names(broker_host: str, broker_ips: Sequence[str] = ()) -> str:
+    """``DNS:gateway.local,IP:192.0.2.10``: every name and address the nodes may dial. A
+    certificate with only the DNS name fails a node that connects by IP, and vice versa."""
+    host = broker_host.strip("[]")
+    names = [f"{'IP' if _is_ip(host) else 'DNS'}:{host}"]
+    names += [f"IP:{ip.strip('[]')}" for ip in broker_ips if ip.strip("[]") != host]
+    return ",".join(names)
+
+
+def federation_toml_text(federation: str, node_ids: Sequence[str]) -> str:
+    """The coordinator's settings (``--config /etc/mpfl/federation.toml`` in its unit)."""
+    nodes = len(node_ids)
+    quorum = max(1, nodes - 1)
+    return f"""\
+# mpfl federation settings -> /etc/mpfl/federation.toml on the gateway (mode 0644).
+# Every key is listed with its default by `mpfl-coordinator run --help`; `mpfl config show
+# --config /etc/mpfl/federation.toml` prints the effective values and where each came from.
+# A MPFL_<KEY> line in coordinator.env overrides a key here (e.g. MPFL_MIN_NODES=4).
+federation = "{federation}"
+# lenet5 is made for 1x28x28 images (MNIST); `mpfl models` lists the zoo.
+model = "lenet5"
+granularity = "filter"
+final_sparsity = 0.8
+mask_rounds = 5
+train_rounds = 20
+# Round 1 starts once this many nodes said hello; a round closes at its deadline
+# (round_timeout seconds) with at least quorum answers.
+min_nodes = {nodes}
+quorum = {quorum}
+round_timeout = 600.0
+"""
+
+
 def readme_text(
     *,
     federation: str,
@@ -90,25 +123,34 @@ def readme_text(
     node_ids: Sequence[str],
     coordinator_user: str,
     ca_file: str,
+    broker_ips: Sequence[str] = (),
 ) -> str:
     first = node_ids[0]
     ca_dir = os.path.dirname(ca_file) or "."
-    san = f"{'IP' if _is_ip(broker_host) else 'DNS'}:{broker_host.strip('[]')}"
+    etc_dirs = " ".join(dict.fromkeys(["/etc/mpfl", ca_dir]))
+    san = subject_alt_names(broker_host, broker_ips)
+    by_ip = "" if broker_ips or _is_ip(broker_host) else (
+        "\n   Nodes that dial the gateway by its IP address need it in the certificate too:"
+        "\n   provision again with --broker-ip ADDRESS (repeatable), or append ,IP:ADDRESS.")
     return f"""\
 mpfl deployment kit -- federation {federation!r}, broker {broker_url}
 Nodes: {", ".join(node_ids)}; coordinator user: {coordinator_user}
 
 Files
-  mosquitto.conf    gateway: the broker config (TLS listener, passwords, ACLs)
-  passwd, acl       gateway: {broker_dir}/ (group mosquitto, mode 0640)
+  mosquitto.conf    gateway: /etc/mosquitto/mosquitto.conf
+  passwd, acl       gateway: {broker_dir}/ (owner root, group mosquitto, mode 0640:
+                    Mosquitto runs as user mosquitto and must read them)
   certs/            gateway: {broker_dir}/certs/ (ca.crt, server.crt, server.key)
+  federation.toml   gateway: /etc/mpfl/federation.toml: the federation's settings, which
+                    the coordinator unit reads (--config)
   coordinator.env   gateway: /etc/mpfl/coordinator.env (owner mpfl, mode 0600)
   coordinator.key   gateway: /etc/mpfl/coordinator.key (owner mpfl, mode 0600): signs
                     every server message
   enrolled.toml     gateway: /etc/mpfl/enrolled.toml: the nodes' public keys; a node
                     not listed there is never accepted
   coordinator.pub   every node: /etc/mpfl/coordinator.pub (public)
-  nodes/<id>.env    node <id>: /etc/mpfl/node.env (owner mpfl, mode 0600)
+  nodes/<id>.env    node <id>: /etc/mpfl/node.env (owner mpfl, mode 0600); its
+                    MPFL_EDGE_ARGS line holds the node's own flags (data, --hardware)
   nodes/<id>.key    node <id>: /etc/mpfl/node.key (owner mpfl, mode 0600): signs its
                     messages
   systemd/          /etc/systemd/system/ on the gateway (coordinator) and nodes (edge)
@@ -120,19 +162,20 @@ files name the key files (MPFL_KEY, MPFL_ENROLMENT, MPFL_COORDINATOR_KEY), which
 services read as --key / --enrolment / --coordinator-key: every message is signed and
 checked, so a client on the broker cannot pose as a node or the coordinator.
 
-1. TLS certificates (skip if you have a CA). The server certificate must name
-   {broker_host} in its subjectAltName:
+1. TLS certificates, from this directory (skip if you have a CA). The server certificate
+   names every host name and address the nodes dial ({san}):
      cd certs
      openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes \\
        -keyout ca.key -out ca.crt -days 3650 -subj "/CN=mpfl {federation} CA"
      openssl req -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes \\
-       -keyout server.key -out server.csr -subj "/CN={broker_host}"
+       -keyout server.key -out server.csr -subj "/CN={broker_host.strip('[]')}"
      openssl x509 -req -in server.csr -CA ca.crt -CAkey ca.key -CAcreateserial \\
        -days 825 -out server.crt \\
        -extfile <(printf "subjectAltName={san}\\nextendedKeyUsage=serverAuth")
-   Keep ca.key offline.
+     cd ..
+   Keep ca.key offline.{by_ip}
 
-2. Gateway (Mosquitto 2.x + coordinator):
+2. Gateway (Mosquitto 2.x + coordinator), from this directory:
      sudo apt-get install -y mosquitto
      sudo install -d -o root -g mosquitto -m 0750 {broker_dir} {broker_dir}/certs
      sudo install -o root -g mosquitto -m 0640 passwd acl {broker_dir}/
@@ -141,26 +184,42 @@ checked, so a client on the broker cannot pose as a node or the coordinator.
      sudo install -m 0644 mosquitto.conf /etc/mosquitto/mosquitto.conf
      sudo systemctl restart mosquitto
      sudo useradd --system --home-dir /var/lib/mpfl --shell /usr/sbin/nologin mpfl
-     sudo install -d -m 0755 {ca_dir}
+     sudo install -d -m 0755 {etc_dirs}
      sudo install -m 0644 certs/ca.crt {ca_file}
+     sudo install -m 0644 federation.toml /etc/mpfl/federation.toml
      sudo install -o mpfl -m 0600 coordinator.env /etc/mpfl/coordinator.env
      sudo install -o mpfl -m 0600 coordinator.key /etc/mpfl/coordinator.key
      sudo install -m 0644 enrolled.toml /etc/mpfl/enrolled.toml
      sudo install -m 0644 systemd/mpfl-coordinator.service /etc/systemd/system/
      sudo systemctl daemon-reload && sudo systemctl enable --now mpfl-coordinator
+   Check it: mpfl config show --config /etc/mpfl/federation.toml
+             journalctl -u mosquitto -u mpfl-coordinator -f
 
-3. Each node, e.g. {first} (64-bit OS, toolkit in /opt/mpfl/venv):
-     scp nodes/{first}.env nodes/{first}.key coordinator.pub certs/ca.crt \
-       systemd/mpfl-edge.service {first}:
+3. Each node's training data, made once on a machine that holds the dataset (here MNIST
+   under ~/datasets/mnist): every node's share, normalised, as the arrays x (N x C x H x W
+   float32) and y (labels) in data/<id>/train.npz:
+     mpfl data split --dataset mnist --data-dir ~/datasets --nodes {",".join(node_ids)} \\
+       --out data
+   (--partition-scheme dirichlet:0.5 gives each node a skewed mix of labels, as a real
+   fleet has; the default is an even split.)
+
+4. Each node, e.g. {first} (64-bit OS, toolkit in /opt/mpfl/venv), from this directory:
+     scp nodes/{first}.env nodes/{first}.key coordinator.pub certs/ca.crt \\
+       data/{first}/train.npz systemd/mpfl-edge.service {first}:
      ssh {first}
      sudo useradd --system --home-dir /var/lib/mpfl --shell /usr/sbin/nologin mpfl
-     sudo install -d -m 0755 {ca_dir}
+     sudo install -d -m 0755 {etc_dirs}
      sudo install -m 0644 ca.crt {ca_file}
      sudo install -o mpfl -m 0600 {first}.env /etc/mpfl/node.env
      sudo install -o mpfl -m 0600 {first}.key /etc/mpfl/node.key
      sudo install -m 0644 coordinator.pub /etc/mpfl/coordinator.pub
+     sudo install -d -o mpfl -m 0750 /var/lib/mpfl /var/lib/mpfl/data
+     sudo install -o mpfl -m 0640 train.npz /var/lib/mpfl/data/train.npz
      sudo install -m 0644 mpfl-edge.service /etc/systemd/system/
      sudo systemctl daemon-reload && sudo systemctl enable --now mpfl-edge
      rm {first}.env {first}.key
+   The unit passes MPFL_EDGE_ARGS from node.env to mpfl-edge start: it reads
+   /var/lib/mpfl/data/train.npz; add --hardware rpi4 (see `mpfl hardware list`) to fix
+   the board's profile instead of detecting it.
    Logs: journalctl -u mpfl-edge -f
 """

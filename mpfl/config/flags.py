@@ -23,10 +23,18 @@ F = TypeVar("F", bound=Callable[..., Any])
 def _option(f: dataclasses.Field[Any]) -> Callable[[F], F]:
     flag = "--" + f.name.replace("_", "-")
     default = f.default
-    help_text = f"{KEY_HELP[f.name]} (env MPFL_{f.name.upper()})"
+    # The option's own default stays None, so an unset flag leaves the file's or the
+    # environment's value in force; the help shows the config's default in click's style.
+    if isinstance(default, bool):
+        shown = flag[2:] if default else f"no-{flag[2:]}"
+    elif default is dataclasses.MISSING:  # model_args: a JSON object
+        shown = "{}"
+    else:
+        shown = repr(default) if default == "" else str(default)
+    help_text = f"{KEY_HELP[f.name]} (env MPFL_{f.name.upper()})  [default: {shown}]"
     if isinstance(default, bool):
         return click.option(f"{flag}/--no-{flag[2:]}", f.name, default=None, help=help_text)
-    if default is dataclasses.MISSING:  # model_args: a JSON object
+    if default is dataclasses.MISSING:
         return click.option(flag, f.name, default=None, metavar="JSON", help=help_text)
     kind: Any = click.Choice(names(CHOICES[f.name])) if f.name in CHOICES else type(default)
     return click.option(flag, f.name, type=kind, default=None, help=help_text)

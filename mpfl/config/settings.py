@@ -217,12 +217,40 @@ def _coerce(key: str, value: Any, source: str | None = None) -> Any:
         raise ConfigError(f"{key} must be {kind.__name__}", value=value, source=source) from exc
 
 
+class Origin(StrEnum):
+    """Where a key's effective value came from, lowest precedence first."""
+
+    DEFAULT = "default"
+    FILE = "file"
+    ENV = "env"
+    FLAG = "flag"
+
+
+@dataclass(frozen=True)
+class ValueSource:
+    origin: Origin
+    where: str = ""  # the file, variable or flag that set it
+
+    def __str__(self) -> str:
+        return f"{self.origin} {self.where}".strip()
+
+
 def load_config(
     path: str | Path | None = None,
     overrides: Mapping[str, Any] | None = None,
     environ: Mapping[str, str] | None = None,
 ) -> FederationConfig:
+    return load_config_with_sources(path, overrides, environ)[0]
+
+
+def load_config_with_sources(
+    path: str | Path | None = None,
+    overrides: Mapping[str, Any] | None = None,
+    environ: Mapping[str, str] | None = None,
+) -> tuple[FederationConfig, dict[str, ValueSource]]:
+    """The effective config and, for each key, what set it (``mpfl config show``)."""
     values: dict[str, Any] = {}
+    sources = {key: ValueSource(Origin.DEFAULT) for key in _FIELDS}
     if path is not None:
         p = Path(path)
         try:
@@ -234,13 +262,16 @@ def load_config(
         for key, value in doc.items():
             name = _field_name(key, str(p))
             values[name] = _coerce(name, value, str(p))
+            sources[name] = ValueSource(Origin.FILE, str(p))
     env = os.environ if environ is None else environ
     for key in _FIELDS:
         name = f"MPFL_{key.upper()}"
         if name in env:
             values[key] = _coerce(key, env[name], name)
+            sources[key] = ValueSource(Origin.ENV, name)
     for key, value in (overrides or {}).items():
         name = _field_name(key, "overrides")
         if value is not None:
             values[name] = _coerce(name, value, "overrides")
-    return FederationConfig(**values).validate()
+            sources[name] = ValueSource(Origin.FLAG, "--" + name.replace("_", "-"))
+    return FederationConfig(**values).validate(), sources

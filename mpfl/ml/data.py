@@ -88,7 +88,9 @@ def _find(directory: Path, stem: str) -> Path:
     for candidate in (directory / f"{stem}.gz", directory / stem):
         if candidate.is_file():
             return candidate
-    raise DataError(f"missing file {stem}.gz", path=str(directory))
+    raise DataError(f"missing file {stem}.gz (or {stem}); point --data-dir at the directory "
+                    "that holds mnist/ or fashion-mnist/ with the standard IDX files",
+                    path=str(directory))
 
 
 Select = Callable[[np.ndarray], np.ndarray]
@@ -158,7 +160,10 @@ def load_cifar10(
         batches = ["test_batch"] if split == "test" else [f"data_batch_{i}" for i in range(1, 6)]
     present = [directory / b for b in batches if (directory / b).is_file()]
     if not present:
-        raise DataError(f"no CIFAR-10 {split} batch found", path=str(directory))
+        raise DataError(f"no CIFAR-10 {split} batch found ({', '.join(batches[:2])}"
+                        f"{', ...' if len(batches) > 2 else ''}); point --data-dir at the "
+                        "directory that holds cifar-10/cifar-10-batches-py/ (the python "
+                        "version)", path=str(directory))
     parts = [_read_cifar_batch(p) for p in present]
     images = np.concatenate([p[0] for p in parts])
     labels = np.concatenate([p[1] for p in parts])

@@ -127,28 +127,32 @@ def train_local(
 
 
 @torch.no_grad()
-def check_fits(model: nn.Module, data: Dataset) -> None:
+def check_fits(model: nn.Module, data: Dataset, *, model_name: str | None = None,
+               dataset: str | None = None) -> None:
     """ModelError unless ``model`` takes ``data``'s images and scores all its classes.
 
     The model a node trains is named by a message; one that does not fit the node's data
     must be refused when the message arrives, not fail (and end the process) inside torch.
+    The coordinator and ``mpfl simulate`` call it before round 1 with the data they hold.
     Eval mode for the probe, so no batch-norm statistics move.
     """
     if len(data) == 0:
         return
+    images = "x".join(map(str, data.shape))
+    hint = "; pick a --model made for such images (`mpfl models` lists them)"
     was_training = model.training
     model.eval()
     try:
         out = model(torch.from_numpy(data.x[:1]))
     except (RuntimeError, ValueError, IndexError) as exc:
-        raise ModelError("the model does not take this node's images",
-                         images="x".join(map(str, data.shape)),
-                         reason=str(exc).splitlines()[0][:120]) from None
+        raise ModelError(f"the model does not take {images} images{hint}", model=model_name,
+                         dataset=dataset, reason=str(exc).splitlines()[0][:120]) from None
     finally:
         model.train(was_training)
     if out.ndim != 2 or out.shape[1] < data.num_classes:
-        raise ModelError("the model cannot score every class of this node's data",
-                         outputs=tuple(out.shape), classes=data.num_classes)
+        raise ModelError(f"the model cannot score all {data.num_classes} classes of the "
+                         f"data{hint}", model=model_name, dataset=dataset,
+                         outputs=tuple(out.shape))
 
 
 @torch.no_grad()

@@ -14,6 +14,9 @@ from urllib.parse import urlsplit
 from mpfl.errors import ConfigError
 
 DEFAULT_PORTS = {"mqtt": 1883, "mqtts": 8883}
+# How long a service waits for its broker before it says so and exits (BrokerUnreachable);
+# here, not in the client module, so a command's --help needs no paho.
+DEFAULT_CONNECT_TIMEOUT_S = 30.0
 
 
 @dataclass(frozen=True)

@@ -32,7 +32,7 @@ Retained messages are never split: one over the broker's announced limit is refu
 from __future__ import annotations
 
 import logging
-import socket
+import ssl
 import threading
 import time
 from collections.abc import Callable
@@ -43,8 +43,15 @@ from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from mpfl.errors import ConfigError, FederationError
-from mpfl.net.endpoint import BrokerAddress
+from mpfl.errors import (
+    BrokerRefused,
+    BrokerUnreachable,
+    ConfigError,
+    FederationError,
+    Interrupted,
+    TlsError,
+)
+from mpfl.net.endpoint import DEFAULT_CONNECT_TIMEOUT_S, BrokerAddress
 from mpfl.net.inbox import Inbox
 from mpfl.wire.chunks import HEADER_SIZE, split_payload
 from mpfl.wire.protocol import Publish
@@ -54,6 +61,8 @@ SESSION_EXPIRY_S = 7 * 24 * 3600
 CONNACK_TIMEOUT_S = 5.0
 RECONNECT_MIN_S = 0.5
 RECONNECT_MAX_S = 2.0
+_SLICE_S = 0.1  # longest sleep between two looks at a stop request
+_REPORT_EVERY_S = 10.0  # "still cannot reach" lines while waiting for a broker
 # paho retries at least every RECONNECT_MAX_S; a connection still down after this long is
 # started anew, since paho's own loop can wedge after a broker restart and never come back.
 STALLED_S = 45.0
@@ -63,6 +72,33 @@ _BAD_AUTH = {"Bad user name or password", "Not authorized", "Banned", "Client id
 _PACKET_OVERHEAD = 16  # fixed header, topic length, packet id, property length
 
 _log = logging.getLogger(__name__)
+
+
+class _Retry:
+    """Backoff between connect attempts, and a line now and then saying what is awaited."""
+
+    def __init__(self, url: str, timeout: float | None, log: Callable[[str], None]) -> None:
+        self.url, self.timeout, self.log = url, timeout, log
+        self.started = time.monotonic()
+        self.delay = 0.1
+        self.last = ""
+        self._next_report = self.started
+
+    def failed(self, why: str) -> None:
+        self.last = why
+        now = time.monotonic()
+        if now < self._next_report:
+            return
+        self._next_report = now + _REPORT_EVERY_S
+        if self.timeout is None:
+            left = "retrying until stopped"
+        else:
+            left = f"retrying for {max(0.0, self.timeout - (now - self.started)):.0f} s more"
+        self.log(f"cannot reach {self.url} yet ({why}); {left}")
+
+    def next_delay(self) -> float:
+        delay, self.delay = self.delay, min(self.delay * 2, 5.0)
+        return delay
 
 
 class MqttTransport:
@@ -79,6 +115,7 @@ class MqttTransport:
         max_payload: int = DEFAULT_MAX_PAYLOAD,
         keepalive: int = 30,
         log: Callable[[str], None] | None = None,
+        should_stop: Callable[[], str | None] | None = None,
     ) -> None:
         if protocol not in ("auto", *PROTOCOLS):
             raise ConfigError("MQTT protocol must be auto, 5 or 3.1.1", protocol=protocol)
@@ -92,6 +129,8 @@ class MqttTransport:
         self.broker_max_packet: int | None = None
         self.keepalive = keepalive
         self.log = log or _log.info  # connects, losses and reconnects: one line each
+        # The reason a stop was requested (e.g. "SIGTERM"), or None: polled by every wait.
+        self.should_stop = should_stop or (lambda: None)
         self.connected = threading.Event()
         self._connack = threading.Event()
         self._connack_reason = ""
@@ -131,60 +170,104 @@ class MqttTransport:
             will = self.will()
             client.will_set(will.topic, will.payload, will.qos, will.retain)
 
-    def connect(self, timeout: float | None = 60.0) -> None:
-        """Connect (waiting for the broker to come up), falling back from v5 to v3.1.1.
+    def connect(self, timeout: float | None = DEFAULT_CONNECT_TIMEOUT_S) -> None:
+        """Connect (waiting up to ``timeout`` s for the broker to come up; None: forever),
+        falling back from v5 to v3.1.1.
 
-        A v3.1.1-only broker may answer a v5 CONNECT with "unsupported protocol version",
-        or (amqtt, when the CONNECT carries properties) not at all: both mean "try 3.1.1".
+        Every wait is sliced so a stop request (``should_stop``) ends it within a fraction
+        of a second: ``Interrupted``. Each attempt is a real MQTT connect, TLS handshake
+        included, not a bare TCP probe (one that hangs up mid-handshake makes Mosquitto log
+        an OpenSSL "unexpected eof", which reads like a TLS fault). A refused login or a
+        failed handshake ends the wait at once (``BrokerRefused``, ``TlsError``): retrying
+        cannot fix them. A v3.1.1-only broker may answer a v5 CONNECT with "unsupported
+        protocol version", or (amqtt, when the CONNECT carries properties) not at all: both
+        mean "try 3.1.1".
         """
         deadline = None if timeout is None else time.monotonic() + timeout
         index = 0
+        retry = _Retry(self.address.url, timeout, self.log)
         while True:
-            self._wait_reachable(deadline)
+            self._check_stop()
             self.protocol = self.protocols[index]
             client = self._make_client(self.protocol)
             self._client = client
             self._connack.clear()
             self._connack_reason = ""
-            if self.protocol == "5":
-                properties = Properties(PacketTypes.CONNECT)
-                properties.SessionExpiryInterval = SESSION_EXPIRY_S
-                client.connect_async(self.address.host, self.address.port, self.keepalive,
-                                     clean_start=False, properties=properties)
-            else:
-                client.connect_async(self.address.host, self.address.port, self.keepalive)
+            try:
+                self._open(client, deadline)
+            except ssl.SSLError as exc:
+                raise TlsError(f"the TLS handshake with the broker failed: "
+                               f"{getattr(exc, 'verify_message', None) or exc.reason or exc}; "
+                               "check --ca-file, that the server certificate names this "
+                               "host (IP or DNS subjectAltName) and that the port speaks TLS",
+                               broker=self.address.url, ca_file=self.address.ca_file) from None
+            except OSError as exc:  # refused, unreachable, name not resolved (yet)
+                retry.failed(exc.strerror or str(exc))
+                self._pause(deadline, retry)
+                continue
             client.loop_start()
-            answered = self._connack.wait(CONNACK_TIMEOUT_S)
+            answered = self._wait_connack()
             if self.connected.is_set():
                 self.log(f"connected to {self.address.url} (MQTT {self.protocol})")
                 return
             self._stop_client(client)
             reason = self._connack_reason
             if reason in _BAD_AUTH:
-                raise ConfigError(f"the broker refused the connection: {reason}",
-                                  broker=self.address.url, client_id=self.client_id)
+                raise BrokerRefused(f"the broker refused the login: {reason}; check the user "
+                                    "name and password (MPFL_USERNAME, MPFL_PASSWORD) and the "
+                                    "broker's passwd file", broker=self.address.url,
+                                    client_id=self.client_id)
             if (not answered or reason in _BAD_PROTOCOL) and index + 1 < len(self.protocols):
                 index += 1
                 continue
             if answered:
                 raise FederationError(f"the broker refused the connection: {reason}",
                                       broker=self.address.url)
-            if deadline is not None and time.monotonic() > deadline:
-                raise FederationError("the MQTT broker does not answer", broker=self.address.url)
+            retry.failed("no answer to CONNECT (an MQTT port? a TLS port needs mqtts://)")
+            self._pause(deadline, retry)
 
-    def _wait_reachable(self, deadline: float | None) -> None:
-        """Block until the broker's port accepts TCP connections (devices may boot first)."""
-        delay = 0.1
+    def _open(self, client: paho.Client, deadline: float | None) -> None:
+        """TCP connect, TLS handshake and CONNECT, in this thread: errors raise here."""
+        left = CONNACK_TIMEOUT_S if deadline is None else deadline - time.monotonic()
+        client.connect_timeout = max(0.5, min(CONNACK_TIMEOUT_S, left))
+        if self.protocol == "5":
+            properties = Properties(PacketTypes.CONNECT)
+            properties.SessionExpiryInterval = SESSION_EXPIRY_S
+            client.connect(self.address.host, self.address.port, self.keepalive,
+                           clean_start=False, properties=properties)
+        else:
+            client.connect(self.address.host, self.address.port, self.keepalive)
+
+    def _check_stop(self) -> None:
+        reason = self.should_stop()
+        if reason:
+            raise Interrupted(f"stopped ({reason}) while connecting to {self.address.url}")
+
+    def _wait_connack(self) -> bool:
+        """Wait for the broker's answer; True if it came (in time slices: a stop ends it)."""
+        end = time.monotonic() + CONNACK_TIMEOUT_S
+        while not self._connack.wait(_SLICE_S):
+            if self.should_stop() and self._client is not None:
+                self._stop_client(self._client)
+            self._check_stop()
+            if time.monotonic() > end:
+                return False
+        return True
+
+    def _pause(self, deadline: float | None, retry: _Retry) -> None:
+        """Sleep before the next attempt, or BrokerUnreachable if the deadline has come."""
+        end = time.monotonic() + retry.next_delay()
         while True:
-            try:
-                with socket.create_connection((self.address.host, self.address.port), timeout=2):
-                    return
-            except OSError:
-                pass
-            if deadline is not None and time.monotonic() + delay > deadline:
-                raise FederationError("cannot reach the MQTT broker", broker=self.address.url)
-            time.sleep(delay)
-            delay = min(delay * 2, 5.0)
+            self._check_stop()
+            now = time.monotonic()
+            if deadline is not None and now >= deadline:
+                raise BrokerUnreachable(
+                    f"cannot reach the MQTT broker within {retry.timeout:g} s: {retry.last}; "
+                    "check the URL and that the broker runs (--connect-timeout sets how long "
+                    "to wait)", broker=self.address.url)
+            if now >= end:
+                return
+            time.sleep(min(_SLICE_S, end - now))
 
     def _stop_client(self, client: paho.Client) -> None:
         client.disconnect()
@@ -237,6 +320,8 @@ class MqttTransport:
             self._early.clear()
         try:
             self.connect(STALLED_S)
+        except Interrupted:
+            return  # the service's loop sees the same stop request and ends
         except FederationError as exc:
             self.log(f"still no broker ({exc}); will try again")
             self._down_since = time.monotonic()
