@@ -71,10 +71,11 @@ def _die_with_parent() -> None:
             ctypes.CDLL("libc.so.6", use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
-def mosquitto_config(port: int, host: str = HOST) -> str:
+def mosquitto_config(port: int, host: str = HOST, extra: tuple[str, ...] = ()) -> str:
+    """``extra``: further config lines (limits for a load test, say)."""
     # No max_packet_size line: mosquitto then accepts up to the protocol limit (256 MB).
     lines = [f"listener {port} {host}", "allow_anonymous true", "persistence false",
-             "log_dest stderr", "log_type error", "log_type warning"]
+             "log_dest stderr", "log_type error", "log_type warning", *extra]
     if os.geteuid() == 0:
         lines.append("user root")  # stay the invoking user: the config lives in a private tmp
     return "\n".join(lines) + "\n"
@@ -88,6 +89,7 @@ class MosquittoBroker:
     host: str = HOST
     port: int = 0
     kind: str = "mosquitto"
+    extra: tuple[str, ...] = ()  # further config lines
     workdir: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="mpfl-broker-")))
     _proc: subprocess.Popen[bytes] | None = None
 
@@ -99,7 +101,7 @@ class MosquittoBroker:
         for _attempt in range(3):
             self.port = self.port or free_port(self.host)
             conf = self.workdir / "mosquitto.conf"
-            conf.write_text(mosquitto_config(self.port, self.host))
+            conf.write_text(mosquitto_config(self.port, self.host, self.extra))
             log = (self.workdir / "mosquitto.log").open("wb")
             self._proc = subprocess.Popen([self.binary, "-c", str(conf)], stdout=log,
                                           stderr=subprocess.STDOUT,

@@ -51,9 +51,9 @@ class ValueCodec(IntEnum):
         return ValueCodec(self & ~DELTA)
 
 
-def _check_layer_sizes(layer_sizes: Sequence[int]) -> np.ndarray:
+def _check_layer_sizes(layer_sizes: Sequence[int] | np.ndarray) -> np.ndarray:
     sizes = np.asarray(layer_sizes, dtype=np.int64).reshape(-1)
-    if np.any(sizes < 0):
+    if sizes.size and sizes.min() < 0:
         raise ModelError("layer sizes must be non-negative")
     return sizes
 
@@ -96,10 +96,10 @@ def _decode_int8(payload: bytes, sizes: np.ndarray) -> np.ndarray:
     scales = np.frombuffer(payload, dtype="<f4", count=n_layers)
     # A scale above max_float32 / 127 cannot come from finite values and would decode
     # to inf.
-    if not np.all((scales >= 0) & (scales <= _INT8_MAX_SCALE)):
+    if not ((scales >= 0) & (scales <= _INT8_MAX_SCALE)).all():
         raise WireError("int8 scales must be finite, non-negative and in range")
     q = np.frombuffer(payload, dtype="<i1", offset=4 * n_layers)
-    if np.any(q == -128):
+    if (q == -128).any():
         raise WireError("int8 value -128 is outside the symmetric range")
     return q.astype(np.float32) * np.repeat(scales.astype(np.float32), sizes)
 
@@ -154,7 +154,7 @@ def encode_values(
 def decode_values(
     codec_id: int,
     payload: bytes,
-    layer_sizes: Sequence[int],
+    layer_sizes: Sequence[int] | np.ndarray,
     base: np.ndarray | None = None,
 ) -> np.ndarray:
     """Decode a value payload to a fresh float32 array (adding `base` for delta codecs)."""
