@@ -184,7 +184,9 @@ class CoordinatorService:
         if opened is None:
             return
         payload = opened
-        parsed = topics.parse_node_topic(self.cfg.federation, topic)
+        parsed = None
+        if topic.endswith(topics.NODE_METRICS):  # cheap test first: this runs per upload
+            parsed = topics.parse_node_topic(self.cfg.federation, topic)
         if parsed is not None and parsed[1] == topics.NODE_METRICS:
             self._record_node_metrics(parsed[0], payload)
             return
