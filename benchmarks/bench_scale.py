@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import collections
+import hashlib
 import json
 import os
 import platform
@@ -42,8 +43,12 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.loadgen import Fleet, RawSubscriber  # noqa: E402
+from benchmarks.loadgen import Fleet, RawSubscriber, Uploads, node_id  # noqa: E402
 from coordinator.broker import MosquittoBroker, mosquitto_binary  # noqa: E402
+from mpfl.wire import Kind, topics  # noqa: E402
+from mpfl.wire.protocol import Publish  # noqa: E402
+from mpfl.wire.seal import Opened, Opener, Sealer  # noqa: E402
+from mpfl.wire.signing import Keyring, SigningKey  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results" / "scale.json"
 DEFAULT_POINTS = "50:int8,1000:int8,10000:int8,50:fp32,1000:fp32,10000:fp32"
@@ -197,6 +202,30 @@ def _frame_name(frame: str) -> str:
     return f"{func} ({where.split(':')[0].rsplit('/', 1)[-1]})"
 
 
+def signature_cost(n: int = 300) -> dict[str, float]:
+    """Microseconds the coordinator spends verifying one signed upload (``Opener.open``:
+    frame parsing, replay and session checks, Ed25519 over topic and frame), in-process,
+    for each upload kind; the end-to-end points above run unsigned."""
+    keys = [SigningKey(hashlib.sha256(b"bench node %d" % i).digest()) for i in range(n)]
+    keyring = Keyring(None, {node_id(i): key.public_key for i, key in enumerate(keys)})
+    out = {}
+    for codec, sparsity in SPARSITY.items():
+        uploads = Uploads.build(codec, sparsity)
+        opener = Opener(keyring, "sig", session=lambda: "s")
+        sealed = []
+        for i, key in enumerate(keys):
+            topic = topics.node_topic("sig", node_id(i), topics.NODE_UPDATE)
+            message = Publish(topic, uploads.envelope(i, Kind.UPDATE, 1))
+            sealed.append(Sealer(key, node_id(i), "s").seal(message))
+        started = time.perf_counter()
+        opened = [opener.open(m.topic, m.payload) for m in sealed]
+        elapsed = time.perf_counter() - started
+        if not all(isinstance(o, Opened) for o in opened):
+            raise SystemExit("a signed upload did not verify")
+        out[codec] = elapsed / n * 1e6
+    return out
+
+
 def table(points: list[dict[str, Any]]) -> str:
     lines = ["| nodes | uploads | connections | bytes per round | round (median) | raw broker "
              "(median) | ratio | coordinator peak RSS | point run time |",
@@ -248,19 +277,23 @@ def main() -> None:
             print(table([point]).splitlines()[-1], flush=True)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+    verify_us = signature_cost()
     command = "nice -n 19 .venv/bin/python benchmarks/bench_scale.py" + (
         f" --points {args.points}" if args.points != DEFAULT_POINTS else "")
     result = {
         "machine": {"cpus": os.cpu_count(), "platform": platform.platform(),
                     "python": platform.python_version(), "open_files": limit},
         "command": command, "wall_seconds": time.monotonic() - started,
-        "uploads": "unsigned (no keys configured)", "rounds": args.rounds,
+        "uploads": "unsigned (no keys configured)", "verify_us_per_upload": verify_us,
+        "rounds": args.rounds,
         "repeats": args.repeats, "points": points,
     }
     args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.write_text(json.dumps(result, indent=2) + "\n")
     print(f"\n`{command}` ({os.cpu_count()} CPUs, {result['wall_seconds'] / 60:.1f} min)\n")
     print(table(points))
+    print("\nverifying one signed upload on the coordinator (in-process): " + ", ".join(
+        f"{codec} {us:,.0f} us" for codec, us in verify_us.items()))
 
 
 if __name__ == "__main__":
