@@ -88,7 +88,7 @@ def _encode_int8(values: np.ndarray, sizes: np.ndarray) -> bytes:
     return scales.astype("<f4").tobytes() + q.tobytes()
 
 
-def _decode_int8(payload: bytes, sizes: np.ndarray) -> np.ndarray:
+def _decode_int8(payload: bytes | memoryview, sizes: np.ndarray) -> np.ndarray:
     n_layers, total = sizes.size, int(sizes.sum())
     expected = 4 * n_layers + total
     if len(payload) != expected:
@@ -114,7 +114,7 @@ def _encode_float(values: np.ndarray, dtype: str) -> bytes:
     return values.astype(dtype).tobytes()
 
 
-def _decode_float(payload: bytes, sizes: np.ndarray, dtype: str) -> np.ndarray:
+def _decode_float(payload: bytes | memoryview, sizes: np.ndarray, dtype: str) -> np.ndarray:
     width = np.dtype(dtype).itemsize
     expected = width * int(sizes.sum())
     if len(payload) != expected:
@@ -155,7 +155,7 @@ def encode_values(
 
 def decode_values(
     codec_id: int,
-    payload: bytes,
+    payload: bytes | memoryview,
     layer_sizes: Sequence[int] | np.ndarray,
     base: np.ndarray | None = None,
 ) -> np.ndarray:
@@ -165,7 +165,7 @@ def decode_values(
         codec = ValueCodec(codec_id)
     except ValueError:
         raise WireError("unknown value codec", codec=codec_id) from None
-    payload = bytes(payload)
+    # No bytes() copy of a view: every decoder below reads it once into a new array.
     if codec.base_codec is ValueCodec.INT8:
         decoded = _decode_int8(payload, sizes)
     elif codec.base_codec is ValueCodec.FP16:
