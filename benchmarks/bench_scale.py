@@ -278,8 +278,7 @@ def main() -> None:
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     verify_us = signature_cost()
-    command = "nice -n 19 .venv/bin/python benchmarks/bench_scale.py" + (
-        f" --points {args.points}" if args.points != DEFAULT_POINTS else "")
+    command = " ".join(["nice -n 19 .venv/bin/python benchmarks/bench_scale.py", *sys.argv[1:]])
     result = {
         "machine": {"cpus": os.cpu_count(), "platform": platform.platform(),
                     "python": platform.python_version(), "open_files": limit},

@@ -44,6 +44,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from mpfl.choices import ModelName  # noqa: E402
 from mpfl.maths.consensus import VoteInput, top_votes  # noqa: E402
 from mpfl.ml.models import ModelSpec, build_model  # noqa: E402
 from mpfl.ml.units import UnitMap, build_unit_map  # noqa: E402
@@ -58,10 +59,10 @@ from mpfl.wire import (  # noqa: E402
     encode_values,
     topics,
 )
-from mpfl.wire.protocol import Hello, decode_update, encode_update  # noqa: E402
+from mpfl.wire.protocol import Hello, encode_update  # noqa: E402
 
 VARIANTS = 8
-MODEL = ModelSpec("lenet5")
+MODEL = ModelSpec(ModelName.LENET5)
 CONNECT_TIMEOUT_S = 120.0
 
 
@@ -98,10 +99,11 @@ def fleet_mask(units: UnitMap, sparsity: float) -> np.ndarray:
 def value_bodies(units: UnitMap, mask: np.ndarray, codec: str) -> list[tuple[int, bytes]]:
     """The VARIANTS value payloads (codec id, bytes) under ``mask``, without sample counts."""
     sizes = units.layer_sizes(mask)
-    out = []
+    out: list[tuple[int, bytes]] = []
     for k in range(VARIANTS):
         values = np.random.default_rng(100 + k).normal(0, 0.05, sum(sizes)).astype(np.float32)
-        out.append(encode_values(values, sizes, codec))
+        value_codec, body = encode_values(values, sizes, codec)
+        out.append((int(value_codec), body))
     return out
 
 
@@ -137,7 +139,7 @@ class Uploads:
         mask = fleet_mask(units, sparsity)
         mask_codec, mask_payload = encode_mask(mask, units.full_mask())
         return cls(units.fingerprint, mask, int(mask_codec), mask_payload,
-                   [(int(c), body) for c, body in value_bodies(units, mask, codec)])
+                   value_bodies(units, mask, codec))
 
     def envelope(self, i: int, kind: Kind, t: int) -> bytes:
         if kind is Kind.LOCAL_MASK:
@@ -265,7 +267,12 @@ def worker(url: str, federation: str, codec: str, sparsity: float, first: int, l
     sys.stdout.write(f"ready {len(loop.connections)}\n")
     sys.stdout.flush()
     stop = threading.Event()
-    threading.Thread(target=lambda: (sys.stdin.read(), stop.set()), daemon=True).start()
+
+    def until_stdin_closes() -> None:
+        sys.stdin.read()
+        stop.set()
+
+    threading.Thread(target=until_stdin_closes, daemon=True).start()
     last_misc = time.monotonic()
     while not stop.is_set() and loop.error is None:
         loop.run_once(0.2)
@@ -368,14 +375,6 @@ class RawSubscriber:
         for client in (self.client, self.trigger):
             client.disconnect()
             client.loop_stop()
-
-
-def check_upload(payload: bytes, units: UnitMap, mask: np.ndarray) -> int:
-    """The sample count of a well-formed upload (a test helper for the raw topics)."""
-    env = decode_envelope(payload, expected_fingerprint=units.fingerprint)
-    count, body = decode_update(env.payload)
-    decode_values(env.codec, body, units.layer_sizes(mask))
-    return count
 
 
 if __name__ == "__main__":
