@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import argparse
 import collections
-import hashlib
 import json
 import os
 import platform
@@ -43,12 +42,9 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.loadgen import Fleet, RawSubscriber, Uploads, node_id  # noqa: E402
+from benchmarks.loadgen import Fleet, RawSubscriber  # noqa: E402
+from benchmarks.scale_costs import signature_cost  # noqa: E402
 from coordinator.broker import MosquittoBroker, mosquitto_binary  # noqa: E402
-from mpfl.wire import Kind, topics  # noqa: E402
-from mpfl.wire.protocol import Publish  # noqa: E402
-from mpfl.wire.seal import Opened, Opener, Sealer  # noqa: E402
-from mpfl.wire.signing import Keyring, SigningKey  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results" / "scale.json"
 DEFAULT_POINTS = "50:int8,1000:int8,10000:int8,50:fp32,1000:fp32,10000:fp32"
@@ -135,8 +131,11 @@ def measure(url: str, n: int, codec: str, rounds: int, repeats: int, tmp: Path,
             coordinator_command(url, federation, run_dir, n, codec, rounds), profile, fleet)
         logs = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
         train = [r for r in logs if r["phase"] == "train"]
-        if any(len(r["participants"]) != n or r["dropped"] for r in train):
-            raise SystemExit(f"{n} {codec}: a round missed uploads or dropped some")
+        for r in train:
+            if len(r["participants"]) != n or r["dropped"]:
+                raise SystemExit(f"{n} {codec}: round {r['round']} took "
+                                 f"{len(r['participants'])} of {n} uploads in {r['seconds']:.0f}"
+                                 f" s, dropped {r['dropped']}")
         raw = RawSubscriber(url, federation, n)
         try:
             raw_runs = [raw.transfer(600) for _ in range(repeats)]
@@ -200,30 +199,6 @@ def _frame_name(frame: str) -> str:
     """``func (path/to/file.py:12)`` -> ``func (file.py)``."""
     func, _, where = frame.partition(" (")
     return f"{func} ({where.split(':')[0].rsplit('/', 1)[-1]})"
-
-
-def signature_cost(n: int = 300) -> dict[str, float]:
-    """Microseconds the coordinator spends verifying one signed upload (``Opener.open``:
-    frame parsing, replay and session checks, Ed25519 over topic and frame), in-process,
-    for each upload kind; the end-to-end points above run unsigned."""
-    keys = [SigningKey(hashlib.sha256(b"bench node %d" % i).digest()) for i in range(n)]
-    keyring = Keyring(None, {node_id(i): key.public_key for i, key in enumerate(keys)})
-    out = {}
-    for codec, sparsity in SPARSITY.items():
-        uploads = Uploads.build(codec, sparsity)
-        opener = Opener(keyring, "sig", session=lambda: "s")
-        sealed = []
-        for i, key in enumerate(keys):
-            topic = topics.node_topic("sig", node_id(i), topics.NODE_UPDATE)
-            message = Publish(topic, uploads.envelope(i, Kind.UPDATE, 1))
-            sealed.append(Sealer(key, node_id(i), "s").seal(message))
-        started = time.perf_counter()
-        opened = [opener.open(m.topic, m.payload) for m in sealed]
-        elapsed = time.perf_counter() - started
-        if not all(isinstance(o, Opened) for o in opened):
-            raise SystemExit("a signed upload did not verify")
-        out[codec] = elapsed / n * 1e6
-    return out
 
 
 def table(points: list[dict[str, Any]]) -> str:
