@@ -73,6 +73,7 @@ def _die_with_parent() -> None:
 
 
 def mosquitto_config(port: int, host: str = HOST, extra: str = "") -> str:
+    """``extra``: further config text (a regional gateway's bridge, a load test's limits)."""
     # No max_packet_size line: mosquitto then accepts up to the protocol limit (256 MB).
     lines = [f"listener {port} {host}", "allow_anonymous true", "persistence false",
              "log_dest stderr", "log_type error", "log_type warning"]
@@ -89,7 +90,7 @@ class MosquittoBroker:
     host: str = HOST
     port: int = 0
     kind: str = "mosquitto"
-    extra: str = ""  # appended to the config: a regional gateway's bridge
+    extra: str = ""  # appended to the config: a regional gateway's bridge, a load test's limits
     workdir: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="mpfl-broker-")))
     _proc: subprocess.Popen[bytes] | None = None
 

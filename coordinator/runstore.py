@@ -114,7 +114,8 @@ class RunStore:
             self._save_pausing(server.closed_round, name, arrays, {**meta, "arrays": name})
         else:
             write_npz(self.checkpoint_dir / name, arrays)
-            write_json(self.state_path, {**meta, "arrays": name})
+            # One line: a checkpoint of 10,000 nodes is written before every round opens.
+            write_json(self.state_path, {**meta, "arrays": name}, indent=None)
         for old in self.checkpoint_dir.glob("round-*.npz"):
             if old.name != name:
                 old.unlink(missing_ok=True)
@@ -124,7 +125,7 @@ class RunStore:
     def _save_pausing(self, closed: int, name: str, arrays: dict[str, np.ndarray],
                       meta: dict[str, Any]) -> None:
         """``save``'s two writes, each pausing before its rename (see ``PAUSE_ENV``)."""
-        state = json.dumps(meta, indent=2, sort_keys=True).encode()
+        state = json.dumps(meta, sort_keys=True).encode()
 
         def arrays_then_pause(f: IO[bytes]) -> None:
             np.savez(f, **arrays)  # type: ignore[arg-type]

@@ -15,11 +15,12 @@ from coordinator.runstore import RunStore
 from mpfl.config.settings import FederationConfig
 from mpfl.errors import FederationError, ModelError
 from mpfl.federation.node import FederationNode
+from mpfl.federation.rounds import NodeInfo, NodeTable
 from mpfl.federation.server import FederationServer
 from mpfl.federation.transport import MemoryBroker
 from mpfl.ml.data import load_dataset
 from mpfl.wire import Envelope, Kind, encode_envelope, encode_mask, encode_values, topics
-from mpfl.wire.protocol import Publish, decode_json, encode_update
+from mpfl.wire.protocol import Hello, Publish, decode_json, encode_update
 
 CFG = FederationConfig(
     federation="t", model="mlp", model_args={"image_size": 8, "hidden": [16]},
@@ -310,3 +311,28 @@ def test_an_update_weighs_at_most_the_count_its_hello_claimed() -> None:
         env = Envelope(Kind.UPDATE, 1, fp, node, codec, encode_update(claimed, body))
         assert rnd.take(env, Kind.UPDATE, 1.0, max_samples=10) is None
     np.testing.assert_allclose(rnd.values.result(), 0.5)
+
+
+def test_node_table_keeps_the_online_ids_beside_the_nodes() -> None:
+    table = NodeTable({"a": NodeInfo(10), "b": NodeInfo(20, online=False)})
+    assert table.online == {"a"}
+    table["b"] = NodeInfo(20)  # a fresh hello
+    table.leave("a")
+    table.leave("ghost")  # never seen: nothing to do
+    assert table.online == {"b"} and not table["a"].online and set(table) == {"a", "b"}
+
+
+def test_a_round_awaits_only_expected_online_nodes_that_have_not_answered() -> None:
+    cfg = replace(CFG, federation="aw", mask_rounds=0, train_rounds=1, quorum=3)
+    server = FederationServer(cfg)
+    for i in range(3):
+        server.handle(topics.node_topic("aw", f"n{i}", "status"), Hello(f"n{i}", 5).encode())
+    current = server.current
+    assert current is not None and current.pending == {"n0", "n1", "n2"}
+    base, sizes = server.weights.published()
+    codec, body = encode_values(base, sizes, "fp32")
+    env = Envelope(Kind.UPDATE, 1, server.unit_map.fingerprint, "n0", codec, encode_update(5, body))
+    server.handle(topics.node_topic("aw", "n0", "update"), encode_envelope(env))
+    assert current.pending == {"n1", "n2"} and current.awaits_anyone({"n1", "n2"})
+    assert not current.awaits_anyone({"n0"})  # answered, or offline: nobody to wait for
+    assert current.waiting_for({"n0", "n2"}) == {"n2"}

@@ -122,3 +122,22 @@ def test_ledger_windows_split_the_totals_without_overlap() -> None:
     assert inbox.ledger.window() == {"sent": {}, "received": {"nodes/update": 5}}
     assert inbox.ledger.window() == {"sent": {}, "received": {}}
     assert inbox.ledger.received["nodes/update"] == 35  # totals are untouched
+
+
+def test_inbox_holds_the_network_thread_once_its_byte_budget_is_queued() -> None:
+    inbox = Inbox(max_queued_bytes=100)
+    inbox.subscribe("t/#", lambda _topic, _payload: None)
+    inbox.put("t/a", b"x" * 80)
+    inbox.put("t/b", b"x" * 80)  # below the budget when it came: taken at once
+    third_queued = threading.Event()
+
+    def network_thread() -> None:
+        inbox.put("t/c", b"x" * 10)
+        third_queued.set()
+
+    threading.Thread(target=network_thread, daemon=True).start()
+    assert not third_queued.wait(0.3)  # 160 bytes queued: the third put waits
+    assert inbox.queued_bytes == 160
+    handled = inbox.dispatch()  # draining makes room; the waiting put goes through
+    assert third_queued.wait(5)
+    assert handled + inbox.dispatch() == 3 and inbox.queued_bytes == 0

@@ -33,7 +33,13 @@ class RoundLog:
     wire: dict[str, dict[str, int]] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        # Not dataclasses.asdict: its deep copy of every participant id took most of a
+        # checkpoint's time with 10,000 nodes. The lists and dicts are still copied.
+        doc = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        doc["participants"] = list(self.participants)
+        doc["dropped"] = dict(self.dropped)
+        doc["wire"] = {k: dict(v) for k, v in self.wire.items()}
+        return doc
 
     @staticmethod
     def from_dict(doc: Any) -> RoundLog:

@@ -7,6 +7,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from mpfl.choices import Phase
+from mpfl.federation.rounds import NodeTable
 from mpfl.federation.snapshot import FINISHED, Saved
 from mpfl.federation.traffic import Traffic
 
@@ -29,7 +30,7 @@ def resume(server: FederationServer, saved: Saved) -> None:
     weights = server.weights
     weights.mask, weights.history = saved.mask, saved.history
     weights.values = saved.global_values
-    server.run_id, server.nodes = saved.run_id, saved.nodes
+    server.run_id, server.nodes = saved.run_id, NodeTable(saved.nodes)
     server.dropped, server.log = saved.dropped, saved.log
     server.traffic = Traffic(saved.uplink, saved.downlink)
     closed = saved.closed_round

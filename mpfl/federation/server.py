@@ -38,7 +38,7 @@ from mpfl.federation.announce import state_document
 from mpfl.federation.evaluation import Evaluator
 from mpfl.federation.metrics import RoundLog
 from mpfl.federation.resume import resume, saved_state
-from mpfl.federation.rounds import NodeInfo, OpenRound, Step, get_mode, new_votes
+from mpfl.federation.rounds import NodeInfo, NodeTable, OpenRound, Step, get_mode, new_votes
 from mpfl.federation.snapshot import decode_snapshot, encode_snapshot
 from mpfl.federation.traffic import Traffic
 from mpfl.federation.weights import GlobalWeights
@@ -84,7 +84,7 @@ class FederationServer:
         self.weights = GlobalWeights.from_config(cfg)
         self.phase: Phase = Phase.WAITING
         self.round = 0
-        self.nodes: dict[str, NodeInfo] = {}
+        self.nodes = NodeTable()
         self.started_waiting = clock()
         self.dropped: Counter[str] = Counter()
         self.clamped_hellos = 0  # taken, with the claimed weight capped at max_samples
@@ -198,8 +198,7 @@ class FederationServer:
     def _on_status(self, node_id: str, payload: bytes) -> None:
         hello = Hello.decode(payload)
         if hello is None:
-            if node_id in self.nodes:
-                self.nodes[node_id].online = False
+            self.nodes.leave(node_id)
             return
         if hello.node_id != node_id:
             raise WireError("status node id does not match its topic", node=node_id)
@@ -234,13 +233,13 @@ class FederationServer:
 
     def active_nodes(self) -> set[str]:
         """Nodes whose last status said online: the coordinator's one view of liveness."""
-        return {n for n, info in self.nodes.items() if info.online}
+        return set(self.nodes.online)
 
     def tick(self) -> Step:
         """Advance on time or on answers."""
         now = self.clock()
         if self.phase is Phase.WAITING:
-            active = len(self.active_nodes())
+            active = len(self.nodes.online)
             timed_out = now - self.started_waiting >= self.cfg.start_timeout
             if active >= self.cfg.min_nodes or (timed_out and active >= self.cfg.quorum):
                 return Step(self.open_round(1))
@@ -254,7 +253,7 @@ class FederationServer:
         # Never below the quorum: after a broker restart's last wills nobody is left to
         # wait for, but one answer is not a round.
         quorate = len(current.answered) >= self.cfg.quorum
-        if quorate and not current.waiting_for(self.active_nodes()):
+        if quorate and not current.awaits_anyone(self.nodes.online):
             return self._close_round(current)
         if now < current.deadline:
             return Step()

@@ -9,7 +9,6 @@ does not fit.
 
 from __future__ import annotations
 
-import dataclasses
 from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -62,7 +61,8 @@ def encode_snapshot(
         "round": saved.round,
         "closed_round": saved.closed_round,
         "error": saved.error,
-        "nodes": {n: dataclasses.asdict(info) for n, info in sorted(saved.nodes.items())},
+        "nodes": {n: {"samples": info.samples, "hardware": info.hardware, "online": info.online}
+                  for n, info in sorted(saved.nodes.items())},
         "dropped": dict(sorted(saved.dropped.items())),
         "uplink": saved.uplink,
         "downlink": saved.downlink,

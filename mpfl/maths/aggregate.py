@@ -40,9 +40,9 @@ def _check_values(values: NDArray[Any], n_values: int, index: int | None = None)
         raise ModelError(
             "update length does not fit", expected=n_values, got=values.size, update=index
         )
-    if not np.issubdtype(values.dtype, np.floating):
+    if values.dtype.kind != "f":
         raise ModelError("an update must hold floats", dtype=str(values.dtype), update=index)
-    if not np.all(np.isfinite(values)):
+    if not np.isfinite(values).all():
         raise FederationError("an update holds NaN or infinite values", update=index)
 
 

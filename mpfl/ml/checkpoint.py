@@ -67,8 +67,9 @@ def _fsync_directory(directory: Path) -> None:
         os.close(fd)
 
 
-def write_json(path: Path, doc: Any, durable: bool = True) -> None:
-    data = json.dumps(doc, indent=2, sort_keys=True).encode()
+def write_json(path: Path, doc: Any, durable: bool = True, indent: int | None = 2) -> None:
+    """``indent=None``: one line, by json's C encoder (the indenting one is pure Python)."""
+    data = json.dumps(doc, indent=indent, sort_keys=True).encode()
     atomic_write(path, lambda f: f.write(data), durable)
 
 

@@ -5,6 +5,11 @@ arrives here; the service's main thread calls ``dispatch``, which reassembles ch
 payloads and calls the subscribed handlers. Training or aggregation in a handler
 therefore never stalls the network loop (keepalives, acknowledgements, reconnects).
 
+What waits in the queue is bounded too (``max_queued_bytes``): when the main thread falls
+behind, ``put`` holds the network thread, so TCP pushes back and the broker keeps the
+backlog (QoS 1), instead of this process holding a whole round of uploads: the
+coordinator's memory stays the same whatever the number of nodes.
+
 Unfinished chunk sets are bounded by the ``Reassembler``'s budgets and age; what it drops
 is counted in ``reassembler.expired`` by reason, malformed chunks in ``bad_chunks``.
 
@@ -17,6 +22,7 @@ coordinator's (``mpfl.federation.traffic``).
 from __future__ import annotations
 
 import queue
+import threading
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -25,6 +31,11 @@ from typing import Any
 from mpfl.errors import WireError
 from mpfl.federation.transport import Handler, topic_matches
 from mpfl.wire.chunks import Reassembler
+
+MAX_QUEUED_BYTES = 16 << 20
+# A main thread busy for longer than this (a checkpoint on a slow disk, a stop) must not
+# stall the network thread past the broker's keepalive: the message is queued regardless.
+PUT_WAIT_S = 5.0
 
 
 def message_kind(topic: str) -> str:
@@ -84,7 +95,10 @@ class Inbox:
     """Thread-safe queue of incoming messages and connection events, drained by ``dispatch``."""
 
     def __init__(
-        self, ledger: ByteLedger | None = None, reassembler: Reassembler | None = None
+        self,
+        ledger: ByteLedger | None = None,
+        reassembler: Reassembler | None = None,
+        max_queued_bytes: int = MAX_QUEUED_BYTES,
     ) -> None:
         self.ledger = ledger if ledger is not None else ByteLedger()
         # Its budgets bound what unfinished chunk sets hold, whatever arrives; sets are
@@ -94,6 +108,9 @@ class Inbox:
         self._reported: Counter[str] = Counter()  # chunk drops already handed out
         self.on_connected: Callable[[bool], None] | None = None
         self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self.max_queued_bytes = max_queued_bytes
+        self._queued_bytes = 0
+        self._room = threading.Condition()
         self._subs: list[tuple[str, Handler]] = []
 
     def new_chunk_drops(self, malformed: str) -> Counter[str]:
@@ -109,7 +126,17 @@ class Inbox:
     # -- any thread -----------------------------------------------------------------------
 
     def put(self, topic: str, payload: bytes) -> None:
+        """Queue a message; waits (up to PUT_WAIT_S) while ``max_queued_bytes`` are queued."""
+        with self._room:
+            if self._queued_bytes >= self.max_queued_bytes:
+                self._room.wait_for(lambda: self._queued_bytes < self.max_queued_bytes,
+                                    PUT_WAIT_S)
+            self._queued_bytes += len(payload)
         self._queue.put((topic, payload))
+
+    @property
+    def queued_bytes(self) -> int:
+        return self._queued_bytes
 
     def put_connected(self, session_present: bool) -> None:
         self._queue.put(_Connected(session_present))
@@ -140,6 +167,9 @@ class Inbox:
                     self.on_connected(item.session_present)
                 continue
             topic, payload = item
+            with self._room:
+                self._queued_bytes -= len(payload)
+                self._room.notify()
             self.ledger.record_received(topic, len(payload))
             try:
                 whole = self.reassembler.feed(topic, payload)

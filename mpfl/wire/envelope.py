@@ -101,11 +101,11 @@ class Envelope:
             raise WireError("payload longer than 4 GiB", **ctx)
 
 
+_KIND_NAMES = {int(kind): kind.name for kind in Kind}
+
+
 def _kind_name(kind: int) -> str:
-    try:
-        return Kind(kind).name
-    except ValueError:
-        return str(kind)
+    return _KIND_NAMES.get(kind, str(kind))  # a dict, not Kind(): this runs per message
 
 
 def encode_envelope(env: Envelope) -> bytes:
@@ -181,7 +181,7 @@ def decode_envelope(
     if pos != body_end:
         raise WireError("trailing bytes after the message", extra=body_end - pos, **ctx)
     (crc,) = _CRC.unpack_from(data, body_end)
-    if crc != zlib.crc32(data[:body_end]):
+    if crc != zlib.crc32(memoryview(data)[:body_end]):  # a view: no copy of the body
         raise WireError("CRC mismatch, message corrupted", **ctx)
 
     try:

@@ -59,13 +59,15 @@ def encode_update(samples: int, values_payload: bytes) -> bytes:
     return _SAMPLES.pack(samples) + values_payload
 
 
-def decode_update(payload: bytes) -> tuple[int, bytes]:
+def decode_update(payload: bytes) -> tuple[int, memoryview]:
+    """The sample count and the coded values: a view into ``payload``, not a copy (a dense
+    fp32 update is a quarter of a megabyte, and the value decoder copies it anyway)."""
     if len(payload) < _SAMPLES.size:
         raise WireError("update payload shorter than its sample count")
     (samples,) = _SAMPLES.unpack_from(payload)
     if samples == 0:
         raise WireError("update reports zero samples")
-    return samples, payload[_SAMPLES.size :]
+    return samples, memoryview(payload)[_SAMPLES.size :]
 
 
 _U32 = Annotated[int, msgspec.Meta(ge=0, le=0xFFFF_FFFF)]

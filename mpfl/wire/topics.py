@@ -13,6 +13,7 @@ during provisioning), so both are restricted to letters, digits, dash and unders
 
 from __future__ import annotations
 
+import functools
 import re
 
 from mpfl.errors import ConfigError
@@ -63,6 +64,7 @@ def _validate_suffix(name: str) -> str:
     return name
 
 
+@functools.lru_cache(maxsize=64)  # checked once per name, not once per message
 def topic_prefix(federation: str) -> str:
     """``mpfl/v1/<federation>``: the root of every topic of one federation."""
     return f"{ROOT}/{PROTOCOL_LEVEL}/{validate_name(federation, what='federation')}"
