@@ -26,6 +26,7 @@ import numpy as np
 
 from mpfl.choices import Granularity, Mode, ModelScope, Phase
 from mpfl.errors import DocumentError, FingerprintMismatch, ModelError, WireError
+from mpfl.federation.feedback import ErrorFeedback
 from mpfl.federation.rejections import RejectionLog
 from mpfl.ml.data import Dataset
 from mpfl.ml.masks import local_mask, unit_scores
@@ -104,6 +105,7 @@ class FederationNode:
         self.sent_bytes = 0
         self.received_bytes = 0
         self.last_metrics: dict[str, Any] = {}
+        self.feedback = ErrorFeedback()
 
     def _topic(self, name: str) -> str:
         return topics.node_topic(self.federation, self.node_id, name)
@@ -265,8 +267,12 @@ class FederationNode:
             # the average to the new consensus itself).
             alive = unit_map.alive_values(trained, mask)
             base = values if doc.delta else None
-            value_codec, body = encode_values(alive, unit_map.layer_sizes(mask),
-                                              doc.value_codec, base)
+            sizes = unit_map.layer_sizes(mask)
+            if doc.error_feedback:
+                value_codec, body = self.feedback.encode(alive, sizes, doc.value_codec, base,
+                                                         doc.mask_in_force)
+            else:
+                value_codec, body = encode_values(alive, sizes, doc.value_codec, base)
             uploads.append((Kind.UPDATE, int(value_codec), encode_update(len(self.data), body)))
         messages = [
             Publish(self._topic(_UPLOAD_TOPIC[kind]),
