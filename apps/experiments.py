@@ -64,7 +64,7 @@ class ExperimentSettings:
     delta: bool = False
     error_feedback: bool = False
     server_optimizer: str = "none"
-    server_momentum: float = 0.9
+    server_momentum: float = 0.5
     mode: str = "rewind"  # of the "mpfl" method ("mpfl-joint" is always joint)
     local_epochs: int = 1
     batch_size: int = 32
