@@ -25,6 +25,7 @@ import json
 import os
 import platform
 import shlex
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -119,7 +120,7 @@ def run_pool(todo: Sequence[Job], args: argparse.Namespace, tmp: Path
             pending = []
         while pending and len(running) < args.jobs:
             job = pending.pop(0)
-            out = tmp / (job.key.replace(":", "_") + ".json")
+            out = tmp / job_file(job)
             cmd = [sys.executable, str(script), "--data-dir", str(args.data_dir), "--job",
                    job.key, "--job-out", str(out), "--threads", "1", "--parts", args.parts]
             if args.train_limit:
@@ -140,6 +141,9 @@ def run_pool(todo: Sequence[Job], args: argparse.Namespace, tmp: Path
                 raise SystemExit(f"job {job.key} failed with exit code {code}")
             docs = json.loads(out.read_text())
             done[job.key] = [ExperimentResult.from_dict(d) for d in docs]
+            if args.keep_jobs is not None:
+                args.keep_jobs.mkdir(parents=True, exist_ok=True)
+                shutil.copy(out, args.keep_jobs / out.name)
     return done, skipped
 
 
@@ -152,6 +156,21 @@ def run_all(profile: Profile, args: argparse.Namespace
         return {job.key: run_job(job, ex) for job in todo}, []
     with tempfile.TemporaryDirectory(prefix="mpfl-bench-learning-") as tmp:
         return run_pool(todo, args, Path(tmp))
+
+
+def job_file(job: Job) -> str:
+    return job.key.replace(":", "_") + ".json"
+
+
+def load_jobs(profile: Profile, args: argparse.Namespace
+              ) -> tuple[dict[str, list[ExperimentResult]], list[str]]:
+    """The results a run kept (--keep-jobs), and the keys of jobs it has none for."""
+    done: dict[str, list[ExperimentResult]] = {}
+    for job in jobs(profile, args.parts):
+        path = args.from_jobs / job_file(job)
+        if path.is_file():
+            done[job.key] = [ExperimentResult.from_dict(d) for d in json.loads(path.read_text())]
+    return done, [j.key for j in jobs(profile, args.parts) if j.key not in done]
 
 
 # -- main ---------------------------------------------------------------------------------
@@ -180,6 +199,11 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                              "(default: the full training sets)")
     parser.add_argument("--threads", type=int, default=None,
                         help="torch intra-op threads in this process")
+    parser.add_argument("--from-jobs", type=Path, default=None,
+                        help="run nothing: make the tables and plots from the job results a "
+                             "run kept in this directory (see --keep-jobs)")
+    parser.add_argument("--keep-jobs", type=Path, default=None,
+                        help="also keep each job's results here, as it finishes")
     parser.add_argument("--job", help=argparse.SUPPRESS)  # a worker: run one job only
     parser.add_argument("--job-out", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -202,9 +226,10 @@ def worker(profile: Profile, args: argparse.Namespace) -> None:
 
 
 def report(profile: Profile, results: dict[str, list[ExperimentResult]], skipped: list[str],
-           command: str, elapsed: float, workers: int, out_dir: Path, parts: str = "ab"
-           ) -> dict[str, Any]:
-    """Tables, plots and learning.json from every job's results."""
+           command: str, elapsed: float, workers: int, out_dir: Path, parts: str = "ab",
+           kept: bool = False) -> dict[str, Any]:
+    """Tables, plots and learning.json from every job's results; ``kept``: they were read
+    back from --from-jobs, so ``elapsed`` is the jobs' own time over ``workers``."""
     todo = jobs(profile, parts)
     by_key = {j.key: j for j in todo}
     order = {j.key: i for i, j in enumerate(sorted(todo, key=lambda j: j.part))}
@@ -219,9 +244,12 @@ def report(profile: Profile, results: dict[str, list[ExperimentResult]], skipped
     headline = [dataclasses.replace(v, label=DEFAULT_LABEL) if v.key == profile.default else v
                 for v in profile.variants if v.key in ("fedavg", profile.default)]
     blocks = [
-        f"Command: `{command}` ({elapsed / 60:.1f} min wall on {os.cpu_count()} cores, "
-        f"{workers} worker process(es), {threads}, torch {torch.__version__})",
-        "Settings:\n\n" + "\n".join(f"- {n}" for n in profile.notes)
+        f"Command: `{command}` ({elapsed / 60:.1f} min "
+        + ("of job time over " if kept else "wall on ")
+        + f"{os.cpu_count()} cores, {workers} worker process(es), {threads}, "
+        f"torch {torch.__version__})",
+        "Settings:\n\n" + "\n".join(f"- {n}" for n in profile.notes
+                                     if not n.startswith("(") or n[1] in parts)
         + (f"\n- Skipped (time budget): {', '.join(skipped)}" if skipped else ""),
     ]
     if "a" in parts:
@@ -277,9 +305,14 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     for note in profile.notes:
         say(f"  {note}")
     start = time.perf_counter()
-    results, skipped = run_all(profile, args)
-    elapsed = time.perf_counter() - start
-    return report(profile, results, skipped, command, elapsed, args.jobs, out_dir, args.parts)
+    if args.from_jobs is not None:
+        results, skipped = load_jobs(profile, args)
+        elapsed = sum(r.seconds for rs in results.values() for r in rs) / max(args.jobs, 1)
+    else:
+        results, skipped = run_all(profile, args)
+        elapsed = time.perf_counter() - start
+    return report(profile, results, skipped, command, elapsed, args.jobs, out_dir, args.parts,
+                  kept=args.from_jobs is not None)
 
 
 if __name__ == "__main__":

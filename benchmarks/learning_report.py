@@ -106,8 +106,9 @@ def table_b(results: Sequence[ExperimentResult], profile: Profile) -> str:
 
 
 def plot_uplink(grouped: PartA, profile: Profile, path: Path) -> None:
-    """Accuracy against cumulative uplink (bit/param per node-round, summed over rounds)
-    for the default and dense FedAvg: the mean over seeds, with the seeds' range shaded."""
+    """Final accuracy against uplink bit/param, one point per method (mean over seeds, bars
+    from the lowest to the highest seed): the default and each ablation row against dense
+    FedAvg."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -117,33 +118,27 @@ def plot_uplink(grouped: PartA, profile: Profile, path: Path) -> None:
     datasets = [d for d in profile.part_a_datasets if any(d in g for g in grouped.values())]
     if not datasets:
         return
-    shown = [v for v in profile.variants if v.key in ("fedavg", profile.default)]
-    fig, axes = plt.subplots(1, len(datasets), figsize=(5.5 * len(datasets), 4), squeeze=False)
+    fig, axes = plt.subplots(1, len(datasets), figsize=(6 * len(datasets), 4.2), squeeze=False)
     for ax, dataset in zip(axes[0], datasets, strict=True):
-        for v in shown:
+        for v in profile.variants:
             runs = list(grouped.get(v.key, {}).get(dataset, {}).values())
             if not runs:
                 continue
-            curves = []
-            for r in runs:
-                per_round = r.dense_uplink_bytes / max(len(r.rounds), 1)
-                curves.append([(32 * x.cumulative_uplink_bytes / per_round, 100 * x.accuracy)
-                               for x in r.rounds if x.accuracy is not None])
-            n = min(len(c) for c in curves)
-            x = np.mean([[p[0] for p in c[:n]] for c in curves], axis=0)
-            y = np.array([[p[1] for p in c[:n]] for c in curves])
             label = DEFAULT_LABEL if v.key == profile.default else v.label
-            ax.plot(x, y.mean(axis=0), marker="o", markersize=3,
-                    label=f"{label} ({len(runs)} seed(s))")
-            ax.fill_between(x, y.min(axis=0), y.max(axis=0), alpha=0.2)
+            acc = np.array([100 * r.accuracy for r in runs])
+            bits = float(np.mean([bits_per_param(r) for r in runs]))
+            main = v.key in ("fedavg", profile.default)
+            ax.errorbar([bits], [acc.mean()], yerr=[[acc.mean() - acc.min()],
+                                                     [acc.max() - acc.mean()]],
+                        fmt="o" if main else "s", markersize=8 if main else 5, capsize=4,
+                        label=f"{label} ({len(runs)} seed(s))", zorder=3 if main else 2)
         ax.set_xscale("log")
-        ax.set_xlabel("cumulative uplink (bit per parameter per node, log scale)")
-        ax.set_ylabel("test accuracy (%)")
-        ax.set_ylim(bottom=max(ax.get_ylim()[0], 50))
+        ax.set_xlabel("uplink, bit per parameter per node-round (log scale)")
+        ax.set_ylabel("final test accuracy (%)")
         ax.set_title(f"{dataset} / LeNet-5, {profile.part_a.nodes} nodes, "
-                     f"{profile.part_a.partition}")
+                     f"{profile.part_a.partition}, 90% weights")
         ax.grid(True, which="both", alpha=0.3)
-        ax.legend()
+        ax.legend(fontsize=7, loc="lower right")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
