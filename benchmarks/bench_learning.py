@@ -110,6 +110,14 @@ def run_pool(todo: Sequence[Job], args: argparse.Namespace, tmp: Path
     running: list[tuple[Job, subprocess.Popen[bytes], Path]] = []
     done: dict[str, list[ExperimentResult]] = {}
     skipped: list[str] = []
+    if args.keep_jobs is not None:  # a rerun picks up where a stopped one left off
+        for job in list(pending):
+            kept = args.keep_jobs / job_file(job)
+            if kept.is_file():
+                pending.remove(job)
+                docs = json.loads(kept.read_text())
+                done[job.key] = [ExperimentResult.from_dict(d) for d in docs]
+                say(f"[{job.key}] kept from an earlier run: {kept}")
     while pending or running:
         over = args.budget_minutes is not None and (
             time.perf_counter() - start > 60 * args.budget_minutes)
@@ -203,7 +211,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                         help="run nothing: make the tables and plots from the job results a "
                              "run kept in this directory (see --keep-jobs)")
     parser.add_argument("--keep-jobs", type=Path, default=None,
-                        help="also keep each job's results here, as it finishes")
+                        help="keep each job's results here as it finishes, and take the "
+                             "ones already there instead of running them again")
     parser.add_argument("--job", help=argparse.SUPPRESS)  # a worker: run one job only
     parser.add_argument("--job-out", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
