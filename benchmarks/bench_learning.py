@@ -262,14 +262,16 @@ def report(profile: Profile, results: dict[str, list[ExperimentResult]], skipped
         + (f"\n- Skipped (time budget): {', '.join(skipped)}" if skipped else ""),
     ]
     if "a" in parts:
+        ran = sorted({r.settings.seed for _, r in tagged})
         setting = (f"LeNet-5, {a.nodes} nodes, {a.partition}, {a.local_epochs} local "
                    f"epoch(s), SGD lr {a.lr} momentum {a.momentum}, batch {a.batch_size}, "
-                   f"90% weight sparsity, seeds {', '.join(map(str, profile.seeds))}")
+                   f"90% weight sparsity, seeds run: {', '.join(map(str, ran))} (of "
+                   f"{', '.join(map(str, profile.seeds))})")
         blocks += [f"(a) headline: the default against dense FedAvg, {setting}\n\n"
                    + table_a(grouped, profile, headline),
                    "(a) ablation: each row adds one change to the row above\n\n"
                    + table_a(grouped, profile, profile.variants),
-                   "(c) accuracy against cumulative uplink: learning_uplink.png"]
+                   "(c) final accuracy against uplink bit/param: learning_uplink.png"]
     if "b" in parts:
         plot_sparsity(part_b, profile, out_dir / "learning_sparsity.png")
         blocks += ["(b) accuracy vs sparsity\n\n" + table_b(part_b, profile),

@@ -138,7 +138,7 @@ def plot_uplink(grouped: PartA, profile: Profile, path: Path) -> None:
         ax.set_title(f"{dataset} / LeNet-5, {profile.part_a.nodes} nodes, "
                      f"{profile.part_a.partition}, 90% weights")
         ax.grid(True, which="both", alpha=0.3)
-        ax.legend(fontsize=7, loc="lower right")
+        ax.legend(fontsize=7, loc="center")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
