@@ -61,6 +61,11 @@ class ExperimentSettings:
     consensus: str = "top-votes"
     granularity: str = "filter"
     value_codec: str = "fp32"
+    delta: bool = False
+    error_feedback: bool = False
+    server_optimizer: str = "none"
+    server_momentum: float = 0.5
+    mode: str = "rewind"  # of the "mpfl" method ("mpfl-joint" is always joint)
     local_epochs: int = 1
     batch_size: int = 32
     lr: float = 0.05
@@ -189,7 +194,8 @@ def federation_config(
         final_sparsity=sparsity, schedule=s.schedule, consensus=s.consensus,
         mask_rounds=s.mask_rounds, train_rounds=s.train_rounds, local_epochs=s.local_epochs,
         batch_size=s.batch_size, lr=s.lr, momentum=s.momentum, value_codec=s.value_codec,
-        min_nodes=s.nodes, quorum=s.nodes, seed=s.seed,
+        delta=s.delta, error_feedback=s.error_feedback, server_optimizer=s.server_optimizer,
+        server_momentum=s.server_momentum, min_nodes=s.nodes, quorum=s.nodes, seed=s.seed,
     ).validate()
 
 
@@ -251,7 +257,7 @@ class Experiments:
             result = self._central(dataset, model, sparsity, s)
         else:
             result = self._mpfl(dataset, model, sparsity, s,
-                                "joint" if method == "mpfl-joint" else "rewind")
+                                "joint" if method == "mpfl-joint" else s.mode)
             result.method = method
         result.name = name
         result.seconds = time.perf_counter() - start
@@ -304,7 +310,10 @@ class Experiments:
             start = time.perf_counter()
             data = self.data(dataset, s)
             base = federation_config(f"fedavg-{dataset}", model, data.model_args, 0.0, s)
-            cfg = dense_fedavg_config(dataclasses.replace(base, value_codec="fp32"))
+            # The reference: plain FedAvg of fp32 values, whatever MPFL's own options are.
+            cfg = dense_fedavg_config(dataclasses.replace(
+                base, value_codec="fp32", delta=False, error_feedback=False,
+                server_optimizer="none"))
             server, loss, acc = self._federate(cfg, data, s, f"fedavg {dataset}")
             result = self._result("fedavg", dataset, cfg, server, loss, acc, s, 0.0)
             result.seconds = time.perf_counter() - start

@@ -17,6 +17,11 @@ REFERENCE = ExperimentSettings(nodes=10, partition="dirichlet:0.5", seed=0, loca
                                batch_size=32, lr=0.05, momentum=0.9)
 
 
+SEEDS = (0, 1, 2)
+# int4 deltas with error feedback, stepped by FedAvgM: the config default.
+DEFAULT_VARIANT = "int4-ef-fedavgm"
+DEFAULT_LABEL = "MPFL default: int4 deltas, error feedback, FedAvgM 0.5"
+
 # One trainer on the pooled data takes ten times the nodes' steps per round; at their
 # lr 0.05 (momentum 0.9) it diverged, so the centralised baseline uses a smaller one.
 CENTRAL_LR = 0.01
@@ -33,12 +38,49 @@ class Sweep:
 
 
 @dataclasses.dataclass(frozen=True)
+class Variant:
+    """One row of part (a): a method and the options it runs with. The rows add one change
+    at a time, so each row against the one above is what that change buys and costs."""
+
+    key: str
+    label: str
+    method: str  # "fedavg" or "mpfl"
+    settings: ExperimentSettings
+
+
+@dataclasses.dataclass(frozen=True)
 class Profile:
     name: str
     part_a_datasets: tuple[str, ...]
     part_a: ExperimentSettings
     sweeps: tuple[Sweep, ...]
     notes: tuple[str, ...]
+    variants: tuple[Variant, ...] = ()
+    seeds: tuple[int, ...] = (0,)
+    default: str = ""  # the key of the variant that is the config default
+
+
+def ablation(base: ExperimentSettings) -> tuple[Variant, ...]:
+    """Dense FedAvg, then MPFL as it was (int8 values), then one change at a time. Each run
+    is evaluated once, at the end: per-round evaluation of the 10k test images would cost
+    a third of a 6,000-sample run."""
+    base = dataclasses.replace(base, eval_every_round=False)
+    int8 = dataclasses.replace(base, value_codec="int8")
+    int4 = dataclasses.replace(base, value_codec="int4", delta=True)
+    feedback = dataclasses.replace(int4, error_feedback=True)
+    momentum = dataclasses.replace(feedback, server_optimizer="fedavgm", server_momentum=0.5)
+    return (
+        Variant("fedavg", "dense FedAvg, fp32", "fedavg", base),
+        Variant("int8", "MPFL, int8 values", "mpfl", int8),
+        Variant("int4", "+ int4 deltas", "mpfl", int4),
+        Variant("int4-ef", "+ error feedback", "mpfl", feedback),
+        Variant(DEFAULT_VARIANT, "+ FedAvgM (server momentum 0.5)", "mpfl", momentum),
+        # Not a step towards the default but a lead: the same 20 rounds, 3 more of them
+        # training (the mask is reached in 2 rounds: 45%, then 90%).
+        Variant("m2", "default, 2 mask + 18 training rounds", "mpfl",
+                dataclasses.replace(momentum, mask_rounds=2, train_rounds=18)),
+    )
+
 
 
 def _rounds(s: ExperimentSettings) -> str:
@@ -49,9 +91,11 @@ def _samples(s: ExperimentSettings, full: str) -> str:
     return full if s.train_limit is None else f"a seeded {s.train_limit:,}-sample subset of {full}"
 
 
-def full_profile() -> Profile:
+def full_profile(train_limit: int | None = None) -> Profile:
+    """``train_limit``: part (a) trains on a seeded subset of that many samples (the CPU
+    cost of a run is proportional to it); None is the issue's full training sets."""
     part_a = dataclasses.replace(REFERENCE, mask_rounds=5, train_rounds=15,
-                                 granularity="weight", value_codec="int8")
+                                 granularity="weight", train_limit=train_limit)
     fashion = dataclasses.replace(REFERENCE, mask_rounds=5, train_rounds=15,
                                   granularity="filter", train_limit=20_000,
                                   central_lr=CENTRAL_LR, eval_every_round=False)
@@ -61,11 +105,12 @@ def full_profile() -> Profile:
     sweeps = (Sweep("fashion-mnist", "lenet5", (0.1, 0.3, 0.5, 0.7, 0.9), fashion),
               Sweep("cifar10", "cnn-cifar", (0.3, 0.6, 0.9), cifar))
     notes = (
-        f"(a) full MNIST / Fashion-MNIST (60k train, 10k test), {part_a.rounds} rounds each: "
-        f"MPFL {_rounds(part_a)}, {part_a.schedule} schedule to 90%, weight masks, "
-        f"{part_a.value_codec} values, {part_a.consensus} consensus; FedAvg "
-        f"{part_a.rounds} dense fp32 rounds. MPFL (joint): the same with mode = joint, "
-        "whose mask rounds also send and average the masked weights.",
+        f"(a) MNIST / Fashion-MNIST, {_samples(part_a, 'the 60k training set')}, full 10k "
+        f"test set, {part_a.rounds} rounds each, "
+        f"seeds {', '.join(map(str, SEEDS))} (the seed draws the partition, w0 and the "
+        f"nodes' batches): MPFL {_rounds(part_a)}, rewind mode, {part_a.schedule} schedule "
+        f"to 90%, weight masks, {part_a.consensus} consensus; dense FedAvg {part_a.rounds} "
+        "fp32 rounds, plain averaging. Each MPFL row adds one change to the row above.",
         *(f"(b) {sw.dataset}: {_samples(sw.settings, 'the training set')}"
           + (" (data_batch_1 + data_batch_2)" if sw.dataset == "cifar10" else "")
           + f", full test set, {_rounds(sw.settings)}, SGD lr {sw.settings.lr} on the "
@@ -80,18 +125,21 @@ def full_profile() -> Profile:
         "Sparsity is the fraction of prunable units removed (filters / hidden neurons for "
         "filter masks, Conv/Linear weights for weight masks); the classifier head (filter "
         "masks) and biases stay dense. Uplink bytes are the exact published messages "
-        "(envelope included); FedAvg's uplink is the same at every sparsity.",
-        "Rounds, data subsets and sparsity points were cut to fit ~35 min on a shared "
-        "2-core machine; seeds fixed (0), so a rerun gives the same split and init.",
+        "(envelope included); bit/param is 32 x uplink bytes / (4 bytes x parameters x "
+        "node-rounds), so a dense fp32 upload is 32.",
+        "(b) Rounds, data subsets and sparsity points were cut to fit ~35 min on a shared "
+        "2-core machine; seed fixed (0), so a rerun gives the same split and init.",
     )
-    return Profile("full", ("mnist", "fashion-mnist"), part_a, sweeps, notes)
+    return Profile("full", ("mnist", "fashion-mnist"), part_a, sweeps, notes,
+                   ablation(part_a), SEEDS, DEFAULT_VARIANT)
 
 
 def quick_profile() -> Profile:
     tiny = dataclasses.replace(REFERENCE, nodes=3, mask_rounds=1, train_rounds=1,
                                train_limit=300, test_limit=200)
-    part_a = dataclasses.replace(tiny, granularity="weight", value_codec="int8")
+    part_a = dataclasses.replace(tiny, granularity="weight")
     sweep = dataclasses.replace(tiny, granularity="filter", eval_every_round=False)
+    variants = ablation(part_a)
     return Profile(
         "quick",
         ("mnist", "fashion-mnist"),
@@ -100,6 +148,9 @@ def quick_profile() -> Profile:
          Sweep("cifar10", "cnn-cifar", (0.5,), sweep)),
         ("quick smoke profile: 3 nodes, 300 training and 200 test samples, 2 rounds; "
          "the numbers are meaningless.",),
+        tuple(v for v in variants if v.key in ("fedavg", "int8", DEFAULT_VARIANT)),
+        (0,),
+        DEFAULT_VARIANT,
     )
 
 
@@ -113,9 +164,12 @@ class Job:
     method: str  # "fedavg-prune" runs dense FedAvg once and prunes it at every sparsity
     sparsities: tuple[float, ...]
     settings: ExperimentSettings
+    variant: str = ""  # part (a): the Variant's key (the seed is in the settings)
 
     @property
     def key(self) -> str:
+        if self.variant:
+            return f"{self.part}:{self.dataset}:{self.variant}:s{self.settings.seed}"
         per_point = self.method in ("mpfl", "mpfl-joint", "central")
         point = f":{round(100 * self.sparsities[0])}" if per_point else ""
         return f"{self.part}:{self.dataset}:{self.method}{point}"
@@ -129,11 +183,35 @@ def _by_priority(sparsities: Sequence[float]) -> list[float]:
     return list(dict.fromkeys(first + ordered))
 
 
-def jobs(profile: Profile) -> list[Job]:
-    """Every job of a profile, most important first: part (a), the dense runs, then the
-    sweep points by :func:`_by_priority`, CIFAR-10 (the longest) before the others."""
-    out = [Job("a", d, "lenet5", m, (0.9,), profile.part_a)
-           for d in profile.part_a_datasets for m in ("fedavg", "mpfl", "mpfl-joint")]
+def part_a_jobs(profile: Profile) -> list[Job]:
+    """In the order a cut budget hurts least: dense FedAvg and the default on the first
+    seed; the old int8 row, the default without server momentum (what the new codec and
+    FedAvgM buy) and with fewer mask rounds, on that seed; the headline on the other
+    seeds; then everything else."""
+    def job(d: str, v: Variant, seed: int) -> Job:
+        return Job("a", d, "lenet5", v.method, (0.9,),
+                   dataclasses.replace(v.settings, seed=seed), v.key)
+
+    headline = [v for v in profile.variants if v.method == "fedavg" or v.key == profile.default]
+    telling = [v for v in profile.variants if v.key in ("int8", "int4-ef", "m2")]
+    first, *others = profile.seeds
+    order = [(headline, [first]), (telling, [first]), (headline, others),
+             (profile.variants, list(profile.seeds))]
+    out = [job(d, v, seed) for group, seeds in order for seed in seeds
+           for d in profile.part_a_datasets for v in group]
+    first_of: dict[str, Job] = {}
+    for j in out:
+        first_of.setdefault(j.key, j)
+    return list(first_of.values())
+
+
+def jobs(profile: Profile, parts: str = "ab") -> list[Job]:
+    """Every job of a profile's ``parts``, most important first: part (a) (see
+    :func:`part_a_jobs`), the dense runs, then the sweep points by :func:`_by_priority`,
+    CIFAR-10 (the longest) before the others."""
+    out = part_a_jobs(profile) if "a" in parts else []
+    if "b" not in parts:
+        return out
     sweeps = sorted(profile.sweeps, key=lambda sw: sw.dataset != "cifar10")
     out += [Job("b", sw.dataset, sw.model, "fedavg-prune", sw.sparsities, sw.settings)
             for sw in sweeps]

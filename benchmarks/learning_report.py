@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import statistics
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-from learning_plan import Profile
+from learning_plan import DEFAULT_LABEL, Profile, Variant
 
 from apps.experiments import ExperimentResult
 
@@ -19,30 +20,58 @@ def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
     return "\n".join(lines)
 
 
-def _method_label(r: ExperimentResult) -> str:
-    if r.method == "fedavg":
-        return "dense FedAvg"
-    mode = " (joint)" if r.method == "mpfl-joint" else ""
-    return f"MPFL{mode} weights {r.sparsity:.0%}"
+def bits_per_param(r: ExperimentResult) -> float:
+    """Uplink bits per model parameter per node-round: 32 is a dense fp32 upload."""
+    return 32.0 * r.uplink_bytes / r.dense_uplink_bytes if r.dense_uplink_bytes else 0.0
 
 
-def table_a(results: Sequence[ExperimentResult]) -> str:
+def _spread(xs: Sequence[float], digits: int = 2) -> str:
+    """Mean ± sample standard deviation (just the value for one seed)."""
+    if len(xs) == 1:
+        return f"{xs[0]:.{digits}f}"
+    return f"{statistics.fmean(xs):.{digits}f} ± {statistics.stdev(xs):.{digits}f}"
+
+
+# Part (a): results by variant key, then by dataset, then by seed.
+PartA = Mapping[str, Mapping[str, Mapping[int, ExperimentResult]]]
+
+
+def group_part_a(results: Sequence[tuple[str, ExperimentResult]]) -> PartA:
+    """``(variant key, result)`` pairs, grouped for the tables and the plot."""
+    out: dict[str, dict[str, dict[int, ExperimentResult]]] = {}
+    for key, r in results:
+        out.setdefault(key, {}).setdefault(r.dataset, {})[r.settings.seed] = r
+    return out
+
+
+def table_a(grouped: PartA, profile: Profile, variants: Sequence[Variant]) -> str:
+    """One row per variant and dataset: accuracy and its gap to dense FedAvg (mean ± sd
+    over the seeds both ran), uplink in bit/param, total MB and its ratio to dense."""
     rows = []
-    dense = {r.dataset: r for r in results if r.method == "fedavg"}
-    for r in results:
-        s = r.settings
-        per_node_round = r.uplink_bytes / (s.nodes * s.rounds)
-        base = dense.get(r.dataset)
-        ratio = delta = "-"
-        if base is not None and base is not r and r.uplink_bytes:
-            ratio = f"1/{base.uplink_bytes / r.uplink_bytes:.1f}"
-            delta = f"{100 * (r.accuracy - base.accuracy):+.2f}"
-        label = _method_label(r)
-        values = "fp32" if r.method == "fedavg" else s.value_codec
-        rows.append([r.dataset, label, values, str(s.rounds), f"{100 * r.accuracy:.2f}%",
-                     delta, f"{r.uplink_bytes / MB:.3f}", f"{per_node_round:,.0f}", ratio])
-    header = ["dataset", "method", "values", "rounds", "accuracy", "Δ pt", "uplink MB (all)",
-              "uplink B / node / round", "uplink vs dense"]
+    dense = grouped.get("fedavg", {})
+    for dataset in profile.part_a_datasets:
+        for v in variants:
+            runs = grouped.get(v.key, {}).get(dataset, {})
+            if not runs:
+                continue
+            seeds = sorted(runs)
+            acc = [100 * runs[s].accuracy for s in seeds]
+            paired = [s for s in seeds if s in dense.get(dataset, {})]
+            gap = "-" if v.key == "fedavg" or not paired else _spread(
+                [100 * (runs[s].accuracy - dense[dataset][s].accuracy) for s in paired])
+            bits = statistics.fmean(bits_per_param(runs[s]) for s in seeds)
+            mb = statistics.fmean(runs[s].uplink_bytes for s in seeds) / MB
+            ratio = "-"
+            if v.key != "fedavg" and dataset in dense:
+                dense_mb = statistics.fmean(r.uplink_bytes for r in dense[dataset].values()) / MB
+                ratio = f"1/{dense_mb / mb:.0f}"
+            per_seed = " / ".join(f"{a:.2f}" for a in acc)
+            label = v.label + (" = **default**" if v.key == profile.default
+                               and v.label != DEFAULT_LABEL else "")
+            rows.append([dataset, label, _spread(acc), gap, f"{bits:.3f}", f"{mb:.2f}", ratio,
+                         per_seed, ",".join(map(str, seeds))])
+    header = ["dataset", "method", "accuracy % (mean ± sd)", "Δ pt vs dense", "uplink bit/param",
+              "uplink MB (all nodes)", "vs dense", "accuracy per seed", "seeds"]
     return _table(header, rows)
 
 
@@ -76,30 +105,40 @@ def table_b(results: Sequence[ExperimentResult], profile: Profile) -> str:
 # -- plots --------------------------------------------------------------------------------
 
 
-def plot_uplink(results: Sequence[ExperimentResult], path: Path) -> None:
+def plot_uplink(grouped: PartA, profile: Profile, path: Path) -> None:
+    """Final accuracy against uplink bit/param, one point per method (mean over seeds, bars
+    from the lowest to the highest seed): the default and each ablation row against dense
+    FedAvg."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    import numpy as np
 
-    datasets = list(dict.fromkeys(r.dataset for r in results))
-    fig, axes = plt.subplots(1, len(datasets), figsize=(5.5 * len(datasets), 4), squeeze=False)
+    datasets = [d for d in profile.part_a_datasets if any(d in g for g in grouped.values())]
+    if not datasets:
+        return
+    fig, axes = plt.subplots(1, len(datasets), figsize=(6 * len(datasets), 4.2), squeeze=False)
     for ax, dataset in zip(axes[0], datasets, strict=True):
-        for r in results:
-            if r.dataset != dataset:
+        for v in profile.variants:
+            runs = list(grouped.get(v.key, {}).get(dataset, {}).values())
+            if not runs:
                 continue
-            points = [(x.cumulative_uplink_bytes / MB, 100 * x.accuracy) for x in r.rounds
-                      if x.accuracy is not None]
-            label = _method_label(r) + (", fp32" if r.method == "fedavg"
-                                        else f", {r.settings.value_codec}")
-            ax.plot(*zip(*points, strict=True), marker="o", markersize=3, label=label)
+            label = DEFAULT_LABEL if v.key == profile.default else v.label
+            acc = np.array([100 * r.accuracy for r in runs])
+            bits = float(np.mean([bits_per_param(r) for r in runs]))
+            main = v.key in ("fedavg", profile.default)
+            ax.errorbar([bits], [acc.mean()], yerr=[[acc.mean() - acc.min()],
+                                                     [acc.max() - acc.mean()]],
+                        fmt="o" if main else "s", markersize=8 if main else 5, capsize=4,
+                        label=f"{label} ({len(runs)} seed(s))", zorder=3 if main else 2)
         ax.set_xscale("log")
-        ax.set_xlabel("cumulative uplink, all nodes (MB, log scale)")
-        ax.set_ylabel("test accuracy (%)")
-        first = next(r for r in results if r.dataset == dataset).settings
-        ax.set_title(f"{dataset} / LeNet-5, {first.nodes} nodes, {first.partition}")
+        ax.set_xlabel("uplink, bit per parameter per node-round (log scale)")
+        ax.set_ylabel("final test accuracy (%)")
+        ax.set_title(f"{dataset} / LeNet-5, {profile.part_a.nodes} nodes, "
+                     f"{profile.part_a.partition}, 90% weights")
         ax.grid(True, which="both", alpha=0.3)
-        ax.legend()
+        ax.legend(fontsize=7, loc="center")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)

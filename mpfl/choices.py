@@ -26,6 +26,7 @@ __all__ = [
     "Optimizer",
     "Phase",
     "ScheduleName",
+    "ServerOptimizerName",
     "ValueCodecName",
     "VoteWeighting",
     "names",
@@ -97,6 +98,15 @@ class ValueCodecName(StrEnum):
     FP32 = "fp32"
     FP16 = "fp16"
     INT8 = "int8"
+    INT4 = "int4"
+
+
+class ServerOptimizerName(StrEnum):
+    """How the coordinator steps from the global values to the nodes' average in training
+    rounds (``mpfl.maths.server_optimizers``): take it (FedAvg), or with momentum."""
+
+    NONE = "none"
+    FEDAVGM = "fedavgm"
 
 
 class Optimizer(StrEnum):

@@ -24,12 +24,13 @@ GOOD = StateDocument(
     deadline=1700000000.5, model=ModelSpec(ModelName.MLP, {"image_size": 8}),
     granularity=Granularity.WEIGHT, fingerprint="0102030405060708",
     model_scope=ModelScope.DENSE, train=DEFAULT_TRAIN, value_codec=Codec.INT8,
-    mode=Mode.REWIND, delta=False, error=None,
+    mode=Mode.REWIND, delta=False, error_feedback=True, error=None,
 )
 
 # Written out by hand: canonical JSON, keys sorted, no spaces; enum members as their names.
 GOLDEN = (
-    b'{"deadline":1700000000.5,"delta":false,"error":null,"federation":"orchard",'
+    b'{"deadline":1700000000.5,"delta":false,"error":null,"error_feedback":true,'
+    b'"federation":"orchard",'
     b'"fingerprint":"0102030405060708","granularity":"weight","mask_rounds":3,'
     b'"mode":"rewind","model":{"args":{"image_size":8},"name":"mlp"},"model_scope":"dense",'
     b'"phase":"mask","protocol":1,"round":2,"run":"0011223344556677","session":"a1b2c3d4",'

@@ -31,7 +31,8 @@ VALID = {"protocol": 1, "federation": FED, "session": "s1", "run": "r1", "phase"
          "granularity": "filter", "fingerprint": "00" * 8, "model_scope": "dense",
          "train": {"epochs": 1, "batch_size": 8, "lr": 0.1, "momentum": 0.0,
                    "weight_decay": 0.0, "optimizer": "sgd"},
-         "value_codec": "fp32", "mode": "rewind", "delta": False, "error": None}
+         "value_codec": "fp32", "mode": "rewind", "delta": False, "error_feedback": False,
+         "error": None}
 DEFECTS = [
     b"not json at all",
     json.dumps({**VALID, "round": "x"}).encode(),

@@ -311,12 +311,42 @@ def test_bench_quick_smoke(
         "learning.json", "learning.md", "learning_uplink.png", "learning_sparsity.png"}
     saved = json.loads((tmp_path / "learning.json").read_text())
     assert saved["profile"] == "quick" and saved["command"] == report["command"]
-    methods = {(r["dataset"], r["method"]) for r in saved["part_a"]}
-    assert methods == {(d, m) for d in ("mnist", "fashion-mnist")
-                       for m in ("fedavg", "mpfl", "mpfl-joint")}
+    rows = {(r["dataset"], r["variant"], r["method"]) for r in saved["part_a"]}
+    assert rows == {(d, v, m) for d in ("mnist", "fashion-mnist")
+                    for v, m in (("fedavg", "fedavg"), ("int8", "mpfl"),
+                                 ("int4-ef-fedavgm", "mpfl"))}
     for r in saved["part_a"]:
         assert r["uplink_bytes"] == sum(x["uplink_bytes"] for x in r["rounds"]) > 0
+        if r["variant"] == "int4-ef-fedavgm":
+            assert r["settings"]["value_codec"] == "int4" and r["settings"]["error_feedback"]
     assert {r["method"] for r in saved["part_b"]} == {"fedavg", "fedavg-prune", "mpfl",
                                                        "central"}
     table = (tmp_path / "learning.md").read_text()
-    assert "| mnist | MPFL weights 90% | int8 |" in table
+    assert "| mnist | dense FedAvg, fp32 | " in table
+    assert "| mnist | MPFL default: int4 deltas, error feedback, FedAvgM 0.5 | " in table
+
+
+def test_part_a_table_gives_mean_spread_and_bits_per_parameter() -> None:
+    """Two seeds: accuracy mean ± sample sd, the gap paired by seed, bit/param from bytes."""
+    bench = _bench_module()
+    import learning_report as report  # put on the path by bench_learning
+
+    profile = bench.full_profile()  # type: ignore[attr-defined]
+    fedavg, default = profile.variants[0], profile.variants[-1]
+
+    def result(variant: object, seed: int, accuracy: float, uplink: int) -> ExperimentResult:
+        settings = dataclasses.replace(variant.settings, seed=seed)  # type: ignore[attr-defined]
+        return ExperimentResult("r", variant.method, "mnist", "lenet5", "weight",  # type: ignore[attr-defined]
+                                0.9, 0.9, accuracy, 0.1, uplink, 0, 32_000, [], 1.0, settings)
+
+    grouped = report.group_part_a([
+        ("fedavg", result(fedavg, 0, 0.99, 32_000)), ("fedavg", result(fedavg, 1, 0.98, 32_000)),
+        (default.key, result(default, 0, 0.985, 500)), (default.key, result(default, 1, 0.98, 500)),
+    ])
+    table = report.table_a(grouped, profile, [fedavg, default])
+    row = next(line for line in table.splitlines() if default.label in line)
+    cells = [c.strip() for c in row.strip("|").split("|")]
+    assert cells[2] == "98.25 ± 0.35"  # mean and sample sd of 98.5 and 98.0
+    assert cells[3] == "-0.25 ± 0.35"  # -0.5 and 0.0, paired by seed
+    assert cells[4] == "0.500" and cells[6] == "1/64"  # 32 * 500 / 32,000 bits
+    assert cells[7] == "98.50 / 98.00" and cells[8] == "0,1"

@@ -13,7 +13,7 @@ from mpfl.wire import DELTA, ValueCodec, decode_values, encode_values
 
 
 def test_codec_ids() -> None:
-    assert [int(c) for c in ValueCodec] == [1, 2, 3, 0x81, 0x82, 0x83]
+    assert [int(c) for c in ValueCodec] == [1, 2, 3, 4, 0x81, 0x82, 0x83, 0x84]
     assert DELTA == 0x80
     assert ValueCodec.INT8_DELTA.is_delta and not ValueCodec.INT8.is_delta
     assert ValueCodec.FP16_DELTA.base_codec is ValueCodec.FP16
@@ -42,6 +42,20 @@ def test_golden_int8() -> None:
     )
     assert encode_values(values, [2, 2, 1], "int8") == (ValueCodec.INT8, expected)
     assert np.array_equal(decode_values(3, expected, [2, 2, 1]), values)
+
+
+def test_golden_int4() -> None:
+    # Layers: [7, -3.5, 0] -> scale 1, q = 7, -4, 0; [2, -14, 0, 6] -> scale 2, q = 1, -7,
+    # 0, 3. Nibbles, first value low: 7 c | 0 1 | 9 0 | 3 pad.
+    values = np.array([7.0, -3.5, 0.0, 2.0, -14.0, 0.0, 6.0], dtype=np.float32)
+    expected = bytes.fromhex(
+        "0000803f"  # scale 1.0
+        "00000040"  # scale 2.0
+        "c7" "10" "09" "03"
+    )
+    assert encode_values(values, [3, 4], "int4") == (ValueCodec.INT4, expected)
+    assert np.array_equal(decode_values(4, expected, [3, 4]),
+                          np.array([7.0, -4.0, 0.0, 2.0, -14.0, 0.0, 6.0], dtype=np.float32))
 
 
 def test_golden_fp32_delta() -> None:
@@ -99,9 +113,20 @@ def test_int8_error_is_at_most_half_a_step(case: tuple[list[int], np.ndarray]) -
     assert np.all(err <= scale / 2 * (1 + 1e-5) + 1e-30)
 
 
+@given(layer_sizes.flatmap(lambda s: st.tuples(st.just(s), _values(s))))
+def test_int4_error_is_at_most_half_a_step(case: tuple[list[int], np.ndarray]) -> None:
+    sizes, values = case
+    codec_id, payload = encode_values(values, sizes, "int4")
+    assert len(payload) == 4 * len(sizes) + (values.size + 1) // 2
+    decoded = decode_values(codec_id, payload, sizes)
+    scale = _scale_per_value(values.astype(np.float64), sizes) * 127.0 / 7.0
+    err = np.abs(decoded.astype(np.float64) - values)
+    assert np.all(err <= scale / 2 * (1 + 1e-5) + 1e-30)
+
+
 @given(
     layer_sizes.flatmap(lambda s: st.tuples(st.just(s), _values(s), _values(s))),
-    st.sampled_from(["fp32", "fp16", "int8"]),
+    st.sampled_from(["fp32", "fp16", "int8", "int4"]),
 )
 @settings(max_examples=60)
 def test_delta_round_trip(case: tuple[list[int], np.ndarray, np.ndarray], codec: str) -> None:
@@ -111,8 +136,9 @@ def test_delta_round_trip(case: tuple[list[int], np.ndarray, np.ndarray], codec:
     assert codec_id.is_delta
     decoded = decode_values(codec_id, payload, sizes, base=base)
     delta = values.astype(np.float64) - base
-    if codec == "int8":
-        bound = _scale_per_value(delta, sizes) / 2 * (1 + 1e-5)
+    if codec in ("int8", "int4"):
+        widen = 1.0 if codec == "int8" else 127.0 / 7.0
+        bound = _scale_per_value(delta, sizes) * widen / 2 * (1 + 1e-5)
     elif codec == "fp16":
         bound = np.abs(delta) * 2.0**-11 + 2.0**-25
     else:
@@ -177,8 +203,16 @@ def test_wrong_inputs_rejected() -> None:
         (3, bytes.fromhex("0000c07f") + b"\x01", [1], "scales"),  # scale NaN
         (3, bytes.fromhex("ffff7f7f") + b"\x01", [1], "scales"),  # scale max float32
         (3, bytes.fromhex("0000803f") + b"\x80", [1], "-128"),
-        (4, b"", [0], "unknown value codec"),
-        (0x84, b"", [0], "unknown value codec"),
+        (4, b"\x00" * 7, [3], "length"),  # 3 values take 2 bytes after the scale
+        (4, b"\x00" * 4, [1], "length"),
+        (4, bytes.fromhex("000080bf") + b"\x01", [1], "scales"),  # scale -1.0
+        (4, bytes.fromhex("0000c07f") + b"\x01", [1], "scales"),  # scale NaN
+        (4, bytes.fromhex("ffff7f7f") + b"\x01", [1], "scales"),  # scale max float32
+        (4, bytes.fromhex("0000803f") + b"\x08", [1], "-8"),
+        (4, bytes.fromhex("0000803f") + b"\x81", [2], "-8"),  # -8 in the high nibble
+        (4, bytes.fromhex("0000803f") + b"\x11", [1], "padding"),
+        (5, b"", [0], "unknown value codec"),
+        (0x85, b"", [0], "unknown value codec"),
     ],
 )
 def test_malformed_payloads(codec_id: int, payload: bytes, sizes: list[int], match: str) -> None:

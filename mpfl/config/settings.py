@@ -24,6 +24,7 @@ from mpfl.choices import (
     ModelName,
     Optimizer,
     ScheduleName,
+    ServerOptimizerName,
     ValueCodecName,
     VoteWeighting,
     names,
@@ -44,6 +45,7 @@ CHOICES: dict[str, type[StrEnum]] = {
     "optimizer": Optimizer,
     "value_codec": ValueCodecName,
     "aggregator": AggregatorName,
+    "server_optimizer": ServerOptimizerName,
 }
 # TrainSpec's field names as config keys, so a range error names the key a user sets.
 _TRAIN_KEYS = {"epochs": "local_epochs"}
@@ -67,8 +69,11 @@ KEY_HELP = {
     "momentum": "SGD momentum.",
     "weight_decay": "L2 weight decay.",
     "optimizer": "sgd or adam.",
-    "value_codec": "How nodes send alive values: fp32, fp16 or int8 per-layer scale.",
+    "value_codec": "How nodes send alive values: fp32, fp16, int8 or int4 per-layer scale.",
     "delta": "Send values as deltas from the global model.",
+    "error_feedback": "Nodes add last round's quantisation error to their next upload.",
+    "server_optimizer": "Training rounds: take the average (none) or step with momentum.",
+    "server_momentum": "Momentum of the fedavgm server optimizer.",
     "aggregator": "fedavg (streaming); median, trimmed-mean, norm-clip, nearest-median "
                   "(buffered).",
     "trim": "Fraction of bad nodes tolerated (>= bad nodes / nodes): trimmed-mean cuts it "
@@ -111,14 +116,18 @@ class FederationConfig:
     momentum: float = DEFAULT_TRAIN.momentum
     weight_decay: float = DEFAULT_TRAIN.weight_decay
     optimizer: str = DEFAULT_TRAIN.optimizer.value
-    # wire and aggregation
-    value_codec: str = ValueCodecName.FP32.value
-    delta: bool = False
+    # wire and aggregation. The defaults are the cheapest setting that kept dense FedAvg's
+    # accuracy across seeds in BENCHMARKS.md (Learning): int4 deltas with error feedback.
+    value_codec: str = ValueCodecName.INT4.value
+    delta: bool = True
+    error_feedback: bool = True
     aggregator: str = AggregatorName.FEDAVG.value
     # A claim above it is clamped, not refused: an honest large node keeps taking part,
     # and no node weighs more than this many samples (a forged hello claimed 2^32 - 1).
     max_samples: int = 100_000
     trim: float = 0.1
+    server_optimizer: str = ServerOptimizerName.FEDAVGM.value
+    server_momentum: float = 0.5
     # rounds
     min_nodes: int = 2
     quorum: int = 1
@@ -163,6 +172,7 @@ class FederationConfig:
             (self.start_timeout > 0, "start_timeout must be > 0"),
             (self.retries >= 0, "retries must be >= 0"),
             (0.0 <= self.trim < 0.5, "trim must be in [0, 0.5)"),
+            (0.0 <= self.server_momentum < 1.0, "server_momentum must be in [0, 1)"),
             (1 <= self.max_samples <= 0xFFFF_FFFF, "max_samples must be in [1, 2^32 - 1]"),
         ]
         for ok, message in checks:

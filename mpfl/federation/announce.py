@@ -32,6 +32,6 @@ def state_document(server: FederationServer) -> StateDocument:
         train=cfg.train_spec,
         value_codec=ValueCodecName(cfg.value_codec),
         mode=Mode(cfg.mode),
-        delta=cfg.delta,
+        delta=cfg.delta, error_feedback=cfg.error_feedback,
         error=server.error,
     )

@@ -26,6 +26,7 @@ import numpy as np
 
 from mpfl.choices import Granularity, Mode, ModelScope, Phase
 from mpfl.errors import DocumentError, FingerprintMismatch, ModelError, WireError
+from mpfl.federation.feedback import ErrorFeedback
 from mpfl.federation.rejections import RejectionLog
 from mpfl.ml.data import Dataset
 from mpfl.ml.masks import local_mask, unit_scores
@@ -108,6 +109,7 @@ class FederationNode:
         # Hears of each local epoch while a round trains (the agent publishes it on
         # nodes/<id>/progress; the in-process simulation hands it to its live view).
         self.on_progress: Callable[[Progress], None] | None = None
+        self.feedback = ErrorFeedback()
 
     def _topic(self, name: str) -> str:
         return topics.node_topic(self.federation, self.node_id, name)
@@ -272,8 +274,12 @@ class FederationNode:
             # the average to the new consensus itself).
             alive = unit_map.alive_values(trained, mask)
             base = values if doc.delta else None
-            value_codec, body = encode_values(alive, unit_map.layer_sizes(mask),
-                                              doc.value_codec, base)
+            sizes = unit_map.layer_sizes(mask)
+            if doc.error_feedback:
+                value_codec, body = self.feedback.encode(alive, sizes, doc.value_codec, base,
+                                                         doc.mask_in_force)
+            else:
+                value_codec, body = encode_values(alive, sizes, doc.value_codec, base)
             uploads.append((Kind.UPDATE, int(value_codec), encode_update(len(self.data), body)))
         messages = [
             Publish(self._topic(_UPLOAD_TOPIC[kind]),

@@ -301,7 +301,7 @@ class FederationServer:
             values = self._mode.values_after_consensus(
                 closing.values, self.unit_map, previous, self.mask)
         else:
-            values = closing.values.result()
+            values = self.weights.step_towards(closing.values.result())
         if values is not None:  # the nodes' average is the new global model
             self.weights.values = values
             loss, accuracy = self._evaluate_global()

@@ -10,6 +10,7 @@ import numpy as np
 
 from mpfl.config.settings import FederationConfig
 from mpfl.maths.consensus import ConsensusRule, VoteInput
+from mpfl.maths.server_optimizers import ServerOptimizer, TakeAverage, new_server_optimizer
 from mpfl.maths.votes import VoteTally
 from mpfl.ml.models import build_model
 from mpfl.ml.units import State, UnitMap, build_unit_map, model_state
@@ -19,8 +20,10 @@ class GlobalWeights:
     """w0, the consensus mask with its cumulative vote shares (the tie break of later
     rounds), and the global alive values once training (or joint averaging) began."""
 
-    def __init__(self, unit_map: UnitMap, w0: State) -> None:
+    def __init__(self, unit_map: UnitMap, w0: State,
+                 optimizer: ServerOptimizer | None = None) -> None:
         self.unit_map = unit_map
+        self.optimizer = optimizer or TakeAverage()
         self.w0 = w0
         full = unit_map.full_mask()
         self._w0_values = unit_map.alive_values(w0, full)
@@ -32,7 +35,8 @@ class GlobalWeights:
     @classmethod
     def from_config(cls, cfg: FederationConfig) -> GlobalWeights:
         model = build_model(cfg.model_spec, seed=cfg.seed)
-        return cls(build_unit_map(model, cfg.model_spec, cfg.granularity), model_state(model))
+        return cls(build_unit_map(model, cfg.model_spec, cfg.granularity), model_state(model),
+                   new_server_optimizer(cfg.server_optimizer, cfg.server_momentum))
 
     def published(self) -> tuple[np.ndarray, list[int]]:
         """The alive values (and their per-tensor sizes) the current round starts from:
@@ -44,6 +48,13 @@ class GlobalWeights:
     def start_training(self) -> None:
         """Training starts from the rewound, masked initial weights."""
         self.values = self.unit_map.alive_values(self.w0, self.mask)
+
+    def step_towards(self, average: np.ndarray) -> np.ndarray:
+        """The next global values of a training round, from the nodes' average (the
+        server optimizer decides how far to go)."""
+        if self.values is None or self.values.shape != average.shape:
+            return average
+        return self.optimizer.step(self.values, average)
 
     def apply_consensus(self, tally: VoteTally, rule: ConsensusRule, target: float) -> np.ndarray:
         """The next mask from one round's votes; returns the mask it replaced."""

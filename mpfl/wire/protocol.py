@@ -108,6 +108,8 @@ class StateDocument(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     value_codec: ValueCodecName
     mode: Mode
     delta: bool
+    # Nodes carry each round's quantisation error into their next upload.
+    error_feedback: bool
     error: str | None  # why the federation failed
 
     def __post_init__(self) -> None:

@@ -11,6 +11,12 @@ little-endian.
               scale = max|x| / 127 over the layer (0 for an all-zero layer) and
               q = round(x / scale), so |x - q * scale| <= scale / 2. Values must be
               finite.
+    INT4 (4)  one float32 scale per layer (all scales first), then two values per byte,
+              the first in the low nibble, each a 4-bit two's complement q in [-7, 7]:
+              scale = max|x| / 7 and q = round(x / scale), so |x - q * scale| <=
+              scale / 2. An odd count leaves the last high nibble zero; the nibble -8 and
+              a nonzero pad are refused. Meant for deltas with error feedback, where the
+              sender carries each round's rounding error into the next.
 
 DELTA (0x80) is a flag on the id: the payload holds `values - base` (base: the global
 alive values the sender started from), coded as above, and decoding adds the base back.
@@ -29,7 +35,8 @@ from mpfl.errors import ModelError, WireError
 
 DELTA = 0x80
 _FP16_MAX = float(np.finfo(np.float16).max)
-_INT8_MAX_SCALE = np.float32(np.finfo(np.float32).max / np.float32(127.0))
+# The largest q of each integer codec: symmetric ranges, so -q_max - 1 is never sent.
+_INT_MAX = {"int8": 127, "int4": 7}
 
 
 class ValueCodec(IntEnum):
@@ -38,9 +45,11 @@ class ValueCodec(IntEnum):
     FP32 = 1
     FP16 = 2
     INT8 = 3
+    INT4 = 4
     FP32_DELTA = 1 | DELTA
     FP16_DELTA = 2 | DELTA
     INT8_DELTA = 3 | DELTA
+    INT4_DELTA = 4 | DELTA
 
     @property
     def is_delta(self) -> bool:
@@ -68,24 +77,40 @@ def _as_flat_float32(array: np.ndarray, what: str, size: int) -> np.ndarray:
     return arr.astype(np.float32, copy=False)
 
 
-def _layer_scales(values: np.ndarray, sizes: np.ndarray) -> np.ndarray:
+def _layer_scales(values: np.ndarray, sizes: np.ndarray, q_max: int) -> np.ndarray:
     scales = np.zeros(sizes.size, dtype=np.float32)
     nonempty = sizes > 0
     if values.size:
         starts = np.concatenate(([0], np.cumsum(sizes)[:-1]))[nonempty]
         maxima = np.maximum.reduceat(np.abs(values), starts)
-        scales[nonempty] = maxima / np.float32(127.0)
+        scales[nonempty] = maxima / np.float32(q_max)
     return scales
 
 
-def _encode_int8(values: np.ndarray, sizes: np.ndarray) -> bytes:
+def _quantise(values: np.ndarray, sizes: np.ndarray, kind: str) -> tuple[np.ndarray, np.ndarray]:
+    """Per-layer scales and the integers q with |x - q * scale| <= scale / 2."""
     if not np.all(np.isfinite(values)):
-        raise WireError("int8 codec needs finite values")
-    scales = _layer_scales(values, sizes)
+        raise WireError(f"{kind} codec needs finite values")
+    q_max = _INT_MAX[kind]
+    scales = _layer_scales(values, sizes, q_max)
     per_value = np.repeat(scales, sizes)
     safe = np.where(per_value > 0, per_value, np.float32(1.0))
-    q = np.clip(np.rint(values / safe), -127, 127).astype("<i1")
-    return scales.astype("<f4").tobytes() + q.tobytes()
+    return scales, np.clip(np.rint(values / safe), -q_max, q_max).astype(np.int8)
+
+
+def _read_scales(payload: bytes, n_layers: int, kind: str) -> np.ndarray:
+    scales = np.frombuffer(payload, dtype="<f4", count=n_layers)
+    # A scale above max_float32 / q_max cannot come from finite values and would decode
+    # to inf.
+    limit = np.float32(np.finfo(np.float32).max / np.float32(_INT_MAX[kind]))
+    if not np.all((scales >= 0) & (scales <= limit)):
+        raise WireError(f"{kind} scales must be finite, non-negative and in range")
+    return scales.astype(np.float32)
+
+
+def _encode_int8(values: np.ndarray, sizes: np.ndarray) -> bytes:
+    scales, q = _quantise(values, sizes, "int8")
+    return scales.astype("<f4").tobytes() + q.astype("<i1").tobytes()
 
 
 def _decode_int8(payload: bytes | memoryview, sizes: np.ndarray) -> np.ndarray:
@@ -93,17 +118,46 @@ def _decode_int8(payload: bytes | memoryview, sizes: np.ndarray) -> np.ndarray:
     expected = 4 * n_layers + total
     if len(payload) != expected:
         raise WireError("int8 payload length mismatch", expected=expected, got=len(payload))
-    scales = np.frombuffer(payload, dtype="<f4", count=n_layers)
-    # A scale above max_float32 / 127 cannot come from finite values and would decode
-    # to inf.
-    if not ((scales >= 0) & (scales <= _INT8_MAX_SCALE)).all():
-        raise WireError("int8 scales must be finite, non-negative and in range")
+    scales = _read_scales(payload, n_layers, "int8")
     q = np.frombuffer(payload, dtype="<i1", offset=4 * n_layers)
     if (q == -128).any():
         raise WireError("int8 value -128 is outside the symmetric range")
     # Array methods, not np.repeat & co.: their Python wrappers cost more than the work
     # for the few thousand values of a sparse upload, and this runs once per upload.
-    return q.astype(np.float32) * scales.astype(np.float32).repeat(sizes)
+    return q.astype(np.float32) * scales.repeat(sizes)
+
+
+def _encode_int4(values: np.ndarray, sizes: np.ndarray) -> bytes:
+    scales, q = _quantise(values, sizes, "int4")
+    nibbles = (q.astype(np.uint8) & 0x0F)
+    if nibbles.size % 2:
+        nibbles = np.append(nibbles, np.uint8(0))
+    packed = nibbles[0::2] | (nibbles[1::2] << 4)
+    return scales.astype("<f4").tobytes() + packed.astype(np.uint8).tobytes()
+
+
+def _decode_int4(payload: bytes, sizes: np.ndarray) -> np.ndarray:
+    n_layers, total = sizes.size, int(sizes.sum())
+    expected = 4 * n_layers + (total + 1) // 2
+    if len(payload) != expected:
+        raise WireError("int4 payload length mismatch", expected=expected, got=len(payload))
+    scales = _read_scales(payload, n_layers, "int4")
+    packed = np.frombuffer(payload, dtype=np.uint8, offset=4 * n_layers)
+    nibbles = np.empty(2 * packed.size, dtype=np.uint8)
+    nibbles[0::2], nibbles[1::2] = packed & 0x0F, packed >> 4
+    if total % 2 and nibbles[-1]:
+        raise WireError("int4 padding nibble must be zero")
+    nibbles = nibbles[:total]
+    if np.any(nibbles == 0x08):
+        raise WireError("int4 value -8 is outside the symmetric range")
+    q = nibbles.astype(np.int8) - ((nibbles & 0x08) << 1).astype(np.int8)
+    return q.astype(np.float32) * scales.repeat(sizes)
+
+
+_INTEGER_CODECS = {
+    ValueCodec.INT8: (_encode_int8, _decode_int8),
+    ValueCodec.INT4: (_encode_int4, _decode_int4),
+}
 
 
 def _encode_float(values: np.ndarray, dtype: str) -> bytes:
@@ -129,7 +183,8 @@ def _resolve(codec: str | ValueCodec) -> ValueCodec:
     try:
         return ValueCodec[str(codec).upper()].base_codec
     except KeyError:
-        raise WireError("unknown value codec", codec=codec, choices="fp32, fp16, int8") from None
+        raise WireError("unknown value codec", codec=codec,
+                        choices="fp32, fp16, int8, int4") from None
 
 
 def encode_values(
@@ -146,8 +201,8 @@ def encode_values(
     if base is not None:
         vals = vals - _as_flat_float32(base, "base", total)
         chosen = ValueCodec(chosen | DELTA)
-    if chosen.base_codec is ValueCodec.INT8:
-        payload = _encode_int8(vals, sizes)
+    if chosen.base_codec in _INTEGER_CODECS:
+        payload = _INTEGER_CODECS[chosen.base_codec][0](vals, sizes)
     else:
         payload = _encode_float(vals, "<f4" if chosen.base_codec is ValueCodec.FP32 else "<f2")
     return chosen, payload
@@ -166,8 +221,8 @@ def decode_values(
     except ValueError:
         raise WireError("unknown value codec", codec=codec_id) from None
     # No bytes() copy of a view: every decoder below reads it once into a new array.
-    if codec.base_codec is ValueCodec.INT8:
-        decoded = _decode_int8(payload, sizes)
+    if codec.base_codec in _INTEGER_CODECS:
+        decoded = _INTEGER_CODECS[codec.base_codec][1](payload, sizes)
     elif codec.base_codec is ValueCodec.FP16:
         decoded = _decode_float(payload, sizes, "<f2")
     else:
