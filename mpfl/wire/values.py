@@ -98,7 +98,7 @@ def _quantise(values: np.ndarray, sizes: np.ndarray, kind: str) -> tuple[np.ndar
     return scales, np.clip(np.rint(values / safe), -q_max, q_max).astype(np.int8)
 
 
-def _read_scales(payload: bytes, n_layers: int, kind: str) -> np.ndarray:
+def _read_scales(payload: bytes | memoryview, n_layers: int, kind: str) -> np.ndarray:
     scales = np.frombuffer(payload, dtype="<f4", count=n_layers)
     # A scale above max_float32 / q_max cannot come from finite values and would decode
     # to inf.
@@ -136,7 +136,7 @@ def _encode_int4(values: np.ndarray, sizes: np.ndarray) -> bytes:
     return scales.astype("<f4").tobytes() + packed.astype(np.uint8).tobytes()
 
 
-def _decode_int4(payload: bytes, sizes: np.ndarray) -> np.ndarray:
+def _decode_int4(payload: bytes | memoryview, sizes: np.ndarray) -> np.ndarray:
     n_layers, total = sizes.size, int(sizes.sum())
     expected = 4 * n_layers + (total + 1) // 2
     if len(payload) != expected:
