@@ -17,12 +17,9 @@ a retained last will "offline" on its status topic, made afresh before every (re
 publish the first connection's will again after each reconnect, which the coordinator
 rejects as a replay.
 
-Reconnecting is prompt: paho waits RECONNECT_MIN_S after a drop, doubling up to
-RECONNECT_MAX_S while the broker stays away, so a node whose network comes back is back
-within RECONNECT_MAX_S (plus the handshake), in time for the round that is open, rather
-than after paho's default back-off of up to two minutes. While its broker is down, a fleet
-of N nodes settles at N / RECONNECT_MAX_S CONNECT attempts a second (each refused at once
-by a closed port), a load any broker takes when it is back.
+Reconnecting is prompt: paho's back-off runs from RECONNECT_MIN_S to RECONNECT_MAX_S, so
+a node whose network returns is back in time for the open round; a fleet of N nodes then
+costs a down broker N / RECONNECT_MAX_S refused CONNECTs a second.
 
 Payloads over the chunk limit are split (``mpfl.wire.chunks``); the limit is the smaller of
 ``max_payload`` and the Maximum-Packet-Size a v5 broker announces in its CONNACK.
