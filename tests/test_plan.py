@@ -2,17 +2,12 @@
 
 from __future__ import annotations
 
-import dataclasses
-import json
-from pathlib import Path
-
 import numpy as np
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
 from apps.plan import (
-    MESSAGES_PER_ROUND,
     STATE_MESSAGE_BYTES,
     RoundBytes,
     compare,
@@ -22,13 +17,10 @@ from apps.plan import (
     format_duration,
     headline,
     round_comm_seconds,
-    rounds_from_logs,
-    rounds_from_metrics,
     timeline,
 )
 from hardware.catalog import Link
-from mpfl.errors import ConfigError, DataError
-from mpfl.federation.metrics import RoundLog
+from mpfl.errors import ConfigError
 from mpfl.wire import Envelope, Kind, encode_envelope, encode_values
 from mpfl.wire.protocol import encode_update
 
@@ -54,26 +46,6 @@ def _round(
     )
 
 
-def _log(t: int, phase: str, nodes: list[str], **kw: object) -> RoundLog:
-    base: dict[str, object] = {
-        "target_sparsity": 0.5,
-        "sparsity": 0.5,
-        "uplink_bytes": 1000,
-        "downlink_bytes": 4000,
-        "dense_uplink_bytes": 4 * 100 * len(nodes),
-        "accuracy": None,
-        "loss": None,
-        "seconds": 2.0,
-    }
-    base.update(kw)
-    return RoundLog(t, phase, participants=nodes, **base)  # type: ignore[arg-type]
-
-
-def _write_metrics(run_dir: Path, logs: list[RoundLog]) -> Path:
-    run_dir.mkdir(parents=True, exist_ok=True)
-    lines = [json.dumps(dataclasses.asdict(log)) for log in logs]
-    (run_dir / "metrics.jsonl").write_text("\n".join(lines) + "\n")
-    return run_dir
 
 
 # ------------------------------------------------------------------------ round times
@@ -212,83 +184,3 @@ def test_compare_with_a_measured_dense_run_that_falls_short() -> None:
         compare(mpfl, MBIT, target_accuracy=1.5)
     with pytest.raises(ConfigError):
         compare(mpfl, [])
-
-
-# ----------------------------------------------------------------------------- inputs
-
-
-@given(
-    st.lists(st.sampled_from(["n0", "n1", "n2", "n3"]), min_size=1, max_size=4, unique=True),
-    st.integers(0, 10**9),
-    st.integers(0, 10**9),
-)
-def test_logs_split_into_exact_per_node_figures(
-    nodes: list[str], uplink: int, downlink: int
-) -> None:
-    fleet = ["n0", "n1", "n2", "n3"]
-    logs = [
-        _log(1, "mask", fleet),
-        _log(2, "train", nodes, uplink_bytes=uplink, downlink_bytes=downlink, seconds=3.0),
-    ]
-    record = rounds_from_logs(logs)[1]
-    assert record.node_ids == tuple(nodes)
-    assert sum(record.uplink) == uplink and max(record.uplink) - min(record.uplink) <= 1
-    # the coordinator counts a broadcast once per known node: four here
-    assert all(abs(d - downlink / 4) < 1 for d in record.downlink)
-    assert record.train_seconds == pytest.approx(3.0 / len(nodes))
-    assert record.n_params == 100
-    assert rounds_from_logs(logs, nodes_train_sequentially=False)[1].train_seconds == 3.0
-
-
-def test_rounds_from_metrics_reads_a_run_directory(tmp_path: Path) -> None:
-    logs = [
-        _log(1, "mask", ["a", "b"], uplink_bytes=600, downlink_bytes=900),
-        _log(2, "train", ["a", "b"], uplink_bytes=8000, accuracy=0.75, seconds=4.0),
-    ]
-    run = _write_metrics(tmp_path / "run", logs)
-    rounds = rounds_from_metrics(run)
-    assert rounds == rounds_from_metrics(run / "metrics.jsonl") == rounds_from_logs(logs)
-    assert rounds[0].uplink == (300, 300) and rounds[0].downlink == (450, 450)
-    assert rounds[1].accuracy == 0.75 and rounds[1].train_seconds == 2.0
-    assert rounds[0].messages == MESSAGES_PER_ROUND
-
-
-@pytest.mark.parametrize(
-    ("text", "where"),
-    [
-        ("", "no rounds"),
-        ("{not json\n", "line=1"),
-        ("[1, 2]\n", "line=1"),
-        ('{"round": 1}\n', "line=1"),
-    ],
-)
-def test_bad_metrics_are_data_errors(tmp_path: Path, text: str, where: str) -> None:
-    (tmp_path / "metrics.jsonl").write_text(text)
-    with pytest.raises(DataError, match=where):
-        rounds_from_metrics(tmp_path)
-
-
-def test_bad_metrics_values_and_missing_file(tmp_path: Path) -> None:
-    good = dataclasses.asdict(_log(1, "train", ["a"]))
-    for key, value in [("accuracy", 1.5), ("uplink_bytes", -1), ("participants", [3]),
-                       ("seconds", "fast"), ("round", True)]:
-        line = json.dumps({**good, key: value})
-        (tmp_path / "metrics.jsonl").write_text(json.dumps(good) + "\n" + line + "\n")
-        with pytest.raises(DataError, match="line=2"):
-            rounds_from_metrics(tmp_path)
-    with pytest.raises(DataError, match="cannot read metrics"):
-        rounds_from_metrics(tmp_path / "absent")
-
-
-def test_round_bytes_validates_itself() -> None:
-    with pytest.raises(ConfigError):
-        RoundBytes(1, "train", (), (), None, 0.0)
-    with pytest.raises(ConfigError):
-        RoundBytes(1, "train", (1, 2), (1,), None, 0.0)
-    with pytest.raises(ConfigError):
-        RoundBytes(1, "train", (-1,), (1,), None, 0.0)
-    with pytest.raises(ConfigError):
-        RoundBytes(1, "train", (1,), (1,), 2.0, 0.0)
-    with pytest.raises(ConfigError):
-        RoundBytes(1, "train", (1,), (1,), None, float("nan"))
-

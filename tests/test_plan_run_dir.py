@@ -7,13 +7,18 @@ import json
 from pathlib import Path
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from apps.plan import (
+    MESSAGES_PER_ROUND,
+    RoundBytes,
     compare,
     format_bytes,
     format_duration,
     format_plan,
     plan_from_run_dir,
+    rounds_from_logs,
     rounds_from_metrics,
     setup_seconds,
 )
@@ -45,6 +50,85 @@ def _write_metrics(run_dir: Path, logs: list[RoundLog]) -> Path:
     lines = [json.dumps(dataclasses.asdict(log)) for log in logs]
     (run_dir / "metrics.jsonl").write_text("\n".join(lines) + "\n")
     return run_dir
+
+
+# ----------------------------------------------------------------------------- inputs
+
+
+@given(
+    st.lists(st.sampled_from(["n0", "n1", "n2", "n3"]), min_size=1, max_size=4, unique=True),
+    st.integers(0, 10**9),
+    st.integers(0, 10**9),
+)
+def test_logs_split_into_exact_per_node_figures(
+    nodes: list[str], uplink: int, downlink: int
+) -> None:
+    fleet = ["n0", "n1", "n2", "n3"]
+    logs = [
+        _log(1, "mask", fleet),
+        _log(2, "train", nodes, uplink_bytes=uplink, downlink_bytes=downlink, seconds=3.0),
+    ]
+    record = rounds_from_logs(logs)[1]
+    assert record.node_ids == tuple(nodes)
+    assert sum(record.uplink) == uplink and max(record.uplink) - min(record.uplink) <= 1
+    # the coordinator counts a broadcast once per known node: four here
+    assert all(abs(d - downlink / 4) < 1 for d in record.downlink)
+    assert record.train_seconds == pytest.approx(3.0 / len(nodes))
+    assert record.n_params == 100
+    assert rounds_from_logs(logs, nodes_train_sequentially=False)[1].train_seconds == 3.0
+
+
+def test_rounds_from_metrics_reads_a_run_directory(tmp_path: Path) -> None:
+    logs = [
+        _log(1, "mask", ["a", "b"], uplink_bytes=600, downlink_bytes=900),
+        _log(2, "train", ["a", "b"], uplink_bytes=8000, accuracy=0.75, seconds=4.0),
+    ]
+    run = _write_metrics(tmp_path / "run", logs)
+    rounds = rounds_from_metrics(run)
+    assert rounds == rounds_from_metrics(run / "metrics.jsonl") == rounds_from_logs(logs)
+    assert rounds[0].uplink == (300, 300) and rounds[0].downlink == (450, 450)
+    assert rounds[1].accuracy == 0.75 and rounds[1].train_seconds == 2.0
+    assert rounds[0].messages == MESSAGES_PER_ROUND
+
+
+@pytest.mark.parametrize(
+    ("text", "where"),
+    [
+        ("", "no rounds"),
+        ("{not json\n", "line=1"),
+        ("[1, 2]\n", "line=1"),
+        ('{"round": 1}\n', "line=1"),
+    ],
+)
+def test_bad_metrics_are_data_errors(tmp_path: Path, text: str, where: str) -> None:
+    (tmp_path / "metrics.jsonl").write_text(text)
+    with pytest.raises(DataError, match=where):
+        rounds_from_metrics(tmp_path)
+
+
+def test_bad_metrics_values_and_missing_file(tmp_path: Path) -> None:
+    good = dataclasses.asdict(_log(1, "train", ["a"]))
+    for key, value in [("accuracy", 1.5), ("uplink_bytes", -1), ("participants", [3]),
+                       ("seconds", "fast"), ("round", True)]:
+        line = json.dumps({**good, key: value})
+        (tmp_path / "metrics.jsonl").write_text(json.dumps(good) + "\n" + line + "\n")
+        with pytest.raises(DataError, match="line=2"):
+            rounds_from_metrics(tmp_path)
+    with pytest.raises(DataError, match="cannot read metrics"):
+        rounds_from_metrics(tmp_path / "absent")
+
+
+def test_round_bytes_validates_itself() -> None:
+    with pytest.raises(ConfigError):
+        RoundBytes(1, "train", (), (), None, 0.0)
+    with pytest.raises(ConfigError):
+        RoundBytes(1, "train", (1, 2), (1,), None, 0.0)
+    with pytest.raises(ConfigError):
+        RoundBytes(1, "train", (-1,), (1,), None, 0.0)
+    with pytest.raises(ConfigError):
+        RoundBytes(1, "train", (1,), (1,), 2.0, 0.0)
+    with pytest.raises(ConfigError):
+        RoundBytes(1, "train", (1,), (1,), None, float("nan"))
 
 
 # ------------------------------------------------------------------------------- text
