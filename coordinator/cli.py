@@ -8,7 +8,7 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 from types import FrameType
-from typing import Any
+from typing import Any, Protocol, TypeVar
 
 import click
 
@@ -17,6 +17,9 @@ from mpfl.config.flags import config_options, pop_config_overrides
 from mpfl.errors import reports_errors
 from mpfl.logs import logging_options, pop_logging_options, setup_logging, wants_live_view
 from mpfl.net.endpoint import DEFAULT_CONNECT_TIMEOUT_S
+
+T = TypeVar("T")
+T_co = TypeVar("T_co", covariant=True)
 
 
 @click.group(context_settings={"show_default": True})
@@ -127,16 +130,7 @@ def run(**kwargs: Any) -> None:
                              watch=WatchOptions(wants_live_view(log_format, verbosity),
                                                 kwargs["status_file"], kwargs["metrics_port"],
                                                 kwargs["metrics_address"]))
-    service = CoordinatorService(cfg, options, load_evaluator(cfg))
-
-    def on_signal(signum: int, _frame: FrameType | None) -> None:
-        service.request_stop(signal.Signals(signum).name)
-
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGINT, on_signal)
-    server = service.run()
-    if service.stop_requested is not None:
-        sys.exit(130 if service.stop_requested == "SIGINT" else 0)
+    server = _run_until_stopped(CoordinatorService(cfg, options, load_evaluator(cfg)))
     server.require_success()
 
 
@@ -166,19 +160,31 @@ def _run_region(cfg: Any, broker: Any, kwargs: dict[str, Any]) -> None:
     run_dir = Path(kwargs["run_dir"] or os.path.join("runs", f"{cfg.federation}-{region}"))
     options = RegionOptions(region, run_dir, broker, upstream, kwargs["mqtt_protocol"],
                             kwargs["max_payload"] or DEFAULT_MAX_PAYLOAD, keys=keys)
-    service = RegionService(cfg, options)
+    state = _run_until_stopped(RegionService(cfg, options)).state
+    if state is not None and state.phase == "failed":
+        raise FederationError(f"the root's federation failed: {state.error}")
 
+
+class _Service(Protocol[T_co]):
+    stop_requested: str | None
+
+    def request_stop(self, reason: str) -> None: ...
+
+    def run(self) -> T_co: ...
+
+
+def _run_until_stopped(service: _Service[T]) -> T:
+    """``service.run()``, which SIGTERM and SIGINT ask to stop (the checkpoint is kept);
+    the process then exits 0 after SIGTERM, as systemd expects, and 130 after SIGINT."""
     def on_signal(signum: int, _frame: FrameType | None) -> None:
         service.request_stop(signal.Signals(signum).name)
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
-    region_server = service.run()
+    result = service.run()
     if service.stop_requested is not None:
         sys.exit(130 if service.stop_requested == "SIGINT" else 0)
-    state = region_server.state
-    if state is not None and state.phase == "failed":
-        raise FederationError(f"the root's federation failed: {state.error}")
+    return result
 
 
 def _coordinator_keys(key_file: str | None, enrolment_file: str | None) -> Any:

@@ -91,7 +91,8 @@ def test_simulate_draws_the_live_view_in_a_terminal(tmp_path: Path) -> None:
     rounds = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
     # Every field of the view, as drawn while the rounds ran.
     assert "federation demo  phase mask  round 1/3  deadline in " in screen
-    assert "phase train  round 3/3" in screen
+    # The last round may close between two redraws; the final frame still shows it.
+    assert re.search(r"phase (train|done)\s+round 3/3", screen), screen[-3000:]
     assert re.search(r"nodes 2 online, [0-2] answered, 0 late  sparsity", screen)
     for heading in ("this round", "total", "dense fp32", "saved", "node", "state",
                     "last activity", "seen", "local epochs"):
