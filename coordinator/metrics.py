@@ -107,7 +107,8 @@ class CoordinatorMetrics:
 
     def _advance(self, name: str, totals: Mapping[str, int], inc: _Inc) -> None:
         seen = self._seen.setdefault(name, Counter())
-        for key, total in totals.items():
+        # A copy first: paho's thread adds the ledger's keys while this one reads them.
+        for key, total in dict(totals).items():
             gained = total - seen[key]
             if gained > 0:
                 inc(key, gained)

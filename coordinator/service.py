@@ -280,6 +280,9 @@ class CoordinatorService:
         self.inbox.reassembler.drop_incomplete()
         self._count_chunk_drops()
         record.wire = self.inbox.ledger.window()
+        # The views and metrics catch up with the wire first, so no one reads a round as
+        # closed beside byte counters that do not have it yet.
+        self.watching.observe(server, self.inbox.ledger, force=True)
         self.watching.round_closed(record)
         log.info(format_progress(record, server.total_rounds, len(server.nodes)),
                  extra=fields(event="round-closed", **record.to_dict()))
