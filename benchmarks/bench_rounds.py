@@ -128,7 +128,8 @@ def _stop(procs: list[subprocess.Popen[str]]) -> None:
 # -- measurements ---------------------------------------------------------------------------
 
 
-def _peak_rss_mb(pid: int, stop: threading.Event, out: list[float]) -> None:
+def peak_rss_mb(pid: int, stop: threading.Event, out: list[float]) -> None:
+    """Sample ``pid``'s VmHWM until ``stop``; append the peak in MB to ``out``."""
     peak = 0.0
     while not stop.is_set():
         try:
@@ -154,7 +155,7 @@ def coordinator_rounds(url: str, n: int, rounds: int, codec: str, tmp: Path) -> 
     coord = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT, env=_env(),
                              cwd=ROOT)
     stop, peak = threading.Event(), []  # type: ignore[var-annotated]
-    watcher = threading.Thread(target=_peak_rss_mb, args=(coord.pid, stop, peak))
+    watcher = threading.Thread(target=peak_rss_mb, args=(coord.pid, stop, peak))
     watcher.start()
     code = coord.wait(timeout=600)
     stop.set()

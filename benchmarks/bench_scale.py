@@ -42,6 +42,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from benchmarks.bench_rounds import peak_rss_mb  # noqa: E402
 from benchmarks.loadgen import Fleet, RawSubscriber  # noqa: E402
 from benchmarks.scale_costs import signature_cost  # noqa: E402
 from coordinator.broker import MosquittoBroker, mosquitto_binary  # noqa: E402
@@ -65,18 +66,6 @@ def raise_open_files() -> int:
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
     return hard
 
-
-def _peak_rss_mb(pid: int, stop: threading.Event, out: list[float]) -> None:
-    peak = 0.0
-    while not stop.is_set():
-        try:
-            for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-                if line.startswith("VmHWM:"):
-                    peak = max(peak, int(line.split()[1]) / 1024)
-        except OSError:
-            break
-        time.sleep(0.1)
-    out.append(peak)
 
 
 def coordinator_command(url: str, federation: str, run_dir: Path, n: int, codec: str,
@@ -105,7 +94,7 @@ def run_coordinator(cmd: list[str], profile: Path | None, fleet: Fleet) -> tuple
         children = Path(f"/proc/{proc.pid}/task/{proc.pid}/children")
         pid = int(children.read_text().split()[0])
     stop, peak = threading.Event(), []  # type: ignore[var-annotated]
-    watcher = threading.Thread(target=_peak_rss_mb, args=(pid, stop, peak))
+    watcher = threading.Thread(target=peak_rss_mb, args=(pid, stop, peak))
     watcher.start()
     try:
         while proc.poll() is None:
