@@ -56,8 +56,11 @@ RULES: dict[str, tuple[str, bool]] = {
     "median+agreement": ("median", True),
     "nearest-median": ("nearest-median", False),
     "nearest-median+agreement": ("nearest-median", True),
+    "median-outliers": ("median-outliers", False),
+    "median-outliers+agreement": ("median-outliers", True),
 }
-CANDIDATE = "nearest-median+agreement"  # run first: the rule meant to hold every attack
+CANDIDATES = ("median-outliers", "median-outliers+agreement")  # run first: meant to hold
+# every attack without costing clean non-iid rounds
 TRIM = 0.2  # 2 bad nodes of 10: cut 2 values per side per coordinate
 
 
@@ -88,7 +91,9 @@ class Profile:
             f"trimmed-mean cuts floor({TRIM} x {s.nodes}) values per side per coordinate; "
             "norm-clip clips each update's step from the global model to the round's median "
             "step; nearest-median averages (by sample count) all but the floor(trim x N) "
-            "updates farthest from the coordinate-wise median; +agreement: vote_agreement "
+            "updates farthest from the coordinate-wise median; median-outliers drops at most as "
+            "many, only those whose distance is beyond the median distance + 3 scaled MADs; "
+            "+agreement: vote_agreement "
             "on (outlier mask voters down-weighted)",
         ]
 
@@ -163,12 +168,11 @@ def run_one(profile: Profile, data_dir: str | None, attack: str, rule: str,
 
 def run_order(seeds: Sequence[int]) -> list[tuple[str, str, int]]:
     """Every (attack, rule, seed), those that carry the verdict first: the reference
-    (clean fedavg) and CANDIDATE under every attack, then what each attack does to fedavg,
-    then the candidate without vote agreement (which of the two does what), then the other
-    rules. Each (attack, rule) runs over every seed before the next, so a
+    (clean fedavg) and the CANDIDATES under every attack, then what each attack does to
+    fedavg, then the other rules. Each (attack, rule) runs over every seed before the next, so a
     sweep stopped early leaves whole cells."""
-    pairs = [("clean", "fedavg"), *((a, CANDIDATE) for a in ATTACKS),
-             *((a, "fedavg") for a in ATTACKS), *((a, "nearest-median") for a in ATTACKS)]
+    pairs = [("clean", "fedavg"), *((a, r) for r in CANDIDATES for a in ATTACKS),
+             *((a, "fedavg") for a in ATTACKS)]
     pairs += [(a, r) for r in RULES for a in ATTACKS if (a, r) not in pairs]
     return [(a, r, s) for a, r in dict.fromkeys(pairs) for s in seeds]
 
@@ -293,7 +297,7 @@ def markdown(profile: Profile, table: dict[str, dict[str, Cell]], command: str,
         "attacks. failed: the run never finished (the attack drove the model to NaN, whose "
         "uploads are dropped, so a round never closed); a failed seed counts as 0."
         + (" n/r: not run (the sweep runs the reference and "
-           f"{CANDIDATE} first and was stopped before these)." if missing else ""),
+           f"{' and '.join(CANDIDATES)} first and was stopped before these)." if missing else ""),
         "",
         *rows,
         "",

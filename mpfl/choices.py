@@ -82,6 +82,7 @@ class AggregatorName(StrEnum):
     TRIMMED_MEAN = "trimmed-mean"
     NORM_CLIP = "norm-clip"
     NEAREST_MEDIAN = "nearest-median"
+    MEDIAN_OUTLIERS = "median-outliers"
 
 
 class ScheduleName(StrEnum):

@@ -240,6 +240,33 @@ def test_nearest_median_drops_flipped_and_scaled_updates_and_averages_the_rest()
         assert sorted(aggregation.kept.tolist()) == [1, 2, 3, 4, 6, 7, 8, 9]
 
 
+def test_median_outliers_drops_only_outliers_so_a_clean_round_keeps_every_update() -> None:
+    rng = np.random.default_rng(5)
+    # Honest updates spread unevenly around the centre, as skewed nodes do.
+    honest = [(1.0 + s * rng.standard_normal(40)).astype(np.float32)
+              for s in (0.05, 0.08, 0.1, 0.1, 0.12, 0.15, 0.2, 0.25)]
+    clean = agg.new_aggregation("median-outliers", 40, trim=0.2)
+    for values in honest:
+        clean.add(values, 10.0)
+    np.testing.assert_allclose(clean.result(), weighted_mean(honest), rtol=1e-6)
+    assert isinstance(clean, agg.NearestMedian)
+    assert sorted(clean.kept.tolist()) == list(range(8))
+    fixed = agg.new_aggregation("nearest-median", 40, trim=0.2)  # drops 1 of 8 regardless
+    for values in honest:
+        fixed.add(values, 10.0)
+    fixed.result()
+    assert isinstance(fixed, agg.NearestMedian) and len(fixed.kept) == 7
+    for first, last, dropped in ((-honest[0], -honest[1], [0, 9]),
+                                 (100 * honest[0], 100 * honest[1], [0, 9]),
+                                 (-honest[0], honest[1] + 0.01, [0])):  # only the outlier
+        attacked = agg.new_aggregation("median-outliers", 40, trim=0.2)
+        for values in [first, *honest, last]:
+            attacked.add(values, 10.0)
+        attacked.result()
+        assert isinstance(attacked, agg.NearestMedian)
+        assert sorted(set(range(10)) - set(attacked.kept.tolist())) == dropped
+
+
 def test_nearest_median_without_trim_is_fedavg_and_refuses_a_bad_trim() -> None:
     rng = np.random.default_rng(4)
     updates = [rng.standard_normal(10).astype(np.float32) for _ in range(5)]

@@ -74,10 +74,11 @@ KEY_HELP = {
     "error_feedback": "Nodes add last round's quantisation error to their next upload.",
     "server_optimizer": "Training rounds: take the average (none) or step with momentum.",
     "server_momentum": "Momentum of the fedavgm server optimizer.",
-    "aggregator": "fedavg (streaming); median, trimmed-mean, norm-clip, nearest-median "
-                  "(buffered).",
+    "aggregator": "fedavg (streaming); median, trimmed-mean, norm-clip, nearest-median, "
+                  "median-outliers (buffered).",
     "trim": "Fraction of bad nodes tolerated (>= bad nodes / nodes): trimmed-mean cuts it "
-            "on each side, nearest-median drops it farthest from the median.",
+            "on each side, nearest-median drops it farthest from the median, "
+            "median-outliers drops up to it, only outliers in that distance.",
     "max_samples": "Cap on the sample count a node may claim (FedAvg and vote weight).",
     "min_nodes": "Nodes to wait for before round 1.",
     "quorum": "Fewest answers with which a round may close at its deadline.",

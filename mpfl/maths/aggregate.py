@@ -10,7 +10,8 @@ them, O(nodes x values), and ignores sample counts: a node could claim any count
 robustness is their point. :class:`NormClipped` (buffered too) clips each update's step
 from the global model to the round's median step, then averages by sample count.
 :class:`NearestMedian` (buffered) averages the updates nearest the coordinate-wise median
-and drops the ``trim`` fraction farthest from it, whatever direction they point in.
+and drops the ``trim`` fraction farthest from it, whatever direction they point in;
+``median-outliers`` drops only those of them that are outliers in that distance.
 :data:`AGGREGATORS` maps a config name to a factory.
 """
 
@@ -235,19 +236,31 @@ class NormClipped:
         return (self.base + averager.result()).astype(np.float32)
 
 
-def nearest_median_keep(updates: Sequence[NDArray[Any]], trim: float) -> NDArray[np.intp]:
+OUTLIER_MADS = 3.0
+"""Hampel's rule: a distance beyond the median distance plus 3 scaled MADs is an outlier."""
+_MAD_TO_SIGMA = 1.4826  # MAD x this estimates the standard deviation of normal data
+
+
+def nearest_median_keep(updates: Sequence[NDArray[Any]], trim: float,
+                        outliers_only: bool = False) -> NDArray[np.intp]:
     """Indices of the updates kept by :class:`NearestMedian`, nearest the median first.
 
-    Drops the ``floor(trim * N)`` updates farthest (L2) from the coordinate-wise median.
+    Drops the ``floor(trim * N)`` updates farthest (L2) from the coordinate-wise median;
+    with ``outliers_only``, only those of them whose distance is an outlier among the
+    round's distances (:data:`OUTLIER_MADS`).
     """
     if not (0.0 <= trim < 0.5):
         raise ConfigError("trim must be in [0, 0.5)", trim=trim)
     stacked = _stack(updates)
     centre = np.median(stacked, axis=0)
     distances = np.array([np.linalg.norm(row.astype(np.float64) - centre) for row in stacked])
-    n_kept = stacked.shape[0] - math.floor(trim * stacked.shape[0])
+    n_dropped = math.floor(trim * stacked.shape[0])
+    if outliers_only:
+        typical = float(np.median(distances))
+        spread = _MAD_TO_SIGMA * float(np.median(np.abs(distances - typical)))
+        n_dropped = min(n_dropped, int((distances > typical + OUTLIER_MADS * spread).sum()))
     # A stable sort: equal distances keep arrival order, so the result is deterministic.
-    return np.argsort(distances, kind="stable")[:n_kept]
+    return np.argsort(distances, kind="stable")[:stacked.shape[0] - n_dropped]
 
 
 class NearestMedian:
@@ -264,13 +277,19 @@ class NearestMedian:
     trimmed-mean; with trim 0 this is FedAvg. The same idea as Multi-Krum's selection,
     ranked by distance to the median (O(nodes x values)) rather than by pairwise distances
     (O(nodes^2 x values)).
+
+    On non-iid data an honest node with skewed classes is also far from the median, and
+    dropping a fixed count drops it on a clean round. ``outliers_only`` (the
+    ``median-outliers`` rule) drops at most that count, and only updates whose distance is
+    an outlier among the round's distances: a clean round keeps (nearly) everyone.
     """
 
-    def __init__(self, n_values: int, trim: float) -> None:
+    def __init__(self, n_values: int, trim: float, outliers_only: bool = False) -> None:
         if not (0.0 <= trim < 0.5):
             raise ConfigError("trim must be in [0, 0.5)", trim=trim)
         self.n_values = n_values
         self.trim = trim
+        self.outliers_only = outliers_only
         self._updates: list[NDArray[Any]] = []
         self._weights: list[float] = []
         self.kept: NDArray[np.intp] = np.zeros(0, dtype=np.intp)  # arrival indices, after result
@@ -284,7 +303,7 @@ class NearestMedian:
     def result(self) -> Values:
         if not self._updates:
             raise FederationError("no updates were received this round", n_values=self.n_values)
-        self.kept = nearest_median_keep(self._updates, self.trim)
+        self.kept = nearest_median_keep(self._updates, self.trim, self.outliers_only)
         averager = WeightedAverager(self.n_values)
         for index in sorted(self.kept):
             averager.add(self._updates[index], self._weights[index])
@@ -342,12 +361,17 @@ def _nearest_median(n_values: int, base: NDArray[Any] | None, trim: float) -> Ag
     return NearestMedian(n_values, trim)
 
 
+def _median_outliers(n_values: int, base: NDArray[Any] | None, trim: float) -> Aggregation:
+    return NearestMedian(n_values, trim, outliers_only=True)
+
+
 AGGREGATORS: Mapping[AggregatorName, AggregationFactory] = MappingProxyType({
     AggregatorName.FEDAVG: _fedavg,
     AggregatorName.MEDIAN: _median,
     AggregatorName.TRIMMED_MEAN: _trimmed_mean,
     AggregatorName.NORM_CLIP: _norm_clip,
     AggregatorName.NEAREST_MEDIAN: _nearest_median,
+    AggregatorName.MEDIAN_OUTLIERS: _median_outliers,
 })
 
 
