@@ -187,18 +187,20 @@ def one_run(name: str, rep: int, root: Path, seed: int) -> dict[str, Any]:
     fleet = Fleet(root / f"{name}-{rep}", SPEC, f"faults-{rep}")
     note: dict[str, Any] = {}
     started = time.monotonic()
-    faults, finished = 0, False
+    faults, finished, stuck = 0, False, []
     try:
         faults = FAULTS[name](fleet, rng, note)
         finished = fleet.finish()
     except FaultTimeout as exc:
         note["error"] = str(exc)
     finally:
+        stuck = fleet.still_running()
         fleet.close()
     rounds = fleet.rounds()
     check = check_rounds(rounds, SPEC, note.pop("kept", None))
     if not finished:
         check["problems"].append(note.get("error", "a process did not exit in time"))
+        check["problems"] += stuck
     if name == "node-reconnect" and "cut_round" in note:
         later = [r for r in rounds if r["round"] > note["cut_round"]]
         note["rejoined"] = int(any(f"node-{NODE}" in r["participants"] for r in later))

@@ -233,6 +233,13 @@ class Fleet:
                 return False
         return True
 
+    def still_running(self, lines: int = 12) -> list[str]:
+        """Each process that has not exited, with the last lines of its log: what it was
+        waiting for."""
+        return [f"{p.name} still running; its log ends: "
+                + " | ".join(self.log(p.name).splitlines()[-lines:])
+                for p in self.procs if p.popen.poll() is None]
+
     def crashes(self) -> list[str]:
         return [f"{p.name} exited {p.popen.returncode}" for p in self.procs if p.crashed()]
 
