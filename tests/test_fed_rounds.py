@@ -228,6 +228,24 @@ def test_resume_from_snapshot_repeats_and_loses_no_round(tmp_path: Path) -> None
     assert [p.name for p in (tmp_path / "run" / "checkpoint").iterdir()] != []
 
 
+def test_resume_keeps_the_server_momentum_so_the_next_step_is_the_same() -> None:
+    cfg = replace(CFG, server_optimizer="fedavgm", server_momentum=0.5, train_rounds=3)
+    fed = Federation(cfg)
+    fed.start()
+    while fed.server.closed_round < cfg.mask_rounds + 2:  # two momentum steps taken
+        fed.advance(0.1)
+    velocity = fed.server.weights.optimizer.state()
+    assert velocity is not None and np.abs(velocity).max() > 0
+    arrays, meta = fed.server.snapshot()
+    restored = FederationServer.restore(cfg, arrays, json.loads(json.dumps(meta)))
+    np.testing.assert_array_equal(restored.weights.optimizer.state(), velocity)
+    average = fed.server.global_values + 0.01
+    np.testing.assert_array_equal(restored.weights.step_towards(average),
+                                  fed.server.weights.step_towards(average))
+    with pytest.raises(ModelError, match="server optimizer"):
+        FederationServer.restore(cfg, {**arrays, "server_state": velocity[:-1]}, meta)
+
+
 def test_restore_refuses_another_model_and_resumes_a_finished_run_as_done() -> None:
     fed = Federation()
     fed.start()

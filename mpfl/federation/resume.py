@@ -19,7 +19,8 @@ def saved_state(server: FederationServer) -> Saved:
     """Everything a restarted coordinator needs, after the last closed round."""
     return Saved(
         server.run_id, server.phase if server.finished else "running", server.round,
-        server.error, server.mask, server.weights.history, server.global_values, server.nodes,
+        server.error, server.mask, server.weights.history, server.global_values,
+        server.weights.optimizer.state(), server.nodes,
         server.dropped, server.traffic.uplink, server.traffic.downlink, server.log,
     )
 
@@ -30,6 +31,7 @@ def resume(server: FederationServer, saved: Saved) -> None:
     weights = server.weights
     weights.mask, weights.history = saved.mask, saved.history
     weights.values = saved.global_values
+    weights.optimizer.restore(saved.server_state)
     server.run_id, server.nodes = saved.run_id, NodeTable(saved.nodes)
     server.dropped, server.log = saved.dropped, saved.log
     server.traffic = Traffic(saved.uplink, saved.downlink)

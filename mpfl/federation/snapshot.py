@@ -1,8 +1,9 @@
 """The coordinator's checkpoint: what a closed round leaves behind, to arrays and back.
 
 :class:`Saved` is everything a restarted coordinator needs to go on (mask, vote history,
-global values, nodes, counters, the round log). ``encode_snapshot`` turns it into plain
-arrays (saved with ``np.savez``, no pickle) and a JSON-able dict; ``decode_snapshot``
+global values, the server optimizer's momentum, nodes, counters, the round log).
+``encode_snapshot`` turns it into plain arrays (saved with ``np.savez``, no pickle) and a
+JSON-able dict; ``decode_snapshot``
 checks them against the model and turns them back, or raises ModelError naming what
 does not fit.
 """
@@ -35,6 +36,7 @@ class Saved:
     mask: np.ndarray
     history: np.ndarray
     global_values: np.ndarray | None
+    server_state: np.ndarray | None  # the server optimizer's (FedAvgM's momentum)
     nodes: dict[str, NodeInfo]
     dropped: Counter[str]
     uplink: int
@@ -52,6 +54,8 @@ def encode_snapshot(
     arrays = {"mask": saved.mask.astype(bool), "history": np.asarray(saved.history)}
     if saved.global_values is not None:
         arrays["global_values"] = np.asarray(saved.global_values, dtype=np.float32)
+    if saved.server_state is not None:
+        arrays["server_state"] = np.asarray(saved.server_state, dtype=np.float32)
     meta = {
         "version": SNAPSHOT_VERSION,
         "config": config,
@@ -91,6 +95,11 @@ def decode_snapshot(
             values = np.asarray(arrays["global_values"], dtype=np.float32)
             if values.shape != (sum(unit_map.layer_sizes(mask)),):
                 raise ModelError("checkpoint values do not match the mask")
+        server_state = None
+        if "server_state" in arrays:
+            server_state = np.asarray(arrays["server_state"], dtype=np.float32)
+            if values is None or server_state.shape != values.shape:
+                raise ModelError("checkpoint server optimizer state does not match the values")
         saved = Saved(
             run_id=str(meta["run_id"]),
             status=str(meta["status"]),
@@ -99,6 +108,7 @@ def decode_snapshot(
             mask=mask,
             history=history,
             global_values=values,
+            server_state=server_state,
             nodes={str(n): NodeInfo(int(d["samples"]), str(d.get("hardware", "unknown")),
                                     bool(d.get("online", True)))
                    for n, d in dict(meta.get("nodes", {})).items()},

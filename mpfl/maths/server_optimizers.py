@@ -7,7 +7,8 @@ round after round. A server optimizer is one object with ``step(current, average
 
 Momentum only makes sense over values of the same alive units, so it restarts whenever
 the number of values changes (a new mask); the coordinator uses it in training rounds,
-where the mask is fixed. It is not checkpointed: a resumed run restarts it from zero.
+where the mask is fixed. Its state (the momentum) goes into the coordinator's checkpoint,
+so a resumed run steps exactly as an uninterrupted one.
 """
 
 from __future__ import annotations
@@ -27,12 +28,26 @@ class ServerOptimizer(Protocol):
         """The next global values, from the current ones and this round's average."""
         ...
 
+    def state(self) -> np.ndarray | None:
+        """What a checkpoint keeps of it (None: nothing)."""
+        ...
+
+    def restore(self, state: np.ndarray | None) -> None:
+        """Take back what ``state`` returned."""
+        ...
+
 
 class TakeAverage:
     """FedAvg: the average is the new model."""
 
     def step(self, current: np.ndarray, average: np.ndarray) -> np.ndarray:
         return average
+
+    def state(self) -> np.ndarray | None:
+        return None
+
+    def restore(self, state: np.ndarray | None) -> None:
+        pass
 
 
 class Momentum:
@@ -50,6 +65,12 @@ class Momentum:
             self.velocity = np.zeros_like(update)
         self.velocity = np.float32(self.beta) * self.velocity + update
         return current + self.velocity
+
+    def state(self) -> np.ndarray | None:
+        return self.velocity
+
+    def restore(self, state: np.ndarray | None) -> None:
+        self.velocity = None if state is None else np.asarray(state, dtype=np.float32)
 
 
 SERVER_OPTIMIZERS: Mapping[ServerOptimizerName, Callable[[float], ServerOptimizer]] = (
