@@ -59,8 +59,8 @@ RULES: dict[str, tuple[str, bool]] = {
     "median-outliers": ("median-outliers", False),
     "median-outliers+agreement": ("median-outliers", True),
 }
-CANDIDATES = ("median-outliers", "median-outliers+agreement")  # run first: meant to hold
-# every attack without costing clean non-iid rounds
+# Run first: the rules meant to hold an attack without costing clean non-iid rounds.
+CANDIDATES = ("median-outliers", "norm-clip", "median-outliers+agreement")
 TRIM = 0.2  # 2 bad nodes of 10: cut 2 values per side per coordinate
 
 

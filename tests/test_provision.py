@@ -291,10 +291,12 @@ def test_cli_writes_a_kit_without_printing_secrets(tmp_path: Path) -> None:
 
 def test_cli_reports_bad_node_ids_with_the_config_exit_code(tmp_path: Path) -> None:
     result = CliRunner().invoke(
-        provision_command, ["--nodes", "pi-01,,pi-02", "--out", str(tmp_path / "kit")]
+        provision_command, ["--nodes", "pi-01,,pi-02", "--out", str(tmp_path / "kit")],
+        prog_name="mpfl-coordinator",
     )
     assert result.exit_code == 2
-    assert "invalid node id" in result.output
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("mpfl-coordinator: error: invalid node id")
 
 
 def test_deploy_templates_ship_with_the_coordinator_package() -> None:

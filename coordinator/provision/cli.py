@@ -8,7 +8,7 @@ import click
 
 from coordinator.provision.kit import provision
 from coordinator.provision.templates import DEFAULT_BROKER_DIR
-from mpfl.errors import MpflError
+from mpfl.errors import reports_errors
 
 
 @click.command("provision")
@@ -47,6 +47,7 @@ from mpfl.errors import MpflError
                    "reads the root's server topics, bridged down, and writes only under "
                    "nodes/NAME/. See `mpfl-coordinator bridge-config`.")
 @click.option("--force", is_flag=True, help="Replace an existing kit (rotates every password).")
+@reports_errors
 def provision_command(
     nodes: str,
     out: Path,
@@ -60,22 +61,18 @@ def provision_command(
     force: bool,
 ) -> None:
     """Generate broker credentials, signing keys, ACLs, config and per-node env files."""
-    try:
-        result = provision(
-            [n.strip() for n in nodes.split(",")],
-            out,
-            federation=federation,
-            broker_host=broker_host,
-            broker_ips=broker_ips,
-            port=port,
-            coordinator_user=coordinator_user,
-            force=force,
-            broker_dir=broker_dir,
-            region=region,
-        )
-    except MpflError as err:
-        click.echo(f"error: {err}", err=True)
-        raise SystemExit(err.exit_code) from None
+    result = provision(
+        [n.strip() for n in nodes.split(",")],
+        out,
+        federation=federation,
+        broker_host=broker_host,
+        broker_ips=broker_ips,
+        port=port,
+        coordinator_user=coordinator_user,
+        force=force,
+        broker_dir=broker_dir,
+        region=region,
+    )
     click.echo(
         f"wrote a kit for {len(result.nodes)} nodes of federation {result.federation!r} "
         f"(broker {result.broker_url}) to {result.out}/"
