@@ -47,6 +47,9 @@ BEGIN, END = "<!-- bench_robust:begin -->", "<!-- bench_robust:end -->"
 
 ATTACKS = ("clean", "noise", "permuted", "random-mask", "scale", "sign-flip")
 DATA_ATTACKS = ("noise", "permuted")
+# The floor for every rule: FedAvg of the honest nodes alone, the bad ones left out as a
+# perfect filter would. Their data is lost with them, which no rule can win back.
+WITHOUT_BAD = "without-bad"
 # name: (aggregator, vote_agreement)
 RULES: dict[str, tuple[str, bool]] = {
     "fedavg": ("fedavg", False),
@@ -150,12 +153,17 @@ def run_one(profile: Profile, data_dir: str | None, attack: str, rule: str,
         min_nodes=settings.nodes, quorum=settings.nodes, seed=seed,
         aggregator=aggregator, vote_agreement=agreement, trim=TRIM,
     ).validate()
-    corrupt = {} if attack in ("clean", *DATA_ATTACKS) else dict.fromkeys(bad, attack)
+    node_data = data.node_data
+    if attack == WITHOUT_BAD:
+        node_data = [d for i, d in enumerate(node_data) if i not in bad]
+        cfg = replace(cfg, min_nodes=len(node_data), quorum=len(node_data)).validate()
+    corrupt = {} if attack in ("clean", WITHOUT_BAD, *DATA_ATTACKS) else dict.fromkeys(
+        bad, attack)
     start = time.perf_counter()
     evaluate = dataset_evaluator(cfg.model_spec, data.test)
     out: dict[str, Any] = {"attack": attack, "rule": rule, "seed": seed}
     try:
-        server = run_in_process(cfg, data.node_data, None, corrupt=corrupt)
+        server = run_in_process(cfg, node_data, None, corrupt=corrupt)
     except FederationError as exc:
         # The attack won: e.g. x100 values drove the average (and then every honest
         # node) to NaN, whose uploads the coordinator drops, so the round never closes.
@@ -171,7 +179,8 @@ def run_order(seeds: Sequence[int]) -> list[tuple[str, str, int]]:
     (clean fedavg) and the CANDIDATES under every attack, then what each attack does to
     fedavg, then the other rules. Each (attack, rule) runs over every seed before the next, so a
     sweep stopped early leaves whole cells."""
-    pairs = [("clean", "fedavg"), *((a, r) for r in CANDIDATES for a in ATTACKS),
+    pairs = [("clean", "fedavg"), (WITHOUT_BAD, "fedavg"),
+             *((a, r) for r in CANDIDATES for a in ATTACKS),
              *((a, "fedavg") for a in ATTACKS)]
     pairs += [(a, r) for r in RULES for a in ATTACKS if (a, r) not in pairs]
     return [(a, r, s) for a, r in dict.fromkeys(pairs) for s in seeds]
@@ -220,7 +229,7 @@ def summarize(runs: list[dict[str, Any]], seeds: Sequence[int]
     """Mean and spread of the accuracy by attack and rule over ``seeds``; a failed run
     counts as 0 (None: every seed failed). A cell missing a seed is left out."""
     table: dict[str, dict[str, Cell]] = {}
-    for attack in ATTACKS:
+    for attack in (*ATTACKS, WITHOUT_BAD):
         table[attack] = {}
         for rule in RULES:
             by_seed = {r["seed"]: r["accuracy"] for r in runs
@@ -280,6 +289,14 @@ def markdown(profile: Profile, table: dict[str, dict[str, Cell]], command: str,
                     f"One rule for every attack: **{one_rule}** (worst drop "
                     f"{complete[one_rule]:+.1f} pt"
                     + (", among the rules run under every attack)." if missing else ")."))
+    floor = table[WITHOUT_BAD].get("fedavg")
+    bad = len(profile.bad_nodes)
+    floor_line = ("" if floor is None else
+                  f"The floor: FedAvg of the {profile.settings.nodes - bad} honest nodes "
+                  f"alone (the {bad} bad ones left out, as a perfect filter would) reaches "
+                  f"{_cell(table[WITHOUT_BAD], 'fedavg')}%, a drop of "
+                  f"{100 * (reference - floor[0]):+.1f} pt: the bad nodes' share of the data "
+                  "goes with them, which no aggregation rule can win back.")
     seeds = (f"mean ± standard deviation over {len(profile.seeds)} seeds"
              if len(profile.seeds) > 1
              else "ONE seed only (no spread measured: differences under ~1 pt are noise)")
@@ -302,6 +319,7 @@ def markdown(profile: Profile, table: dict[str, dict[str, Cell]], command: str,
         *rows,
         "",
         verdict_line,
+        *(["", floor_line] if floor_line else []),
         "",
         "What each attack costs each rule: the rule's clean accuracy minus its accuracy "
         "under the attack (pt, means over the same seeds), so a rule's own cost on clean "

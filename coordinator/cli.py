@@ -82,6 +82,7 @@ def main() -> None:
               help="With --region: the root coordinator's public key file; with --key and "
                    "--enrolment (the region's nodes) every message is signed and verified.")
 @click.option("--metrics-port", type=click.IntRange(1, 65535), default=None,
+              envvar="MPFL_METRICS_PORT", show_envvar=True,
               help="Serve Prometheus metrics on this port (/metrics).  [default: off]")
 @click.option("--metrics-address", default="127.0.0.1", show_default=True,
               help="Address the metrics listen on (0.0.0.0: every interface).")

@@ -64,9 +64,11 @@ def test_bench_robust_quick(tmp_path: Path) -> None:
     doc = bench.main(["--quick", "--jobs", "1", "--out", str(tmp_path)])
     saved = json.loads((tmp_path / "robust.json").read_text())
     assert saved["accuracy"] == doc["accuracy"]
-    assert len(saved["runs"]) == len(bench.ATTACKS) * len(bench.RULES)
+    # Every rule under every attack, and FedAvg without the bad nodes (the floor).
+    assert len(saved["runs"]) == len(bench.ATTACKS) * len(bench.RULES) + 1
     table = (tmp_path / "robust.md").read_text()
     assert "ONE seed only" in table and "| sign-flip |" in table
+    assert "The floor: FedAvg of the 8 honest nodes alone" in table
     assert bench.BENCHMARKS_MD.read_text() == before  # quick runs leave it alone
 
 
@@ -84,6 +86,8 @@ def test_bench_robust_table_reports_mean_spread_and_the_one_rule(tmp_path: Path)
                 weak = rule == "fedavg" and attack != "clean"
                 runs.append({"attack": attack, "rule": rule, "seed": seed,
                              "accuracy": bad if weak else good, "seconds": 1.0})
+        runs.append({"attack": bench.WITHOUT_BAD, "rule": "fedavg", "seed": seed,
+                     "accuracy": good - 0.02, "seconds": 1.0})
     table = bench.summarize(runs, [0, 1])
     mean, spread = table["clean"]["fedavg"]
     assert mean == pytest.approx(0.81) and spread == pytest.approx(0.01414, abs=1e-4)
@@ -94,6 +98,8 @@ def test_bench_robust_table_reports_mean_spread_and_the_one_rule(tmp_path: Path)
     assert "| worst drop (pt) | +56.0 |" in text
     assert "| scale | +56.0 | +0.0 |" in text  # against each rule's own clean run
     assert "One rule for every attack: **median**" in text  # the first rule with no drop
+    assert "alone (the 2 bad ones left out, as a perfect filter would) reaches 79.0 ± 1.4%, " \
+        "a drop of +2.0 pt" in text
     log = tmp_path / "runs.jsonl"
     log.write_text("".join(json.dumps(r) + "\n" for r in runs))
     assert sorted(map(str, bench.run_all(profile, None, 1, None, bench.logged_runs(log)))) \

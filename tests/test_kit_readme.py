@@ -184,6 +184,8 @@ def test_the_kits_readme_runs_a_federation_over_tls(world: Path, mnist_dir: Path
         env = read_env(gateway / "etc/mpfl/coordinator.env", gateway)
         # The README's way to override federation.toml: MPFL_<KEY> lines in the env file.
         env |= {"MPFL_MASK_ROUNDS": "1", "MPFL_TRAIN_ROUNDS": "1"}
+        assert env["MPFL_METRICS_PORT"] == "9108"  # step 5's port; a free one here
+        metrics_port = env["MPFL_METRICS_PORT"] = str(free_port())
         coordinator = subprocess.Popen(
             exec_start(gateway / "etc/systemd/system/mpfl-coordinator.service", env, gateway),
             env={**os.environ, **env}, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
@@ -208,6 +210,7 @@ def test_the_kits_readme_runs_a_federation_over_tls(world: Path, mnist_dir: Path
         out, _ = coordinator.communicate(timeout=RUN_TIMEOUT_S)
         assert coordinator.returncode == 0, out + broker_log.read_text()
         assert "done: 2 rounds" in out
+        assert f"metrics on http://127.0.0.1:{metrics_port}" in out
         assert (gateway / "var/lib/mpfl/coordinator/final").is_dir()
         for proc in services[1:]:
             node_out, _ = proc.communicate(timeout=60)

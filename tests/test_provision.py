@@ -91,7 +91,7 @@ def test_kit_layout_credentials_and_modes(tmp_path: Path, hasher: str) -> None:
     for name in ["passwd", "acl", "mosquitto.conf", "coordinator.env", "README.txt",
                  "federation.toml",
                  "nodes/pi-01.env", "nodes/pi-02.env", "systemd/mpfl-edge.service",
-                 "systemd/mpfl-coordinator.service"]:
+                 "systemd/mpfl-coordinator.service", "grafana-dashboard.json"]:
         assert (out / name) in result.files and (out / name).is_file(), name
     assert (out / "certs").is_dir()
 
@@ -316,10 +316,10 @@ def test_deploy_templates_ship_with_the_coordinator_package() -> None:
 
 @pytest.mark.parametrize("unit", UNITS)
 def test_units_do_not_restart_on_errors_a_restart_cannot_fix(unit: str) -> None:
-    from coordinator.provision.templates import unit_text
+    from coordinator.provision.templates import deploy_text
     from mpfl.errors import PERMANENT, ExitCode
 
-    lines = [line for line in unit_text(unit).splitlines()
+    lines = [line for line in deploy_text(unit).splitlines()
              if line.startswith("RestartPreventExitStatus=")]
     assert len(lines) == 1
     codes = {int(code) for code in lines[0].split("=", 1)[1].split()}

@@ -19,15 +19,17 @@ from coordinator.provision.credentials import (
     write_password_file,
 )
 from coordinator.provision.templates import (
+    DASHBOARD,
     DEFAULT_BROKER_DIR,
     DEFAULT_CA_FILE,
     DEFAULT_PERSISTENCE_DIR,
+    METRICS_PORT,
     UNITS,
+    deploy_text,
     env_text,
     federation_toml_text,
     mosquitto_conf_text,
     readme_text,
-    unit_text,
 )
 from mpfl.errors import ConfigError
 from mpfl.wire.signing import SigningKey, write_enrolment
@@ -59,7 +61,7 @@ def _generated_paths(out: Path) -> list[Path]:
     """Files an earlier run of provision may have left in ``out`` (certs/ is the user's)."""
     paths = [out / name for name in ("README.txt", "mosquitto.conf", "passwd", "acl",
                                      "coordinator.env", "coordinator.key", "coordinator.pub",
-                                     "enrolled.toml", "federation.toml")]
+                                     "enrolled.toml", "federation.toml", DASHBOARD)]
     for pattern in ("*.env", "*.key"):
         paths += sorted((out / "nodes").glob(pattern)) if (out / "nodes").is_dir() else []
     paths += [out / "systemd" / unit for unit in UNITS]
@@ -190,6 +192,8 @@ def provision(
                 "MPFL_CA_FILE": ca_file,
                 "MPFL_KEY": COORDINATOR_KEY,
                 "MPFL_ENROLMENT": ENROLMENT,
+                # Prometheus metrics on 127.0.0.1 only (grafana-dashboard.json reads them).
+                "MPFL_METRICS_PORT": str(METRICS_PORT),
             },
         ),
         SECRET_MODE,
@@ -214,7 +218,8 @@ def provision(
             SECRET_MODE,
         )
     for unit in UNITS:
-        emit(f"systemd/{unit}", unit_text(unit))
+        emit(f"systemd/{unit}", deploy_text(unit))
+    emit(DASHBOARD, deploy_text(DASHBOARD))
     emit(
         "README.txt",
         readme_text(
@@ -226,6 +231,7 @@ def provision(
             coordinator_user=coordinator_user,
             ca_file=ca_file,
             broker_ips=broker_ips,
+            metrics_port=METRICS_PORT,
         ),
     )
     return ProvisionResult(

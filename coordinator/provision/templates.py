@@ -19,15 +19,17 @@ DEFAULT_BROKER_DIR = "/etc/mosquitto/mpfl"
 DEFAULT_PERSISTENCE_DIR = "/var/lib/mosquitto/"
 DEFAULT_CA_FILE = "/etc/mpfl/ca.crt"
 UNITS = ("mpfl-edge.service", "mpfl-coordinator.service")
+DASHBOARD = "grafana-dashboard.json"
+METRICS_PORT = 9108  # the coordinator's Prometheus endpoint in a kit (127.0.0.1 only)
 
 
 def _deploy_file(name: str) -> Traversable:
     return resources.files("coordinator").joinpath("deploy", name)
 
 
-def unit_text(unit: str) -> str:
-    """One of the systemd ``UNITS``, as shipped."""
-    return _deploy_file(unit).read_text(encoding="utf-8")
+def deploy_text(name: str) -> str:
+    """A file of ``coordinator/deploy`` as shipped (a systemd unit, the dashboard)."""
+    return _deploy_file(name).read_text(encoding="utf-8")
 
 
 def mosquitto_conf_text(
@@ -124,6 +126,7 @@ def readme_text(
     coordinator_user: str,
     ca_file: str,
     broker_ips: Sequence[str] = (),
+    metrics_port: int = METRICS_PORT,
 ) -> str:
     first = node_ids[0]
     ca_dir = os.path.dirname(ca_file) or "."
@@ -154,6 +157,7 @@ Files
   nodes/<id>.key    node <id>: /etc/mpfl/node.key (owner mpfl, mode 0600): signs its
                     messages
   systemd/          /etc/systemd/system/ on the gateway (coordinator) and nodes (edge)
+  grafana-dashboard.json  import into Grafana (step 5)
   ca.crt            every machine: {ca_file} (from certs/, public)
 
 The env files, the *.key files and passwd hold secrets: copy them over SSH, never commit
@@ -222,4 +226,10 @@ checked, so a client on the broker cannot pose as a node or the coordinator.
    /var/lib/mpfl/data/train.npz; add --hardware rpi4 (see `mpfl hardware list`) to fix
    the board's profile instead of detecting it.
    Logs: journalctl -u mpfl-edge -f
+
+5. Monitoring (optional). The coordinator serves Prometheus metrics on
+   http://127.0.0.1:{metrics_port}/metrics (MPFL_METRICS_PORT in coordinator.env; remove the
+   line to turn them off). Have a Prometheus on the gateway scrape that address, then
+   import grafana-dashboard.json into Grafana and pick that Prometheus as its source.
+     curl -s http://127.0.0.1:{metrics_port}/metrics | grep mpfl_coordinator_round
 """
