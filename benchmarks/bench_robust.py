@@ -261,8 +261,10 @@ def markdown(profile: Profile, table: dict[str, dict[str, Cell]], command: str,
              elapsed: float, jobs: int) -> str:
     reference = _mean(table["clean"].get("fedavg"))
     rules = list(RULES)
-    head = "| bad nodes | " + " | ".join(rules) + " | best rule | drop (pt) | <= 1 pt |"
-    rows = [head, "|" + "---|" * (len(rules) + 4)]
+    floor = table[WITHOUT_BAD].get("fedavg")
+    head = ("| bad nodes | " + " | ".join(rules)
+            + " | best rule | drop (pt) | <= 1 pt | above the floor (pt) |")
+    rows = [head, "|" + "---|" * (len(rules) + 5)]
     worst: dict[str, float | None] = dict.fromkeys(rules, -math.inf)
     for attack in ATTACKS:
         accs = table[attack]
@@ -272,16 +274,18 @@ def markdown(profile: Profile, table: dict[str, dict[str, Cell]], command: str,
             best = max(done, key=lambda r: _mean(accs[r]))
             drop = 100 * (reference - _mean(accs[best]))
             verdict = "-" if attack == "clean" else ("yes" if drop <= 1.0 else "no")
-            rows.append(f"| {attack} | {cells} | {best} | {drop:+.1f} | {verdict} |")
+            above = "" if floor is None or attack == "clean" else (
+                f"{100 * (_mean(accs[best]) - floor[0]):+.1f}")
+            rows.append(f"| {attack} | {cells} | {best} | {drop:+.1f} | {verdict} | {above} |")
         else:
-            rows.append(f"| {attack} | {cells} | n/r | | |")
+            rows.append(f"| {attack} | {cells} | n/r | | | |")
         if attack != "clean":
             for r in rules:
                 w = worst[r]
                 worst[r] = None if w is None or r not in accs else max(
                     w, 100 * (reference - _mean(accs[r])))
     rows.append("| worst drop (pt) | " + " | ".join(
-        "n/r" if worst[r] is None else f"{worst[r]:+.1f}" for r in rules) + " | | | |")
+        "n/r" if worst[r] is None else f"{worst[r]:+.1f}" for r in rules) + " | | | | |")
     missing = any(r not in table[a] for a in ATTACKS for r in rules)
     complete = {r: w for r, w in worst.items() if w is not None}
     one_rule = min(complete, key=lambda r: complete[r]) if complete else None
@@ -289,14 +293,14 @@ def markdown(profile: Profile, table: dict[str, dict[str, Cell]], command: str,
                     f"One rule for every attack: **{one_rule}** (worst drop "
                     f"{complete[one_rule]:+.1f} pt"
                     + (", among the rules run under every attack)." if missing else ")."))
-    floor = table[WITHOUT_BAD].get("fedavg")
     bad = len(profile.bad_nodes)
     floor_line = ("" if floor is None else
                   f"The floor: FedAvg of the {profile.settings.nodes - bad} honest nodes "
                   f"alone (the {bad} bad ones left out, as a perfect filter would) reaches "
                   f"{_cell(table[WITHOUT_BAD], 'fedavg')}%, a drop of "
                   f"{100 * (reference - floor[0]):+.1f} pt: the bad nodes' share of the data "
-                  "goes with them, which no aggregation rule can win back.")
+                  "goes with them, which no aggregation rule can win back. Above the floor: "
+                  "the best rule's mean accuracy minus the floor's.")
     seeds = (f"mean ± standard deviation over {len(profile.seeds)} seeds"
              if len(profile.seeds) > 1
              else "ONE seed only (no spread measured: differences under ~1 pt are noise)")
