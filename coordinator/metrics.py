@@ -17,7 +17,7 @@ from collections.abc import Callable, Mapping
 from prometheus_client import CollectorRegistry, Gauge, Histogram, Info, start_http_server
 from prometheus_client import Counter as PromCounter
 
-from mpfl.errors import ConfigError
+from mpfl.errors import PortInUse
 from mpfl.federation.metrics import RoundLog
 from mpfl.federation.watch import FederationView
 from mpfl.net.inbox import ByteLedger
@@ -65,11 +65,11 @@ class CoordinatorMetrics:
         self._seen: dict[str, Counter[str]] = {}
 
     def serve(self, port: int, address: str = "0.0.0.0") -> None:
-        """Serve /metrics; a port in use is a ConfigError, not a traceback."""
+        """Serve /metrics; a port in use is PortInUse (exit 15), not a traceback."""
         try:
             start_http_server(port, addr=address, registry=self.registry)
         except OSError as exc:
-            raise ConfigError(f"cannot serve metrics on {address}:{port}: "
+            raise PortInUse(f"cannot serve metrics on {address}:{port}: "
                               f"{exc.strerror or exc}", flag="--metrics-port") from None
 
     def show(self, view: FederationView, ledger: ByteLedger | None = None) -> None:

@@ -33,6 +33,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from apps.demo import DEMO_CONFIG
 from mpfl.config.flags import config_to_args
 from mpfl.config.settings import FederationConfig
+from mpfl.errors import ExitCode
 from mpfl.federation.watch import FederationView
 from mpfl.wire import topics
 
@@ -296,7 +297,8 @@ def _check(scraped: dict[tuple[str, tuple[tuple[str, str], ...]], float],
     assert value("messages_sent_total", kind="server/state") >= len(rounds) + 1
 
 
-def test_a_metrics_port_in_use_is_one_line_and_a_config_exit_code(tmp_path: Path) -> None:
+def test_a_metrics_port_in_use_is_one_line_and_the_port_in_use_exit_code(
+        tmp_path: Path) -> None:
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
@@ -305,7 +307,7 @@ def test_a_metrics_port_in_use_is_one_line_and_a_config_exit_code(tmp_path: Path
             [sys.executable, "-m", "coordinator.cli", "run", "--run-dir", str(tmp_path / "r"),
              "--metrics-port", str(port), "--broker", "mqtt://127.0.0.1:1"],
             capture_output=True, text=True, env=_env(), timeout=60, check=False)
-    assert done.returncode == 2
+    assert done.returncode == ExitCode.PORT_IN_USE
     errors = done.stderr.strip().splitlines()
     assert len(errors) == 1 and f"cannot serve metrics on 127.0.0.1:{port}" in errors[0]
     assert "--metrics-port" in errors[0]
