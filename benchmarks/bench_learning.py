@@ -267,7 +267,7 @@ def report(profile: Profile, results: dict[str, list[ExperimentResult]], skipped
                    f"epoch(s), SGD lr {a.lr} momentum {a.momentum}, batch {a.batch_size}, "
                    f"90% weight sparsity, seeds run: {', '.join(map(str, ran))} (of "
                    f"{', '.join(map(str, profile.seeds))})")
-        blocks += [f"(a) headline: the candidate against dense FedAvg, {setting}\n\n"
+        blocks += [f"(a) headline: the default against dense FedAvg, {setting}\n\n"
                    + table_a(grouped, profile, headline),
                    "(a) ablation: each row adds one change to the row above\n\n"
                    + table_a(grouped, profile, profile.variants),

@@ -66,7 +66,7 @@ def table_a(grouped: PartA, profile: Profile, variants: Sequence[Variant]) -> st
                 dense_mb = statistics.fmean(r.uplink_bytes for r in dense[dataset].values()) / MB
                 ratio = f"1/{dense_mb / mb:.0f}"
             per_seed = " / ".join(f"{a:.2f}" for a in acc)
-            label = v.label + (" = **candidate**" if v.key == profile.default
+            label = v.label + (" = **default**" if v.key == profile.default
                                and v.label != DEFAULT_LABEL else "")
             rows.append([dataset, label, _spread(acc), gap, f"{bits:.3f}", f"{mb:.2f}", ratio,
                          per_seed, ",".join(map(str, seeds))])

@@ -323,7 +323,7 @@ def test_bench_quick_smoke(
                                                        "central"}
     table = (tmp_path / "learning.md").read_text()
     assert "| mnist | dense FedAvg, fp32 | " in table
-    assert "| mnist | MPFL candidate: int4 deltas, error feedback, FedAvgM 0.5 | " in table
+    assert "| mnist | MPFL default: int4 deltas, error feedback, FedAvgM 0.5 | " in table
 
 
 def test_part_a_table_gives_mean_spread_and_bits_per_parameter() -> None:

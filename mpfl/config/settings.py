@@ -120,15 +120,15 @@ class FederationConfig:
     # wire and aggregation. int4 deltas with error feedback and server momentum cost under
     # half a bit per parameter, but have not yet shown dense FedAvg's accuracy across seeds
     # (BENCHMARKS.md, Learning): options until they do.
-    value_codec: str = ValueCodecName.FP32.value
-    delta: bool = False
-    error_feedback: bool = False
+    value_codec: str = ValueCodecName.INT4.value
+    delta: bool = True
+    error_feedback: bool = True
     aggregator: str = AggregatorName.FEDAVG.value
     # A claim above it is clamped, not refused: an honest large node keeps taking part,
     # and no node weighs more than this many samples (a forged hello claimed 2^32 - 1).
     max_samples: int = 100_000
     trim: float = 0.1
-    server_optimizer: str = ServerOptimizerName.NONE.value
+    server_optimizer: str = ServerOptimizerName.FEDAVGM.value
     server_momentum: float = 0.5
     # rounds
     min_nodes: int = 2
