@@ -77,6 +77,7 @@ class Profile:
     final_sparsity: float
     seeds: tuple[int, ...]
     model_args: tuple[tuple[str, Any], ...] = ()
+    rules: tuple[str, ...] = tuple(RULES)  # those to run (fedavg always: the reference)
 
     def notes(self) -> list[str]:
         s = self.settings
@@ -101,17 +102,22 @@ class Profile:
         ]
 
 
-def full_profile(seeds: Sequence[int]) -> Profile:
+DEFAULT_PARTITION = "dirichlet:1.0"
+
+
+def full_profile(seeds: Sequence[int], partition: str = DEFAULT_PARTITION,
+                 rules: Sequence[str] = tuple(RULES)) -> Profile:
     # Dirichlet alpha 1.0: every node holds most classes in uneven shares, so honest
     # updates disagree as on a real fleet, yet not so much (alpha 0.5 leaves nodes with
     # two or three classes) that an honest minority-class node is indistinguishable from
     # a bad one, which no aggregation rule can tell apart from its values alone.
     settings = ExperimentSettings(
-        nodes=10, partition="dirichlet:1.0", mask_rounds=3, train_rounds=6,
+        nodes=10, partition=partition, mask_rounds=3, train_rounds=6,
         granularity="filter", train_limit=8000, test_limit=5000, local_epochs=1,
         batch_size=32, lr=0.05, momentum=0.9, eval_every_round=False,
     )
-    return Profile("full", "fashion-mnist", "lenet5", settings, (3, 7), 0.5, tuple(seeds))
+    return Profile("full", "fashion-mnist", "lenet5", settings, (3, 7), 0.5, tuple(seeds),
+                   rules=tuple(dict.fromkeys(["fedavg", *rules])))
 
 
 def quick_profile() -> Profile:
@@ -174,7 +180,8 @@ def run_one(profile: Profile, data_dir: str | None, attack: str, rule: str,
             "sparsity": server.sparsity(), "seconds": time.perf_counter() - start}
 
 
-def run_order(seeds: Sequence[int]) -> list[tuple[str, str, int]]:
+def run_order(seeds: Sequence[int], rules: Sequence[str] = tuple(RULES)
+              ) -> list[tuple[str, str, int]]:
     """Every (attack, rule, seed), those that carry the verdict first: the reference
     (clean fedavg) and the CANDIDATES under every attack, then what each attack does to
     fedavg, then the other rules. Each (attack, rule) runs over every seed before the next, so a
@@ -183,7 +190,7 @@ def run_order(seeds: Sequence[int]) -> list[tuple[str, str, int]]:
              *((a, r) for r in CANDIDATES for a in ATTACKS),
              *((a, "fedavg") for a in ATTACKS)]
     pairs += [(a, r) for r in RULES for a in ATTACKS if (a, r) not in pairs]
-    return [(a, r, s) for a, r in dict.fromkeys(pairs) for s in seeds]
+    return [(a, r, s) for a, r in dict.fromkeys(pairs) if r in rules for s in seeds]
 
 
 def logged_runs(log: Path) -> list[dict[str, Any]]:
@@ -197,7 +204,7 @@ def run_all(profile: Profile, data_dir: str | None, jobs: int, log: Path | None 
             done_before: Sequence[dict[str, Any]] = ()) -> list[dict[str, Any]]:
     """Every run not in ``done_before``; each result is appended to ``log`` as it arrives."""
     have = {(r["attack"], r["rule"], r["seed"]) for r in done_before}
-    every = run_order(profile.seeds)
+    every = run_order(profile.seeds, profile.rules)
     todo = [t for t in every if t not in have]
     out: list[dict[str, Any]] = [r for r in done_before
                                  if (r["attack"], r["rule"], r["seed"]) in set(every)]
@@ -260,7 +267,7 @@ def _cell(row: dict[str, Cell], rule: str) -> str:
 def markdown(profile: Profile, table: dict[str, dict[str, Cell]], command: str,
              elapsed: float, jobs: int) -> str:
     reference = _mean(table["clean"].get("fedavg"))
-    rules = list(RULES)
+    rules = [r for r in RULES if r in profile.rules]
     floor = table[WITHOUT_BAD].get("fedavg")
     head = ("| bad nodes | " + " | ".join(rules)
             + " | best rule | drop (pt) | <= 1 pt | above the floor (pt) |")
@@ -362,6 +369,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                         help="directory holding fashion-mnist/ (default: $MPFL_DATA_DIR)")
     parser.add_argument("--quick", action="store_true", help="a tiny smoke run on digits")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--partition", default=DEFAULT_PARTITION,
+                        help="how the training set is split over the nodes (iid, "
+                             "dirichlet:ALPHA); another split than the default writes to "
+                             "benchmarks/results/robust-SPLIT and leaves BENCHMARKS.md alone")
+    parser.add_argument("--rules", nargs="+", choices=list(RULES), default=list(RULES),
+                        help="the rules to run (fedavg, the reference, always runs)")
     parser.add_argument("--jobs", type=int, default=2, help="worker processes")
     parser.add_argument("--resume", action="store_true",
                         help="keep the runs already in robust_runs.jsonl; run only the rest")
@@ -378,8 +391,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     args = parse_args(argv)
-    profile = quick_profile() if args.quick else full_profile(args.seeds)
-    out_dir: Path = args.out or (RESULTS_DIR / "quick" if args.quick else RESULTS_DIR)
+    profile = quick_profile() if args.quick else full_profile(args.seeds, args.partition,
+                                                              args.rules)
+    own_split = args.partition != DEFAULT_PARTITION
+    out_dir: Path = args.out or (
+        RESULTS_DIR / "quick" if args.quick else
+        RESULTS_DIR / f"robust-{args.partition.replace(':', '')}" if own_split else RESULTS_DIR)
     out_dir.mkdir(parents=True, exist_ok=True)
     given = list(sys.argv[1:] if argv is None else argv)
     # The dataset folder as a placeholder: the command is for anyone to rerun.
@@ -394,7 +411,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     if not resume:
         log.unlink(missing_ok=True)
     if args.report_only:
-        wanted = set(run_order(profile.seeds))
+        wanted = set(run_order(profile.seeds, profile.rules))
         runs = [r for r in done_before if (r["attack"], r["rule"], r["seed"]) in wanted]
     else:
         runs = run_all(profile, None if args.quick else args.data_dir, args.jobs, log,
@@ -414,7 +431,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
            "runs": runs}
     (out_dir / "robust.json").write_text(json.dumps(doc, indent=1, default=str) + "\n")
     (out_dir / "robust.md").write_text(text + "\n")
-    if not args.quick and args.out is None:
+    if not args.quick and args.out is None and not own_split:
         write_benchmarks_md(text)
     print("\n" + text, flush=True)
     return doc
