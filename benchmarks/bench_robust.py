@@ -36,7 +36,7 @@ from typing import Any
 import numpy as np
 
 from apps.experiments import ExperimentData, ExperimentSettings, prepare_data
-from mpfl.config.settings import FederationConfig
+from mpfl.config.settings import PLAIN_VALUES, FederationConfig
 from mpfl.errors import FederationError
 from mpfl.federation.evaluation import dataset_evaluator
 from mpfl.federation.simulation import run_in_process
@@ -158,6 +158,9 @@ def run_one(profile: Profile, data_dir: str | None, attack: str, rule: str,
         batch_size=settings.batch_size, lr=settings.lr, momentum=settings.momentum,
         min_nodes=settings.nodes, quorum=settings.nodes, seed=seed,
         aggregator=aggregator, vote_agreement=agreement, trim=TRIM,
+        # fp32 values averaged as they are, not the config's defaults: the rules are
+        # compared on exact values.
+        value_codec=settings.value_codec, **PLAIN_VALUES,
     ).validate()
     node_data = data.node_data
     if attack == WITHOUT_BAD:

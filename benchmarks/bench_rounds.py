@@ -53,6 +53,10 @@ WORKERS = 4
 TRIGGER = "bench/trigger"
 
 
+# mpfl.config.settings.PLAIN_VALUES as flags: these runs measure rounds and bytes of the
+# values themselves, not the codec's deltas, error feedback or server momentum.
+PLAIN_VALUE_FLAGS = ["--no-delta", "--no-error-feedback", "--server-optimizer", "none"]
+
 def _env() -> dict[str, str]:
     return dict(os.environ, PYTHONUNBUFFERED="1", OMP_NUM_THREADS="1")
 
@@ -149,8 +153,8 @@ def coordinator_rounds(url: str, n: int, rounds: int, codec: str, tmp: Path) -> 
     cmd = [sys.executable, "-m", "coordinator.cli", "run", "--broker", url,
            "--federation", federation, "--run-dir", str(run_dir), "--model", "lenet5",
            "--granularity", "weight", "--mask-rounds", "0", "--train-rounds", str(rounds),
-           "--value-codec", codec, "--min-nodes", str(n), "--quorum", str(n),
-           "--round-timeout", "120", "--start-timeout", "120"]
+           "--value-codec", codec, *PLAIN_VALUE_FLAGS, "--min-nodes", str(n), "--quorum",
+           str(n), "--round-timeout", "120", "--start-timeout", "120"]
     started = time.monotonic()
     coord = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT, env=_env(),
                              cwd=ROOT)
@@ -220,7 +224,8 @@ def headline(data_dir: str, tmp: Path) -> dict[str, Any]:
            "--data-dir", data_dir, "--partition-scheme", "dirichlet:0.5", "--run-dir",
            str(run_dir), "--federation", "headline", "--model", "lenet5", "--granularity",
            "weight", "--final-sparsity", "0.9", "--mask-rounds", "5", "--train-rounds", "15",
-           "--value-codec", "int8", "--local-epochs", "1", "--batch-size", "32",
+           "--value-codec", "int8", *PLAIN_VALUE_FLAGS, "--local-epochs", "1", "--batch-size",
+           "32",
            "--round-timeout", "600"]
     started = time.monotonic()
     done = subprocess.run(cmd, capture_output=True, text=True, env=_env(), cwd=ROOT, check=False)

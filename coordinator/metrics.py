@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Callable, Mapping
+from wsgiref.simple_server import WSGIServer
 
 from prometheus_client import CollectorRegistry, Gauge, Histogram, Info, start_http_server
 from prometheus_client import Counter as PromCounter
@@ -63,14 +64,24 @@ class CoordinatorMetrics:
         self.dense = PromCounter(PREFIX + "dense_uplink_bytes", "What dense fp32 FedAvg "
                                  "uploads would have cost for the same answers", registry=reg)
         self._seen: dict[str, Counter[str]] = {}
+        self._server: WSGIServer | None = None
 
     def serve(self, port: int, address: str = "0.0.0.0") -> None:
         """Serve /metrics; a port in use is PortInUse (exit 15), not a traceback."""
         try:
-            start_http_server(port, addr=address, registry=self.registry)
+            self._server, _thread = start_http_server(port, addr=address,
+                                                      registry=self.registry)
         except OSError as exc:
             raise PortInUse(f"cannot serve metrics on {address}:{port}: "
-                              f"{exc.strerror or exc}", flag="--metrics-port") from None
+                            f"{exc.strerror or exc}", flag="--metrics-port") from None
+
+    def close(self) -> None:
+        """Stop serving: a scrape while the interpreter tears down could read a registry
+        half gone (counters back at zero), so the endpoint closes with the service."""
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+            self._server = None
 
     def show(self, view: FederationView, ledger: ByteLedger | None = None) -> None:
         """The state now: gauges set, counters advanced by what their sources gained."""

@@ -75,6 +75,8 @@ class Watching:
 
     def stop(self, server: FederationServer, ledger: ByteLedger | None) -> None:
         self.observe(server, ledger, force=True)
+        if self.metrics is not None:
+            self.metrics.close()
         if self.live is not None:
             self.live.stop()
 
