@@ -9,9 +9,10 @@ nodes' own code over the in-memory transport). Kinds of bad node:
 - uploads (``mpfl.federation.corruption``, simulation only): ``random-mask`` (the local
   mask's kept units shuffled), ``scale`` (values x100) and ``sign-flip`` (values negated).
 
-Each rule is a value aggregator (fedavg, median, trimmed-mean, norm-clip, nearest-median),
-optionally with ``vote_agreement`` (outlier mask voters down-weighted). Every rule also
-runs clean; the reference is the clean run with the default rule (fedavg). Writes
+Each rule is a value aggregator (fedavg, median, trimmed-mean, norm-clip, nearest-median,
+median-outliers), optionally with ``vote_agreement`` (outlier mask voters down-weighted).
+Every rule also runs clean; the reference is the clean run with the default rule
+(fedavg), and the floor is FedAvg of the honest nodes alone. Writes
 benchmarks/results/robust.json and robust.md, and the table into BENCHMARKS.md between
 its markers. `--quick` runs a tiny version on sklearn's digits (a smoke test: its numbers
 mean nothing) into benchmarks/results/quick/ and leaves BENCHMARKS.md alone.
@@ -47,8 +48,8 @@ BEGIN, END = "<!-- bench_robust:begin -->", "<!-- bench_robust:end -->"
 
 ATTACKS = ("clean", "noise", "permuted", "random-mask", "scale", "sign-flip")
 DATA_ATTACKS = ("noise", "permuted")
-# The floor for every rule: FedAvg of the honest nodes alone, the bad ones left out as a
-# perfect filter would. Their data is lost with them, which no rule can win back.
+# The floor: FedAvg of the honest nodes alone, the bad ones left out as a perfect filter
+# would. Their data goes with them: a rule that drops them cannot do better.
 WITHOUT_BAD = "without-bad"
 # name: (aggregator, vote_agreement)
 RULES: dict[str, tuple[str, bool]] = {
@@ -309,8 +310,8 @@ def markdown(profile: Profile, table: dict[str, dict[str, Cell]], command: str,
                   f"alone (the {bad} bad ones left out, as a perfect filter would) reaches "
                   f"{_cell(table[WITHOUT_BAD], 'fedavg')}%, a drop of "
                   f"{100 * (reference - floor[0]):+.1f} pt: the bad nodes' share of the data "
-                  "goes with them, which no aggregation rule can win back. Above the floor: "
-                  "the best rule's mean accuracy minus the floor's.")
+                  "goes with them, so a rule that drops them cannot do better. Above the "
+                  "floor: the best rule's mean accuracy minus the floor's.")
     seeds = (f"mean ± standard deviation over {len(profile.seeds)} seeds"
              if len(profile.seeds) > 1
              else "ONE seed only (no spread measured: differences under ~1 pt are noise)")
