@@ -187,7 +187,7 @@ def one_run(name: str, rep: int, root: Path, seed: int) -> dict[str, Any]:
     fleet = Fleet(root / f"{name}-{rep}", SPEC, f"faults-{rep}")
     note: dict[str, Any] = {}
     started = time.monotonic()
-    faults, finished, stuck = 0, False, []
+    faults, finished = 0, False
     try:
         faults = FAULTS[name](fleet, rng, note)
         finished = fleet.finish()

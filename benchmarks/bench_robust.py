@@ -36,8 +36,12 @@ from typing import Any
 
 import numpy as np
 
-from apps.experiments import ExperimentData, ExperimentSettings, prepare_data
-from mpfl.config.settings import PLAIN_VALUES, FederationConfig
+from apps.experiments import (
+    ExperimentData,
+    ExperimentSettings,
+    federation_config,
+    prepare_data,
+)
 from mpfl.errors import FederationError
 from mpfl.federation.evaluation import dataset_evaluator
 from mpfl.federation.simulation import run_in_process
@@ -150,18 +154,13 @@ def run_one(profile: Profile, data_dir: str | None, attack: str, rule: str,
     )
     data = _data(profile.dataset, data_dir, settings)
     aggregator, agreement = RULES[rule]
-    cfg = FederationConfig(
-        federation="robust", model=profile.model,
-        model_args={**data.model_args, **dict(profile.model_args)},
-        granularity=settings.granularity, final_sparsity=profile.final_sparsity,
-        consensus=settings.consensus, mask_rounds=settings.mask_rounds,
-        train_rounds=settings.train_rounds, local_epochs=settings.local_epochs,
-        batch_size=settings.batch_size, lr=settings.lr, momentum=settings.momentum,
-        min_nodes=settings.nodes, quorum=settings.nodes, seed=seed,
+    # The experiments' config (fp32 values averaged as they are: the rules are compared
+    # on exact values), with the rule under test.
+    cfg = replace(
+        federation_config("robust", profile.model,
+                          {**data.model_args, **dict(profile.model_args)},
+                          profile.final_sparsity, settings),
         aggregator=aggregator, vote_agreement=agreement, trim=TRIM,
-        # fp32 values averaged as they are, not the config's defaults: the rules are
-        # compared on exact values.
-        value_codec=settings.value_codec, **PLAIN_VALUES,
     ).validate()
     node_data = data.node_data
     if attack == WITHOUT_BAD:

@@ -37,6 +37,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from coordinator.broker import MosquittoBroker, mosquitto_binary  # noqa: E402
+from mpfl.config.flags import settings_to_args  # noqa: E402
+from mpfl.config.settings import PLAIN_VALUES  # noqa: E402
 from mpfl.ml.models import ModelSpec, build_model  # noqa: E402
 from mpfl.ml.units import build_unit_map  # noqa: E402
 from mpfl.wire import (  # noqa: E402
@@ -53,9 +55,9 @@ WORKERS = 4
 TRIGGER = "bench/trigger"
 
 
-# mpfl.config.settings.PLAIN_VALUES as flags: these runs measure rounds and bytes of the
-# values themselves, not the codec's deltas, error feedback or server momentum.
-PLAIN_VALUE_FLAGS = ["--no-delta", "--no-error-feedback", "--server-optimizer", "none"]
+# These runs measure rounds and bytes of the values themselves, not the codec's deltas,
+# error feedback or server momentum.
+PLAIN_VALUE_FLAGS = settings_to_args(PLAIN_VALUES)
 
 def _env() -> dict[str, str]:
     return dict(os.environ, PYTHONUNBUFFERED="1", OMP_NUM_THREADS="1")

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any, TypeVar
 
 import click
@@ -62,12 +62,15 @@ def pop_config_overrides(kwargs: dict[str, Any]) -> dict[str, Any]:
 
 def config_to_args(cfg: FederationConfig, skip: Iterable[str] = ()) -> list[str]:
     """Command-line flags that reproduce ``cfg`` (for starting a coordinator process)."""
+    return settings_to_args({f.name: getattr(cfg, f.name)
+                             for f in dataclasses.fields(FederationConfig) if f.name not in skip})
+
+
+def settings_to_args(settings: Mapping[str, Any]) -> list[str]:
+    """Command-line flags for some config keys (e.g. ``settings.PLAIN_VALUES``)."""
     args: list[str] = []
-    for f in dataclasses.fields(FederationConfig):
-        if f.name in skip:
-            continue
-        value = getattr(cfg, f.name)
-        flag = "--" + f.name.replace("_", "-")
+    for name, value in settings.items():
+        flag = "--" + name.replace("_", "-")
         if isinstance(value, bool):
             args.append(flag if value else f"--no-{flag[2:]}")
         elif isinstance(value, dict):
