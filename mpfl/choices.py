@@ -100,6 +100,7 @@ class ValueCodecName(StrEnum):
     FP16 = "fp16"
     INT8 = "int8"
     INT4 = "int4"
+    INT4_DEFLATE = "int4-deflate"
 
 
 class ServerOptimizerName(StrEnum):

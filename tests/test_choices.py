@@ -54,7 +54,8 @@ def test_torch_registries_agree_with_the_names() -> None:
 
 
 def test_value_codec_names_are_the_wire_codecs_without_delta() -> None:
-    assert names(ValueCodecName) == tuple(c.name.lower() for c in ValueCodec if not c.is_delta)
+    assert names(ValueCodecName) == tuple(c.name.lower().replace("_", "-") for c in ValueCodec
+                                          if not c.is_delta)
 
 
 def test_phases_of_the_protocol_are_the_enum() -> None:

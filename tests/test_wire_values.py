@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import zlib
+
 import numpy as np
 import pytest
 from hypothesis import given, settings
@@ -13,7 +15,7 @@ from mpfl.wire import DELTA, ValueCodec, decode_values, encode_values
 
 
 def test_codec_ids() -> None:
-    assert [int(c) for c in ValueCodec] == [1, 2, 3, 4, 0x81, 0x82, 0x83, 0x84]
+    assert [int(c) for c in ValueCodec] == [1, 2, 3, 4, 5, 0x81, 0x82, 0x83, 0x84, 0x85]
     assert DELTA == 0x80
     assert ValueCodec.INT8_DELTA.is_delta and not ValueCodec.INT8.is_delta
     assert ValueCodec.FP16_DELTA.base_codec is ValueCodec.FP16
@@ -113,11 +115,34 @@ def test_int8_error_is_at_most_half_a_step(case: tuple[list[int], np.ndarray]) -
     assert np.all(err <= scale / 2 * (1 + 1e-5) + 1e-30)
 
 
-@given(layer_sizes.flatmap(lambda s: st.tuples(st.just(s), _values(s))))
-def test_int4_error_is_at_most_half_a_step(case: tuple[list[int], np.ndarray]) -> None:
+def test_golden_int4_deflate() -> None:
+    # The int4 golden case's levels, one byte each, in a raw deflate stream after the scales.
+    values = np.array([7.0, -3.5, 0.0, 2.0, -14.0, 0.0, 6.0], dtype=np.float32)
+    codec_id, payload = encode_values(values, [3, 4], "int4-deflate")
+    assert codec_id is ValueCodec.INT4_DEFLATE == 5
+    assert payload[:8] == bytes.fromhex("0000803f" "00000040")
+    assert zlib.decompress(payload[8:], -15) == bytes.fromhex("07fc0001f90003")
+    assert np.array_equal(decode_values(5, payload, [3, 4]),
+                          decode_values(*encode_values(values, [3, 4], "int4"), [3, 4]))
+
+
+def test_int4_deflate_is_small_for_error_fed_deltas() -> None:
+    # Mostly-zero levels, as error-fed deltas are: well under the 4 bits of a nibble.
+    rng = np.random.default_rng(0)
+    values = (rng.laplace(size=6000) * (rng.random(6000) < 0.3)).astype(np.float32)
+    _, packed = encode_values(values, [6000], "int4")
+    _, deflated = encode_values(values, [6000], "int4-deflate")
+    assert len(deflated) < len(packed) / 2
+
+
+@given(layer_sizes.flatmap(lambda s: st.tuples(st.just(s), _values(s))),
+       st.sampled_from(["int4", "int4-deflate"]))
+def test_int4_error_is_at_most_half_a_step(case: tuple[list[int], np.ndarray],
+                                           codec: str) -> None:
     sizes, values = case
-    codec_id, payload = encode_values(values, sizes, "int4")
-    assert len(payload) == 4 * len(sizes) + (values.size + 1) // 2
+    codec_id, payload = encode_values(values, sizes, codec)
+    if codec == "int4":
+        assert len(payload) == 4 * len(sizes) + (values.size + 1) // 2
     decoded = decode_values(codec_id, payload, sizes)
     scale = _scale_per_value(values.astype(np.float64), sizes) * 127.0 / 7.0
     err = np.abs(decoded.astype(np.float64) - values)
@@ -126,7 +151,7 @@ def test_int4_error_is_at_most_half_a_step(case: tuple[list[int], np.ndarray]) -
 
 @given(
     layer_sizes.flatmap(lambda s: st.tuples(st.just(s), _values(s), _values(s))),
-    st.sampled_from(["fp32", "fp16", "int8", "int4"]),
+    st.sampled_from(["fp32", "fp16", "int8", "int4", "int4-deflate"]),
 )
 @settings(max_examples=60)
 def test_delta_round_trip(case: tuple[list[int], np.ndarray, np.ndarray], codec: str) -> None:
@@ -136,7 +161,7 @@ def test_delta_round_trip(case: tuple[list[int], np.ndarray, np.ndarray], codec:
     assert codec_id.is_delta
     decoded = decode_values(codec_id, payload, sizes, base=base)
     delta = values.astype(np.float64) - base
-    if codec in ("int8", "int4"):
+    if codec.startswith("int"):
         widen = 1.0 if codec == "int8" else 127.0 / 7.0
         bound = _scale_per_value(delta, sizes) * widen / 2 * (1 + 1e-5)
     elif codec == "fp16":
@@ -192,6 +217,11 @@ def test_wrong_inputs_rejected() -> None:
         encode_values(np.ones(3, dtype=np.float32), [3], "bf16")
 
 
+def _deflated(raw: bytes) -> bytes:
+    packer = zlib.compressobj(9, zlib.DEFLATED, -15)
+    return packer.compress(raw) + packer.flush()
+
+
 @pytest.mark.parametrize(
     ("codec_id", "payload", "sizes", "match"),
     [
@@ -211,8 +241,18 @@ def test_wrong_inputs_rejected() -> None:
         (4, bytes.fromhex("0000803f") + b"\x08", [1], "-8"),
         (4, bytes.fromhex("0000803f") + b"\x81", [2], "-8"),  # -8 in the high nibble
         (4, bytes.fromhex("0000803f") + b"\x11", [1], "padding"),
-        (5, b"", [0], "unknown value codec"),
-        (0x85, b"", [0], "unknown value codec"),
+        (5, b"\x00" * 3, [1], "shorter than its scales"),
+        (5, bytes.fromhex("0000803f") + b"\xff\xff", [1], "corrupt"),
+        (5, bytes.fromhex("0000803f") + _deflated(b"\x01"), [2], "exactly"),  # short
+        (5, bytes.fromhex("0000803f") + _deflated(b"\x01\x01\x01"), [2], "exactly"),  # long
+        (5, bytes.fromhex("0000803f") + _deflated(b"\x00" * 10**6), [2], "exactly"),  # bomb
+        (5, bytes.fromhex("0000803f") + _deflated(b"\x01\x01")[:-1], [2], "exactly"),  # cut
+        (5, bytes.fromhex("0000803f") + _deflated(b"\x01\x01") + b"\x00", [2], "exactly"),
+        (5, bytes.fromhex("0000803f") + _deflated(b"\x08"), [1], r"\[-7, 7\]"),
+        (5, bytes.fromhex("0000803f") + _deflated(b"\xf8"), [1], r"\[-7, 7\]"),
+        (5, bytes.fromhex("000080bf") + _deflated(b"\x01"), [1], "scales"),
+        (6, b"", [0], "unknown value codec"),
+        (0x86, b"", [0], "unknown value codec"),
     ],
 )
 def test_malformed_payloads(codec_id: int, payload: bytes, sizes: list[int], match: str) -> None:

@@ -69,7 +69,8 @@ KEY_HELP = {
     "momentum": "SGD momentum.",
     "weight_decay": "L2 weight decay.",
     "optimizer": "sgd or adam.",
-    "value_codec": "How nodes send alive values: fp32, fp16, int8 or int4 per-layer scale.",
+    "value_codec": "How nodes send alive values: fp32, fp16, int8 or int4 per-layer scale, "
+                   "or int4-deflate (int4 levels, entropy-coded).",
     "delta": "Send values as deltas from the global model.",
     "error_feedback": "Nodes add last round's quantisation error to their next upload.",
     "server_optimizer": "Training rounds: take the average (none) or step with momentum.",

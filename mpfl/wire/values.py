@@ -17,6 +17,13 @@ little-endian.
               scale / 2. An odd count leaves the last high nibble zero; the nibble -8 and
               a nonzero pad are refused. Meant for deltas with error feedback, where the
               sender carries each round's rounding error into the next.
+    INT4_DEFLATE (5)  the int4 levels, entropy-coded: one float32 scale per layer (all
+              scales first), then a raw deflate stream (RFC 1951) of one int8 q per
+              value, q in [-7, 7]. Error-fed deltas are mostly 0 and +-1, so the stream
+              takes 1 to 2 bits per value where packed nibbles take 4. Decoding inflates
+              at most one byte past the value count, so a crafted stream cannot expand
+              beyond it; a stream that is short, long, truncated or followed by bytes
+              is refused.
 
 DELTA (0x80) is a flag on the id: the payload holds `values - base` (base: the global
 alive values the sender started from), coded as above, and decoding adds the base back.
@@ -26,6 +33,7 @@ ignored, so a receiver can always pass its current global values.
 
 from __future__ import annotations
 
+import zlib
 from collections.abc import Sequence
 from enum import IntEnum
 
@@ -37,6 +45,8 @@ DELTA = 0x80
 _FP16_MAX = float(np.finfo(np.float16).max)
 # The largest q of each integer codec: symmetric ranges, so -q_max - 1 is never sent.
 _INT_MAX = {"int8": 127, "int4": 7}
+# Raw deflate (no zlib header or checksum: the envelope is already signed and framed).
+_DEFLATE_WBITS = -15
 
 
 class ValueCodec(IntEnum):
@@ -46,10 +56,12 @@ class ValueCodec(IntEnum):
     FP16 = 2
     INT8 = 3
     INT4 = 4
+    INT4_DEFLATE = 5
     FP32_DELTA = 1 | DELTA
     FP16_DELTA = 2 | DELTA
     INT8_DELTA = 3 | DELTA
     INT4_DELTA = 4 | DELTA
+    INT4_DEFLATE_DELTA = 5 | DELTA
 
     @property
     def is_delta(self) -> bool:
@@ -154,9 +166,36 @@ def _decode_int4(payload: bytes | memoryview, sizes: np.ndarray) -> np.ndarray:
     return q.astype(np.float32) * scales.repeat(sizes)
 
 
+def _encode_int4_deflate(values: np.ndarray, sizes: np.ndarray) -> bytes:
+    scales, q = _quantise(values, sizes, "int4")
+    packer = zlib.compressobj(9, zlib.DEFLATED, _DEFLATE_WBITS)
+    stream = packer.compress(q.astype("<i1").tobytes()) + packer.flush()
+    return scales.astype("<f4").tobytes() + stream
+
+
+def _decode_int4_deflate(payload: bytes | memoryview, sizes: np.ndarray) -> np.ndarray:
+    n_layers, total = sizes.size, int(sizes.sum())
+    if len(payload) < 4 * n_layers:
+        raise WireError("int4-deflate payload shorter than its scales", got=len(payload))
+    scales = _read_scales(payload, n_layers, "int4")
+    inflater = zlib.decompressobj(_DEFLATE_WBITS)
+    try:  # max_length bounds the output (0 would mean unbounded, hence + 1)
+        raw = inflater.decompress(payload[4 * n_layers:], total + 1)
+    except zlib.error as exc:
+        raise WireError("int4-deflate stream is corrupt", detail=str(exc)) from None
+    if len(raw) != total or not inflater.eof or inflater.unused_data or inflater.unconsumed_tail:
+        raise WireError("int4-deflate stream does not hold exactly the values", expected=total,
+                        got=len(raw), complete=inflater.eof)
+    q = np.frombuffer(raw, dtype="<i1")
+    if q.size and (q.min() < -7 or q.max() > 7):
+        raise WireError("int4-deflate level outside [-7, 7]")
+    return q.astype(np.float32) * scales.repeat(sizes)
+
+
 _INTEGER_CODECS = {
     ValueCodec.INT8: (_encode_int8, _decode_int8),
     ValueCodec.INT4: (_encode_int4, _decode_int4),
+    ValueCodec.INT4_DEFLATE: (_encode_int4_deflate, _decode_int4_deflate),
 }
 
 
@@ -181,10 +220,10 @@ def _resolve(codec: str | ValueCodec) -> ValueCodec:
     if isinstance(codec, ValueCodec):
         return codec.base_codec
     try:
-        return ValueCodec[str(codec).upper()].base_codec
+        return ValueCodec[str(codec).upper().replace("-", "_")].base_codec
     except KeyError:
         raise WireError("unknown value codec", codec=codec,
-                        choices="fp32, fp16, int8, int4") from None
+                        choices="fp32, fp16, int8, int4, int4-deflate") from None
 
 
 def encode_values(
