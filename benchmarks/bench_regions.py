@@ -38,7 +38,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from mpfl.config.settings import PLAIN_VALUES, FederationConfig  # noqa: E402
+from mpfl.config.settings import PLAIN_MPFL, FederationConfig  # noqa: E402
 from mpfl.federation.simulation import run_in_process, run_tiered_in_process  # noqa: E402
 from mpfl.maths.partition import partition  # noqa: E402
 from mpfl.ml.data import Dataset, load_dataset  # noqa: E402
@@ -56,7 +56,7 @@ def config(quick: bool, codec: str, nodes: int) -> FederationConfig:
     return FederationConfig(
         federation="regions", granularity="weight", final_sparsity=0.9, mask_rounds=2,
         train_rounds=1, local_epochs=1, lr=0.05, batch_size=32, value_codec=codec,
-        **PLAIN_VALUES, min_nodes=nodes, quorum=nodes, round_timeout=600.0, start_timeout=600.0,
+        **PLAIN_MPFL, min_nodes=nodes, quorum=nodes, round_timeout=600.0, start_timeout=600.0,
         **model,
     )
 

@@ -29,7 +29,7 @@ from apps.launcher import SimulationPlan, run_simulation
 from apps.report import RunRecord, read_run, write_report
 from apps.report.series import bits_per_parameter, final_accuracy, savings
 from mpfl.choices import Phase
-from mpfl.config.settings import PLAIN_VALUES, FederationConfig
+from mpfl.config.settings import PLAIN_MPFL, FederationConfig
 from mpfl.errors import FederationError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -43,7 +43,7 @@ def configs(nodes: int, mask_rounds: int, train_rounds: int) -> tuple[Federation
     mpfl = FederationConfig(
         federation="report-mpfl", model="lenet5", granularity="weight", final_sparsity=0.8,
         mask_rounds=mask_rounds, train_rounds=train_rounds, value_codec="int8",
-        **PLAIN_VALUES, min_nodes=nodes, quorum=nodes, round_timeout=900.0, seed=0,
+        **PLAIN_MPFL, min_nodes=nodes, quorum=nodes, round_timeout=900.0, seed=0,
     ).validate()
     dense = dataclasses.replace(mpfl, federation="report-dense", mask_rounds=0,
                                 train_rounds=mask_rounds + train_rounds, final_sparsity=0.0,

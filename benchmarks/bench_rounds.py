@@ -38,7 +38,7 @@ sys.path.insert(0, str(ROOT))
 
 from coordinator.broker import MosquittoBroker, mosquitto_binary  # noqa: E402
 from mpfl.config.flags import settings_to_args  # noqa: E402
-from mpfl.config.settings import PLAIN_VALUES  # noqa: E402
+from mpfl.config.settings import PLAIN_MPFL  # noqa: E402
 from mpfl.ml.models import ModelSpec, build_model  # noqa: E402
 from mpfl.ml.units import build_unit_map  # noqa: E402
 from mpfl.wire import (  # noqa: E402
@@ -57,7 +57,7 @@ TRIGGER = "bench/trigger"
 
 # These runs measure rounds and bytes of the values themselves, not the codec's deltas,
 # error feedback or server momentum.
-PLAIN_VALUE_FLAGS = settings_to_args(PLAIN_VALUES)
+PLAIN_MPFL_FLAGS = settings_to_args(PLAIN_MPFL)
 
 def _env() -> dict[str, str]:
     return dict(os.environ, PYTHONUNBUFFERED="1", OMP_NUM_THREADS="1")
@@ -155,7 +155,7 @@ def coordinator_rounds(url: str, n: int, rounds: int, codec: str, tmp: Path) -> 
     cmd = [sys.executable, "-m", "coordinator.cli", "run", "--broker", url,
            "--federation", federation, "--run-dir", str(run_dir), "--model", "lenet5",
            "--granularity", "weight", "--mask-rounds", "0", "--train-rounds", str(rounds),
-           "--value-codec", codec, *PLAIN_VALUE_FLAGS, "--min-nodes", str(n), "--quorum",
+           "--value-codec", codec, *PLAIN_MPFL_FLAGS, "--min-nodes", str(n), "--quorum",
            str(n), "--round-timeout", "120", "--start-timeout", "120"]
     started = time.monotonic()
     coord = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT, env=_env(),
@@ -226,7 +226,7 @@ def headline(data_dir: str, tmp: Path) -> dict[str, Any]:
            "--data-dir", data_dir, "--partition-scheme", "dirichlet:0.5", "--run-dir",
            str(run_dir), "--federation", "headline", "--model", "lenet5", "--granularity",
            "weight", "--final-sparsity", "0.9", "--mask-rounds", "5", "--train-rounds", "15",
-           "--value-codec", "int8", *PLAIN_VALUE_FLAGS, "--local-epochs", "1", "--batch-size",
+           "--value-codec", "int8", *PLAIN_MPFL_FLAGS, "--local-epochs", "1", "--batch-size",
            "32",
            "--round-timeout", "600"]
     started = time.monotonic()

@@ -42,7 +42,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.bench_rounds import PLAIN_VALUE_FLAGS, peak_rss_mb  # noqa: E402
+from benchmarks.bench_rounds import PLAIN_MPFL_FLAGS, peak_rss_mb  # noqa: E402
 from benchmarks.loadgen import Fleet, RawSubscriber  # noqa: E402
 from benchmarks.scale_costs import signature_cost  # noqa: E402
 from coordinator.broker import MosquittoBroker, mosquitto_binary  # noqa: E402
@@ -75,7 +75,7 @@ def coordinator_command(url: str, federation: str, run_dir: Path, n: int, codec:
             "--federation", federation, "--run-dir", str(run_dir), "--model", "lenet5",
             "--granularity", "weight", "--final-sparsity", str(SPARSITY[codec] or 0.5),
             "--mask-rounds", "1" if sparse else "0", "--train-rounds", str(rounds),
-            "--value-codec", codec, *PLAIN_VALUE_FLAGS, "--min-nodes", str(n), "--quorum",
+            "--value-codec", codec, *PLAIN_MPFL_FLAGS, "--min-nodes", str(n), "--quorum",
             str(n), "--round-timeout", "1800", "--start-timeout", "900"]
 
 

@@ -18,10 +18,12 @@ REFERENCE = ExperimentSettings(nodes=10, partition="dirichlet:0.5", seed=0, loca
 
 
 SEEDS = (0, 1, 2)
-# int4 deltas with error feedback, stepped by FedAvgM: the config's default (under half a
-# bit per parameter), chosen over int8 values once it held on every seed of both datasets.
-DEFAULT_VARIANT = "int4-ef-fedavgm"
-DEFAULT_LABEL = "MPFL default: int4 deltas, error feedback, FedAvgM 0.5"
+# The config's default: joint mask rounds on the cubic schedule, deflated int4 deltas with
+# error feedback, FedAvgM in the training rounds. Joint rounds on the linear schedule were
+# as accurate but cost more than half a bit per parameter.
+DEFAULT_VARIANT = "joint-cubic"
+DEFAULT_LABEL = ("MPFL default: joint cubic mask rounds, deflated int4 deltas, error feedback, "
+                 "FedAvgM 0.5")
 
 # One trainer on the pooled data takes ten times the nodes' steps per round; at their
 # lr 0.05 (momentum 0.9) it diverged, so the centralised baseline uses a smaller one.
@@ -70,16 +72,24 @@ def ablation(base: ExperimentSettings) -> tuple[Variant, ...]:
     int4 = dataclasses.replace(base, value_codec="int4", delta=True)
     feedback = dataclasses.replace(int4, error_feedback=True)
     momentum = dataclasses.replace(feedback, server_optimizer="fedavgm", server_momentum=0.5)
+    deflate = dataclasses.replace(momentum, value_codec="int4-deflate")
+    joint = dataclasses.replace(deflate, mode="joint", schedule="cubic")
     return (
         Variant("fedavg", "dense FedAvg, fp32", "fedavg", base),
         Variant("int8", "MPFL, int8 values", "mpfl", int8),
         Variant("int4", "+ int4 deltas", "mpfl", int4),
         Variant("int4-ef", "+ error feedback", "mpfl", feedback),
-        Variant(DEFAULT_VARIANT, "+ FedAvgM (server momentum 0.5)", "mpfl", momentum),
-        # Not a step towards the default but a lead: the same 20 rounds, 3 more of them
-        # training (the mask is reached in 2 rounds: 45%, then 90%).
-        Variant("m2", "default, 2 mask + 18 training rounds", "mpfl",
+        Variant("int4-ef-fedavgm", "+ FedAvgM (server momentum 0.5)", "mpfl", momentum),
+        Variant("deflate", "+ int4 levels deflated (same values, fewer bytes)", "mpfl",
+                deflate),
+        Variant(DEFAULT_VARIANT, "+ joint mask rounds, cubic schedule", "mpfl", joint),
+        # Not steps towards the default but leads. m2: the same 20 rounds, 3 more of them
+        # training (the mask is reached in 2 rounds: 45%, then 90%). joint-linear: values
+        # travel in every mask round while the mask is still large.
+        Variant("m2", "FedAvgM row, 2 mask + 18 training rounds", "mpfl",
                 dataclasses.replace(momentum, mask_rounds=2, train_rounds=18)),
+        Variant("joint-linear", "default on the linear schedule", "mpfl",
+                dataclasses.replace(joint, schedule="linear")),
     )
 
 
@@ -109,9 +119,10 @@ def full_profile(train_limit: int | None = None) -> Profile:
         f"(a) MNIST / Fashion-MNIST, {_samples(part_a, 'the 60k training set')}, full 10k "
         f"test set, {part_a.rounds} rounds each, "
         f"seeds {', '.join(map(str, SEEDS))} (the seed draws the partition, w0 and the "
-        f"nodes' batches): MPFL {_rounds(part_a)}, rewind mode, {part_a.schedule} schedule "
-        f"to 90%, weight masks, {part_a.consensus} consensus; dense FedAvg {part_a.rounds} "
-        "fp32 rounds, plain averaging. Each MPFL row adds one change to the row above.",
+        f"nodes' batches): MPFL {_rounds(part_a)}, to 90%, weight masks, "
+        f"{part_a.consensus} consensus, in rewind mode on the {part_a.schedule} schedule "
+        f"until a row says otherwise; dense FedAvg {part_a.rounds} fp32 rounds, plain "
+        "averaging. Each MPFL row adds one change to the row above.",
         *(f"(b) {sw.dataset}: {_samples(sw.settings, 'the training set')}"
           + (" (data_batch_1 + data_batch_2)" if sw.dataset == "cifar10" else "")
           + f", full test set, {_rounds(sw.settings)}, SGD lr {sw.settings.lr} on the "
@@ -186,15 +197,16 @@ def _by_priority(sparsities: Sequence[float]) -> list[float]:
 
 def part_a_jobs(profile: Profile) -> list[Job]:
     """In the order a cut budget hurts least: dense FedAvg and the default on every seed
-    (a method does not count as better on one seed); then the old int8 row, the default
-    without server momentum (what the new codec and FedAvgM buy) and with fewer mask
-    rounds, on the first seed; then everything else."""
+    (a method does not count as better on one seed); then the old int8 row, the rewind
+    rows before and after deflating (what joint cubic rounds buy) and joint rounds on the
+    linear schedule, on the first seed; then everything else."""
     def job(d: str, v: Variant, seed: int) -> Job:
         return Job("a", d, "lenet5", v.method, (0.9,),
                    dataclasses.replace(v.settings, seed=seed), v.key)
 
     headline = [v for v in profile.variants if v.method == "fedavg" or v.key == profile.default]
-    telling = [v for v in profile.variants if v.key in ("int8", "int4-ef", "m2")]
+    telling = [v for v in profile.variants
+               if v.key in ("int8", "int4-ef-fedavgm", "deflate", "joint-linear")]
     seeds = list(profile.seeds)
     order = [(headline, seeds), (telling, seeds[:1]), (profile.variants, seeds)]
     out = [job(d, v, seed) for group, seeds in order for seed in seeds

@@ -27,7 +27,7 @@ sys.path.insert(0, str(ROOT))
 
 from benchmarks.loadgen import Uploads, node_id, samples  # noqa: E402
 from coordinator.runstore import RunStore  # noqa: E402
-from mpfl.config.settings import PLAIN_VALUES, FederationConfig  # noqa: E402
+from mpfl.config.settings import PLAIN_MPFL, FederationConfig  # noqa: E402
 from mpfl.federation.server import FederationServer  # noqa: E402
 from mpfl.wire import Kind, topics  # noqa: E402
 from mpfl.wire.protocol import Hello, Publish  # noqa: E402
@@ -64,7 +64,7 @@ def _server(n: int, codec: str) -> tuple[FederationServer, Uploads]:
     sparse = KINDS[codec] > 0
     cfg = FederationConfig(federation="cost", model="lenet5", granularity="weight",
                            mask_rounds=1 if sparse else 0, train_rounds=2, value_codec=codec,
-                           **PLAIN_VALUES,
+                           **PLAIN_MPFL,
                            final_sparsity=KINDS[codec] or 0.5, min_nodes=n, quorum=n)
     server = FederationServer(cfg)
     for i in range(n):

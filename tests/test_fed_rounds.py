@@ -25,7 +25,7 @@ from mpfl.wire.protocol import Hello, Publish, decode_json, encode_update
 CFG = FederationConfig(
     federation="t", model="mlp", model_args={"image_size": 8, "hidden": [16]},
     granularity="weight", final_sparsity=0.5, mask_rounds=2, train_rounds=2,
-    min_nodes=3, quorum=2, round_timeout=10.0, start_timeout=30.0, retries=1,
+    min_nodes=3, quorum=2, round_timeout=10.0, start_timeout=30.0, retries=1, mode="rewind",
 )
 
 

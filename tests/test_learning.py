@@ -161,7 +161,8 @@ def test_centralised_pruning_follows_the_schedule_and_learns(
     digits: tuple[Dataset, Dataset],
 ) -> None:
     train, test = digits
-    cfg = _cfg(mask_rounds=3, train_rounds=3, final_sparsity=0.6, local_epochs=1)
+    cfg = _cfg(mask_rounds=3, train_rounds=3, final_sparsity=0.6, local_epochs=1,
+               schedule="linear")
     result = centralised_pruning(cfg, train, test, eval_every_round=True)
     mask_rounds = [r for r in result.rounds if r.phase == "mask"]
     assert [round(r.target_sparsity, 6) for r in mask_rounds] == [0.2, 0.4, 0.6]
@@ -314,16 +315,17 @@ def test_bench_quick_smoke(
     rows = {(r["dataset"], r["variant"], r["method"]) for r in saved["part_a"]}
     assert rows == {(d, v, m) for d in ("mnist", "fashion-mnist")
                     for v, m in (("fedavg", "fedavg"), ("int8", "mpfl"),
-                                 ("int4-ef-fedavgm", "mpfl"))}
+                                 ("joint-cubic", "mpfl"))}
     for r in saved["part_a"]:
         assert r["uplink_bytes"] == sum(x["uplink_bytes"] for x in r["rounds"]) > 0
-        if r["variant"] == "int4-ef-fedavgm":
-            assert r["settings"]["value_codec"] == "int4" and r["settings"]["error_feedback"]
+        if r["variant"] == "joint-cubic":
+            assert r["settings"]["value_codec"] == "int4-deflate"
+            assert (r["settings"]["mode"], r["settings"]["schedule"]) == ("joint", "cubic")
     assert {r["method"] for r in saved["part_b"]} == {"fedavg", "fedavg-prune", "mpfl",
                                                        "central"}
     table = (tmp_path / "learning.md").read_text()
     assert "| mnist | dense FedAvg, fp32 | " in table
-    assert "| mnist | MPFL default: int4 deltas, error feedback, FedAvgM 0.5 | " in table
+    assert "| mnist | MPFL default: joint cubic mask rounds, deflated int4 deltas, " in table
 
 
 def test_part_a_table_gives_mean_spread_and_bits_per_parameter() -> None:
@@ -332,7 +334,8 @@ def test_part_a_table_gives_mean_spread_and_bits_per_parameter() -> None:
     import learning_report as report  # put on the path by bench_learning
 
     profile = bench.full_profile()  # type: ignore[attr-defined]
-    fedavg, default = profile.variants[0], profile.variants[-1]
+    fedavg = profile.variants[0]
+    default = next(v for v in profile.variants if v.key == profile.default)
 
     def result(variant: object, seed: int, accuracy: float, uplink: int) -> ExperimentResult:
         settings = dataclasses.replace(variant.settings, seed=seed)  # type: ignore[attr-defined]

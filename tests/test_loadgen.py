@@ -21,7 +21,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from benchmarks import loadgen  # noqa: E402
-from benchmarks.bench_rounds import PLAIN_VALUE_FLAGS  # noqa: E402
+from benchmarks.bench_rounds import PLAIN_MPFL_FLAGS  # noqa: E402
 from mpfl.ml.checkpoint import load_model  # noqa: E402
 
 pytestmark = pytest.mark.integration
@@ -42,7 +42,7 @@ def test_every_upload_of_200_virtual_nodes_is_aggregated_exactly(tmp_path: Path)
                 [sys.executable, "-m", "coordinator.cli", "run", "--broker", url,
                  "--federation", "ci", "--run-dir", str(run_dir), "--model", "lenet5",
                  "--granularity", "weight", "--final-sparsity", "0.9", "--mask-rounds", "1",
-                 "--train-rounds", "2", "--value-codec", "int8", *PLAIN_VALUE_FLAGS,
+                 "--train-rounds", "2", "--value-codec", "int8", *PLAIN_MPFL_FLAGS,
                  "--min-nodes", str(NODES),
                  "--quorum", str(NODES), "--round-timeout", "300", "--start-timeout", "300"],
                 capture_output=True, text=True, timeout=900, check=False, env=env, cwd=ROOT)

@@ -67,7 +67,7 @@ def config_to_args(cfg: FederationConfig, skip: Iterable[str] = ()) -> list[str]
 
 
 def settings_to_args(settings: Mapping[str, Any]) -> list[str]:
-    """Command-line flags for some config keys (e.g. ``settings.PLAIN_VALUES``)."""
+    """Command-line flags for some config keys (e.g. ``settings.PLAIN_MPFL``)."""
     args: list[str] = []
     for name, value in settings.items():
         flag = "--" + name.replace("_", "-")
