@@ -21,6 +21,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from mpfl.config.settings import FederationConfig
+from mpfl.maths.layer_sparsity import Allocation, get_allocation, uniform
 from mpfl.maths.schedules import get_schedule
 from mpfl.ml.data import Dataset
 from mpfl.ml.masks import local_mask, unit_scores
@@ -44,11 +45,13 @@ def train_config(cfg: FederationConfig) -> TrainSpec:
 
 def magnitude_mask(
     state: Mapping[str, np.ndarray], unit_map: UnitMap, sparsity: float,
-    alive: np.ndarray | None = None, scope: str = "layer",
+    alive: np.ndarray | None = None, scope: str = "layer", allocation: Allocation = uniform,
 ) -> np.ndarray:
-    """Prune ``state`` to ``sparsity`` per layer by the node's own scores (L2 norm or |w|)."""
+    """Prune ``state`` to ``sparsity`` by the node's own scores (L2 norm or |w|), each
+    layer to its share of it."""
     alive = unit_map.full_mask() if alive is None else alive
-    return local_mask(unit_scores(state, unit_map), alive, unit_map.slices, sparsity, scope)
+    return local_mask(unit_scores(state, unit_map), alive, unit_map.slices, sparsity, scope,
+                      allocation)
 
 
 def evaluate_state(spec: ModelSpec, state: Mapping[str, np.ndarray], test: Dataset
@@ -139,7 +142,8 @@ def centralised_pruning(
         train_local(model, train, tcfg, MaskEnforcer(model, unit_map, mask),
                     seed=cfg.seed * 100_003 + t)
         target = schedule(t, cfg.mask_rounds, cfg.final_sparsity)
-        mask = magnitude_mask(model_state(model), unit_map, target, alive=mask)
+        mask = magnitude_mask(model_state(model), unit_map, target, alive=mask,
+                              allocation=get_allocation(cfg.layer_sparsity))
         log(t, "mask", target, False, start)
     target = rounds[-1].target_sparsity if rounds else 0.0
     if rewind or not rounds:

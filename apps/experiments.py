@@ -58,6 +58,7 @@ class ExperimentSettings:
     mask_rounds: int = 5
     train_rounds: int = 15
     schedule: str = "linear"
+    layer_sparsity: str = "uniform"
     consensus: str = "top-votes"
     granularity: str = "filter"
     value_codec: str = "fp32"
@@ -191,7 +192,8 @@ def federation_config(
     s = settings
     return FederationConfig(
         federation=name, model=model, model_args=model_args, granularity=s.granularity,
-        final_sparsity=sparsity, schedule=s.schedule, consensus=s.consensus,
+        final_sparsity=sparsity, schedule=s.schedule, layer_sparsity=s.layer_sparsity,
+        consensus=s.consensus,
         mask_rounds=s.mask_rounds, train_rounds=s.train_rounds, local_epochs=s.local_epochs,
         batch_size=s.batch_size, lr=s.lr, momentum=s.momentum, value_codec=s.value_codec,
         delta=s.delta, error_feedback=s.error_feedback, server_optimizer=s.server_optimizer,

@@ -93,6 +93,13 @@ class ScheduleName(StrEnum):
     CUBIC = "cubic"
 
 
+class LayerSparsity(StrEnum):
+    """How a round's sparsity is shared among layers (``mpfl.maths.layer_sparsity``)."""
+
+    UNIFORM = "uniform"
+    INVERSE_SQRT = "inverse-sqrt"
+
+
 class ValueCodecName(StrEnum):
     """How nodes send alive values; ``mpfl.wire.values.ValueCodec`` holds their wire ids."""
 

@@ -59,15 +59,15 @@ def test_toml_tables_dashes_and_overrides_with_dashes(tmp_path: Path) -> None:
 def test_every_field_round_trips_through_the_environment() -> None:
     """Each field can be set by MPFL_<KEY>; str() of a non-default value parses back."""
     changed = {"federation": "f2", "model": "mlp", "granularity": "weight",
-               "final_sparsity": 0.7, "schedule": "cubic", "consensus": "majority",
-               "vote_weighting": "samples", "mask_rounds": 3, "train_rounds": 4, "mode": "joint",
+               "final_sparsity": 0.7, "schedule": "geometric", "consensus": "majority",
+               "vote_weighting": "samples", "mask_rounds": 3, "train_rounds": 4, "mode": "rewind",
                "local_epochs": 2, "batch_size": 8, "lr": 0.01, "momentum": 0.5,
                "weight_decay": 0.001, "optimizer": "adam", "value_codec": "int8", "delta": False,
                "aggregator": "median", "min_nodes": 3, "quorum": 2, "round_timeout": 9.0,
                "start_timeout": 8.0, "retries": 0, "seed": 5, "eval_dataset": "digits",
                "eval_data_dir": "/tmp/d", "vote_agreement": True, "max_samples": 500,
                "trim": 0.2, "error_feedback": False, "server_optimizer": "none",
-               "server_momentum": 0.8}
+               "server_momentum": 0.8, "layer_sparsity": "uniform"}
     names = {f.name for f in dataclasses.fields(FederationConfig)} - {"model_args"}
     assert set(changed) == names  # a new field needs a line here
     env = {f"MPFL_{k.upper()}": str(v) for k, v in changed.items()}

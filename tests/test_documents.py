@@ -10,7 +10,15 @@ from typing import Any
 import msgspec
 import pytest
 
-from mpfl.choices import Granularity, Mode, ModelName, ModelScope, Optimizer, Phase
+from mpfl.choices import (
+    Granularity,
+    LayerSparsity,
+    Mode,
+    ModelName,
+    ModelScope,
+    Optimizer,
+    Phase,
+)
 from mpfl.choices import ValueCodecName as Codec
 from mpfl.config.settings import FederationConfig
 from mpfl.errors import DocumentError, ModelError, WireError
@@ -21,6 +29,7 @@ from mpfl.wire.strict import checked
 GOOD = StateDocument(
     protocol=1, federation="orchard", session="a1b2c3d4", run="0011223344556677",
     phase=Phase.MASK, round=2, mask_rounds=3, train_rounds=2, target_sparsity=0.25,
+    layer_sparsity=LayerSparsity.UNIFORM,
     deadline=1700000000.5, model=ModelSpec(ModelName.MLP, {"image_size": 8}),
     granularity=Granularity.WEIGHT, fingerprint="0102030405060708",
     model_scope=ModelScope.DENSE, train=DEFAULT_TRAIN, value_codec=Codec.INT8,
@@ -31,7 +40,8 @@ GOOD = StateDocument(
 GOLDEN = (
     b'{"deadline":1700000000.5,"delta":false,"error":null,"error_feedback":true,'
     b'"federation":"orchard",'
-    b'"fingerprint":"0102030405060708","granularity":"weight","mask_rounds":3,'
+    b'"fingerprint":"0102030405060708","granularity":"weight","layer_sparsity":"uniform",'
+    b'"mask_rounds":3,'
     b'"mode":"rewind","model":{"args":{"image_size":8},"name":"mlp"},"model_scope":"dense",'
     b'"phase":"mask","protocol":1,"round":2,"run":"0011223344556677","session":"a1b2c3d4",'
     b'"target_sparsity":0.25,"train":{"batch_size":32,"epochs":1,"lr":0.05,"momentum":0.9,'

@@ -162,7 +162,7 @@ def test_centralised_pruning_follows_the_schedule_and_learns(
 ) -> None:
     train, test = digits
     cfg = _cfg(mask_rounds=3, train_rounds=3, final_sparsity=0.6, local_epochs=1,
-               schedule="linear")
+               schedule="linear", layer_sparsity="uniform")
     result = centralised_pruning(cfg, train, test, eval_every_round=True)
     mask_rounds = [r for r in result.rounds if r.phase == "mask"]
     assert [round(r.target_sparsity, 6) for r in mask_rounds] == [0.2, 0.4, 0.6]
@@ -315,17 +315,18 @@ def test_bench_quick_smoke(
     rows = {(r["dataset"], r["variant"], r["method"]) for r in saved["part_a"]}
     assert rows == {(d, v, m) for d in ("mnist", "fashion-mnist")
                     for v, m in (("fedavg", "fedavg"), ("int8", "mpfl"),
-                                 ("joint-cubic", "mpfl"))}
+                                 ("inverse-sqrt", "mpfl"))}
     for r in saved["part_a"]:
         assert r["uplink_bytes"] == sum(x["uplink_bytes"] for x in r["rounds"]) > 0
-        if r["variant"] == "joint-cubic":
+        if r["variant"] == "inverse-sqrt":
             assert r["settings"]["value_codec"] == "int4-deflate"
             assert (r["settings"]["mode"], r["settings"]["schedule"]) == ("joint", "cubic")
+            assert r["settings"]["layer_sparsity"] == "inverse-sqrt"
     assert {r["method"] for r in saved["part_b"]} == {"fedavg", "fedavg-prune", "mpfl",
                                                        "central"}
     table = (tmp_path / "learning.md").read_text()
     assert "| mnist | dense FedAvg, fp32 | " in table
-    assert "| mnist | MPFL default: joint cubic mask rounds, deflated int4 deltas, " in table
+    assert "| mnist | MPFL default: joint cubic mask rounds, inverse-sqrt layers, " in table
 
 
 def test_part_a_table_gives_mean_spread_and_bits_per_parameter() -> None:

@@ -20,6 +20,7 @@ from mpfl.federation import simulation
 from mpfl.federation.evaluation import dataset_evaluator
 from mpfl.federation.server import FederationServer
 from mpfl.federation.transport import MemoryBroker
+from mpfl.maths.layer_sparsity import inverse_sqrt
 from mpfl.maths.partition import partition
 from mpfl.maths.schedules import get_schedule, keep_count
 from mpfl.ml.data import Dataset, load_dataset
@@ -62,20 +63,20 @@ class Run:
     uplink: dict[int, int] = field(default_factory=lambda: defaultdict(int))
 
 
-def _config(rule: str, granularity: str) -> FederationConfig:
+def _config(rule: str, granularity: str, layer_sparsity: str) -> FederationConfig:
     return FederationConfig(
         federation="sim", model="mlp", model_args={"image_size": 8, "hidden": [32, 16]},
         granularity=granularity, final_sparsity=0.6, schedule="linear", consensus=rule,
-        mode="rewind",
+        mode="rewind", layer_sparsity=layer_sparsity,
         mask_rounds=3, train_rounds=4, local_epochs=3, batch_size=32, lr=0.05,
         min_nodes=N_NODES, quorum=N_NODES, seed=1,
     )
 
 
-def _run(rule: str, granularity: str) -> Run:
+def _run(rule: str, granularity: str, layer_sparsity: str) -> Run:
     train, test = load_dataset("digits", None, "train"), load_dataset("digits", None, "test")
     parts = partition(train.y, N_NODES, "iid", seed=0)
-    cfg = _config(rule, granularity)
+    cfg = _config(rule, granularity, layer_sparsity)
     RecordingBroker.instances.clear()
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(simulation, "MemoryBroker", RecordingBroker)
@@ -102,13 +103,15 @@ def _run(rule: str, granularity: str) -> Run:
     return run
 
 
-_RUNS: dict[tuple[str, str], Run] = {}
+_RUNS: dict[tuple[str, str, str], Run] = {}
 
 
-def _cached_run(rule: str, granularity: str) -> Run:
-    if (rule, granularity) not in _RUNS:
-        _RUNS[rule, granularity] = _run(rule, granularity)
-    return _RUNS[rule, granularity]
+def _cached_run(rule: str, granularity: str, layer_sparsity: str = "uniform") -> Run:
+    """The reference algorithm's run (every layer pruned as far) unless told otherwise."""
+    key = (rule, granularity, layer_sparsity)
+    if key not in _RUNS:
+        _RUNS[key] = _run(*key)
+    return _RUNS[key]
 
 
 @pytest.fixture(params=[(r, g) for r in RULES for g in GRANULARITIES],
@@ -191,6 +194,31 @@ def test_top_votes_hits_the_schedule_target_exactly_in_every_layer(granularity: 
         assert abs(sparsity - cfg.final_sparsity) < 1 / n
 
 
+@pytest.mark.parametrize("granularity", GRANULARITIES)
+def test_inverse_sqrt_leaves_small_layers_denser_at_the_same_overall_sparsity(
+    granularity: str,
+) -> None:
+    """Nodes and coordinator share each round's sparsity among layers the same way: every
+    vote and every consensus keeps each layer's allocated count, the model as a whole
+    reaches the schedule's target, and no layer ends sparser than a larger one."""
+    run = _cached_run("top-votes", granularity, "inverse-sqrt")
+    umap, cfg = run.server.unit_map, run.cfg
+    sizes = [s.stop - s.start for s in umap.slices]
+    for t in range(1, cfg.mask_rounds + 1):
+        target = get_schedule(cfg.schedule)(t, cfg.mask_rounds, cfg.final_sparsity)
+        keeps = [max(1, keep_count(n, r)) for n, r in zip(sizes, inverse_sqrt(sizes, target),
+                                                          strict=True)]
+        for s, keep in zip(umap.slices, keeps, strict=True):
+            assert run.consensus[t][s].sum() == keep
+            for vote in run.local[t]:
+                assert vote[s].sum() == min(keep, int(run.consensus[t - 1][s].sum()))
+        assert 1 - run.consensus[t].mean() == pytest.approx(target, abs=len(sizes) / sum(sizes))
+    final = umap.layer_sparsity(run.server.mask)
+    by_size = [r for _, r in sorted(zip(sizes, final, strict=True))]
+    assert by_size == sorted(by_size)
+    assert final[int(np.argmax(sizes))] > cfg.final_sparsity > final[int(np.argmin(sizes))]
+
+
 def test_every_rule_keeps_the_consensus_monotone_and_the_training_mask_fixed(run: Run) -> None:
     masks = [run.consensus[t] for t in sorted(run.consensus)]
     for before, after in zip(masks, masks[1:], strict=False):
@@ -256,7 +284,7 @@ def test_training_starts_from_the_rewound_masked_initial_weights(run: Run) -> No
 
 def test_a_federation_is_reproducible() -> None:
     first = _cached_run("top-votes", "filter")
-    again = _run("top-votes", "filter")
+    again = _run("top-votes", "filter", "uniform")
     np.testing.assert_array_equal(again.server.mask, first.server.mask)
     a, b = first.server.final_state(), again.server.final_state()
     assert all(np.array_equal(a[k], b[k]) for k in a)

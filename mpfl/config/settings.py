@@ -20,6 +20,7 @@ from mpfl.choices import (
     AggregatorName,
     ConsensusName,
     Granularity,
+    LayerSparsity,
     Mode,
     ModelName,
     Optimizer,
@@ -39,6 +40,7 @@ CHOICES: dict[str, type[StrEnum]] = {
     "model": ModelName,
     "granularity": Granularity,
     "schedule": ScheduleName,
+    "layer_sparsity": LayerSparsity,
     "consensus": ConsensusName,
     "vote_weighting": VoteWeighting,
     "mode": Mode,
@@ -57,6 +59,8 @@ KEY_HELP = {
     "granularity": "Prunable unit: a whole filter/neuron or a single weight.",
     "final_sparsity": "Fraction of units pruned after the last mask round.",
     "schedule": "Sparsity per mask round: linear, geometric or cubic.",
+    "layer_sparsity": "How each round's sparsity is shared among layers: uniform, or "
+                      "inverse-sqrt (small layers stay denser).",
     "consensus": "Rule turning the nodes' votes into the global mask.",
     "vote_weighting": "Weigh each node's vote equally or by its sample count.",
     "vote_agreement": "Down-weight voters whose mask disagrees with the round's majority.",
@@ -105,14 +109,16 @@ class FederationConfig:
     granularity: str = Granularity.FILTER.value
     final_sparsity: float = 0.5
     schedule: str = ScheduleName.CUBIC.value
+    layer_sparsity: str = LayerSparsity.INVERSE_SQRT.value
     consensus: str = ConsensusName.TOP_VOTES.value
     vote_weighting: str = VoteWeighting.UNIFORM.value
     vote_agreement: bool = False
     mask_rounds: int = 5
     train_rounds: int = 5
     # Joint mask rounds train as they prune, so training does not restart from w0 when the
-    # mask is final; the cubic schedule prunes most in the first rounds, while the values
-    # that travel with each vote are still cheap to send. See value_codec below.
+    # mask is final; the cubic schedule prunes most in the first rounds, so the values that
+    # travel with each vote soon get few. inverse-sqrt keeps small layers denser (at 90%,
+    # uniform leaves LeNet-5's first convolution 15 weights). See value_codec below.
     mode: str = Mode.JOINT.value
     # local training, sent to the nodes with every round (as a TrainSpec)
     local_epochs: int = DEFAULT_TRAIN.epochs
@@ -194,12 +200,14 @@ class FederationConfig:
 _FIELDS = {f.name: f for f in dataclasses.fields(FederationConfig)}
 
 PLAIN_MPFL: dict[str, Any] = {
-    "mode": Mode.REWIND.value, "schedule": ScheduleName.LINEAR.value, "delta": False,
-    "error_feedback": False, "server_optimizer": ServerOptimizerName.NONE.value}
+    "mode": Mode.REWIND.value, "schedule": ScheduleName.LINEAR.value,
+    "layer_sparsity": LayerSparsity.UNIFORM.value, "delta": False, "error_feedback": False,
+    "server_optimizer": ServerOptimizerName.NONE.value}
 """MPFL as the paper's reference code runs it: mask rounds rewind to w0 on a linear
-schedule, and the values themselves are averaged (no deltas, no error feedback, no server
-momentum). For runs that measure something else than accuracy for bytes (round times,
-traffic, aggregation rules), so their figures do not move with the defaults."""
+schedule, every layer is pruned as far, and the values themselves are averaged (no
+deltas, no error feedback, no server momentum). For runs that measure something else than
+accuracy for bytes (round times, traffic, aggregation rules), so their figures do not move
+with the defaults."""
 
 
 def _field_name(key: str, source: str) -> str:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from mpfl.choices import Granularity, Mode, ModelScope, ValueCodecName
+from mpfl.choices import Granularity, LayerSparsity, Mode, ModelScope, ValueCodecName
 from mpfl.wire.protocol import PROTOCOL_VERSION, StateDocument
 
 if TYPE_CHECKING:
@@ -24,6 +24,7 @@ def state_document(server: FederationServer) -> StateDocument:
         mask_rounds=cfg.mask_rounds,
         train_rounds=cfg.train_rounds,
         target_sparsity=server.target(),
+        layer_sparsity=LayerSparsity(cfg.layer_sparsity),
         deadline=server.deadline,
         model=cfg.model_spec,
         granularity=Granularity(cfg.granularity),

@@ -28,6 +28,7 @@ from mpfl.choices import Granularity, Mode, ModelScope, Phase
 from mpfl.errors import DocumentError, FingerprintMismatch, ModelError, WireError
 from mpfl.federation.feedback import ErrorFeedback
 from mpfl.federation.rejections import RejectionLog
+from mpfl.maths.layer_sparsity import get_allocation
 from mpfl.ml.data import Dataset
 from mpfl.ml.masks import local_mask, unit_scores
 from mpfl.ml.models import ModelSpec, ZooModel, build_model, parameter_count
@@ -266,7 +267,8 @@ class FederationNode:
         uploads: list[tuple[Kind, int, bytes]] = []
         if doc.phase == Phase.MASK:
             local = local_mask(unit_scores(trained, unit_map), mask, unit_map.slices,
-                               doc.target_sparsity)
+                               doc.target_sparsity,
+                               allocation=get_allocation(doc.layer_sparsity))
             mask_codec, payload = encode_mask(local, scope=mask)
             uploads.append((Kind.LOCAL_MASK, int(mask_codec), payload))
         if doc.phase == Phase.TRAIN or doc.mode == Mode.JOINT:

@@ -44,6 +44,7 @@ from mpfl.federation.traffic import Traffic
 from mpfl.federation.weights import GlobalWeights
 from mpfl.maths.aggregate import new_aggregation
 from mpfl.maths.consensus import get_rule
+from mpfl.maths.layer_sparsity import get_allocation
 from mpfl.maths.schedules import get_schedule
 from mpfl.ml.units import State, UnitMap
 from mpfl.wire import (
@@ -80,6 +81,7 @@ class FederationServer:
         self._mode = get_mode(cfg.mode)
         self._rule = get_rule(cfg.consensus)
         self._schedule = get_schedule(cfg.schedule)
+        self._allocation = get_allocation(cfg.layer_sparsity)
         self._weighted_votes = cfg.vote_weighting == "samples"
         self.weights = GlobalWeights.from_config(cfg)
         self.phase: Phase = Phase.WAITING
@@ -296,7 +298,7 @@ class FederationServer:
         accuracy = loss = None
         if self.phase is Phase.MASK:
             previous = self.weights.apply_consensus(closing.votes.tally(), self._rule,
-                                                    self.target())
+                                                    self.target(), self._allocation)
             out.append(self.publish_mask(self.round))
             values = self._mode.values_after_consensus(
                 closing.values, self.unit_map, previous, self.mask)

@@ -10,6 +10,7 @@ import numpy as np
 
 from mpfl.config.settings import FederationConfig
 from mpfl.maths.consensus import ConsensusRule, VoteInput
+from mpfl.maths.layer_sparsity import Allocation
 from mpfl.maths.server_optimizers import ServerOptimizer, TakeAverage, new_server_optimizer
 from mpfl.maths.votes import VoteTally
 from mpfl.ml.models import build_model
@@ -56,11 +57,12 @@ class GlobalWeights:
             return average
         return self.optimizer.step(self.values, average)
 
-    def apply_consensus(self, tally: VoteTally, rule: ConsensusRule, target: float) -> np.ndarray:
+    def apply_consensus(self, tally: VoteTally, rule: ConsensusRule, target: float,
+                        allocation: Allocation) -> np.ndarray:
         """The next mask from one round's votes; returns the mask it replaced."""
         previous = self.mask
         self.mask = rule(VoteInput.from_tally(tally, previous, self.unit_map.slices, target,
-                                              self.history))
+                                              self.history, allocation))
         self.history = self.history + tally.share
         return previous
 

@@ -17,6 +17,7 @@ from numpy.typing import NDArray
 
 from mpfl.choices import ConsensusName
 from mpfl.errors import ConfigError, FederationError, ModelError, lookup
+from mpfl.maths.layer_sparsity import Allocation, uniform
 from mpfl.maths.schedules import keep_count
 from mpfl.maths.votes import BoolArray, FloatArray, VoteTally
 
@@ -32,8 +33,9 @@ class VoteInput:
 
     ``share``: each unit's keep share; ``alive``: units alive in the current global mask
     (a rule never revives a pruned unit); ``layers``: contiguous slices covering the units;
-    ``target``: this round's sparsity r_t; ``n_voters``: masks counted; ``history``:
-    optional cumulative shares of earlier rounds, used only to break ties.
+    ``target``: this round's sparsity r_t, shared among the layers by ``allocation``;
+    ``n_voters``: masks counted; ``history``: optional cumulative shares of earlier rounds,
+    used only to break ties.
     """
 
     share: FloatArray
@@ -42,6 +44,7 @@ class VoteInput:
     target: float
     n_voters: int
     history: FloatArray | None = None
+    allocation: Allocation = uniform
 
     def __post_init__(self) -> None:
         n = self.alive.size
@@ -61,6 +64,11 @@ class VoteInput:
             raise FederationError("a consensus needs at least one vote", n_voters=self.n_voters)
         check_layers(self.layers, n)
 
+    def layer_targets(self) -> tuple[float, ...]:
+        """Each layer's sparsity this round."""
+        return self.allocation([layer.stop - (layer.start or 0) for layer in self.layers],
+                               self.target)
+
     @classmethod
     def from_tally(
         cls,
@@ -69,6 +77,7 @@ class VoteInput:
         layers: Sequence[slice],
         target: float,
         history: FloatArray | None = None,
+        allocation: Allocation = uniform,
     ) -> VoteInput:
         return cls(
             share=tally.share,
@@ -77,6 +86,7 @@ class VoteInput:
             target=target,
             n_voters=tally.n_voters,
             history=history,
+            allocation=allocation,
         )
 
 
@@ -110,14 +120,14 @@ def threshold_scan(votes: VoteInput) -> BoolArray:
     n = votes.n_voters
     taus = (n - np.arange(n)) / n  # 1, (N-1)/N, ..., 1/N, as the reference computes them
     out = np.zeros(votes.alive.size, dtype=np.bool_)
-    for layer in votes.layers:
+    for layer, target in zip(votes.layers, votes.layer_targets(), strict=True):
         share, alive = votes.share[layer], votes.alive[layer]
         size = share.size
         if size == 0:
             continue
         alive_sorted = np.sort(share[alive])
         kept = alive_sorted.size - np.searchsorted(alive_sorted, taus, side="left")
-        reaches = (size - kept) / size >= votes.target
+        reaches = (size - kept) / size >= target
         chosen = taus[int(np.argmax(reaches))] if reaches.any() else taus[-1]
         out[layer] = alive & (share >= chosen)
     return out
@@ -138,7 +148,8 @@ def _rank_alive(votes: VoteInput, layer: slice) -> NDArray[np.intp]:
 
 
 def top_votes(votes: VoteInput) -> BoolArray:
-    """Keep exactly ceil((1 - r_t) * n_layer) alive units per layer, the best-voted.
+    """Keep exactly ceil((1 - r_l) * n_layer) alive units per layer, the best-voted, with
+    r_l the layer's share of r_t.
 
     n_layer counts all the layer's units, alive or not, so the layer hits r_t exactly.
     Never revives a pruned unit: with fewer alive units than the keep count, all alive
@@ -146,11 +157,11 @@ def top_votes(votes: VoteInput) -> BoolArray:
     layer with no units cuts the network.
     """
     out = np.zeros(votes.alive.size, dtype=np.bool_)
-    for layer in votes.layers:
+    for layer, target in zip(votes.layers, votes.layer_targets(), strict=True):
         size = layer.stop - (layer.start or 0)
         if size == 0:
             continue
-        keep = max(1, keep_count(size, votes.target))
+        keep = max(1, keep_count(size, target))
         ranked = _rank_alive(votes, layer)
         out[layer][ranked[:keep]] = True
     return out
@@ -188,6 +199,8 @@ def consensus_mask(
     target: float,
     rule: str = DEFAULT_RULE,
     history: FloatArray | None = None,
+    allocation: Allocation = uniform,
 ) -> BoolArray:
     """The next global mask from one round's votes, by the named rule."""
-    return get_rule(rule)(VoteInput.from_tally(tally, alive, layers, target, history))
+    return get_rule(rule)(VoteInput.from_tally(tally, alive, layers, target, history,
+                                               allocation))

@@ -12,6 +12,7 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 
 from mpfl.errors import ConfigError
+from mpfl.maths.layer_sparsity import Allocation, uniform
 from mpfl.maths.schedules import keep_count
 from mpfl.ml.units import UnitMap
 
@@ -48,8 +49,10 @@ def local_mask(
     layers: Sequence[slice],
     target: float,
     scope: str = "layer",
+    allocation: Allocation = uniform,
 ) -> np.ndarray:
-    """The mask a node proposes: each layer at ``target`` sparsity among its alive units.
+    """The mask a node proposes: each layer at its share of ``target`` (``allocation``)
+    among its alive units.
 
     ``scope="global"`` ranks all units together (one threshold for the whole model),
     still keeping at least one unit per layer so no layer is cut off.
@@ -59,8 +62,9 @@ def local_mask(
     alive = np.asarray(alive, dtype=bool)
     if scope == "layer":
         mask = np.zeros_like(alive)
-        for s in layers:
-            keep = max(1, keep_count(s.stop - s.start, target))
+        targets = allocation([s.stop - s.start for s in layers], target)
+        for s, layer_target in zip(layers, targets, strict=True):
+            keep = max(1, keep_count(s.stop - s.start, layer_target))
             mask[s] = _keep_best(scores[s], alive[s], keep)
         return mask
     if scope == "global":

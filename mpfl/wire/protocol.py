@@ -18,7 +18,7 @@ from typing import Annotated, Any, Final, Literal
 
 import msgspec
 
-from mpfl.choices import Granularity, Mode, ModelScope, Phase, ValueCodecName
+from mpfl.choices import Granularity, LayerSparsity, Mode, ModelScope, Phase, ValueCodecName
 from mpfl.errors import DocumentError, WireError
 from mpfl.wire.specs import ModelSpec, TrainSpec
 from mpfl.wire.strict import decode_document, encode_document
@@ -99,6 +99,8 @@ class StateDocument(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     mask_rounds: _U32
     train_rounds: _U32
     target_sparsity: Annotated[float, msgspec.Meta(ge=0.0, lt=1.0)]
+    # How target_sparsity is shared among the layers (nodes prune as the vote will).
+    layer_sparsity: LayerSparsity
     deadline: Annotated[float, msgspec.Meta(ge=0.0, le=1e12)]  # Unix time, seconds
     model: ModelSpec
     granularity: Granularity
