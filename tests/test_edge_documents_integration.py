@@ -27,6 +27,7 @@ STATE = topics.server_topic(FED, topics.SERVER_STATE)
 # A state document with one field wrong each; the first ones are the issue's own.
 VALID = {"protocol": 1, "federation": FED, "session": "s1", "run": "r1", "phase": "mask",
          "round": 1, "mask_rounds": 1, "train_rounds": 1, "target_sparsity": 0.5,
+         "layer_sparsity": "uniform",
          "deadline": 0.0, "model": {"name": "mlp", "args": {"image_size": 8}},
          "granularity": "filter", "fingerprint": "00" * 8, "model_scope": "dense",
          "train": {"epochs": 1, "batch_size": 8, "lr": 0.1, "momentum": 0.0,
