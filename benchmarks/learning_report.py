@@ -118,7 +118,7 @@ def plot_uplink(grouped: PartA, profile: Profile, path: Path) -> None:
     datasets = [d for d in profile.part_a_datasets if any(d in g for g in grouped.values())]
     if not datasets:
         return
-    fig, axes = plt.subplots(1, len(datasets), figsize=(6 * len(datasets), 4.2), squeeze=False)
+    fig, axes = plt.subplots(1, len(datasets), figsize=(6 * len(datasets), 6.2), squeeze=False)
     for ax, dataset in zip(axes[0], datasets, strict=True):
         for v in profile.variants:
             runs = list(grouped.get(v.key, {}).get(dataset, {}).values())
@@ -138,8 +138,10 @@ def plot_uplink(grouped: PartA, profile: Profile, path: Path) -> None:
         ax.set_title(f"{dataset} / LeNet-5, {profile.part_a.nodes} nodes, "
                      f"{profile.part_a.partition}, 90% weights")
         ax.grid(True, which="both", alpha=0.3)
-        ax.legend(fontsize=7, loc="center")
-    fig.tight_layout()
+    # One legend under both panels: inside, ten methods would cover the points.
+    handles, labels = axes[0][0].get_legend_handles_labels()
+    fig.legend(handles, labels, fontsize=7, loc="lower center", ncol=2, frameon=False)
+    fig.tight_layout(rect=(0.0, 0.25, 1.0, 1.0))
     fig.savefig(path, dpi=120)
     plt.close(fig)
 
