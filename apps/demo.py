@@ -1,8 +1,9 @@
 """The demo: a small MPFL federation on data that ships with a dependency.
 
 Weight masks at 80% sparsity on scikit-learn's 8x8 digits, four nodes with a
-Dirichlet(0.5) label skew, joint mask rounds on the cubic schedule, deflated int4 deltas
-with error feedback and server momentum in the training phase (the config's defaults).
+Dirichlet(0.5) label skew, joint mask rounds on the cubic schedule with small layers kept
+denser, deflated int4 deltas with error feedback and server momentum in the training phase
+(the config's defaults).
 Prints per round the consensus sparsity, the global accuracy and the exact bytes sent,
 against what dense FedAvg would have sent.
 """
