@@ -136,6 +136,9 @@ class MqttTransport:
         # acknowledgement may come before ``publish`` has recorded its id: ``_early``.
         self._unacked: set[int] = set()
         self._early: set[int] = set()
+        # The QoS 0 ones among them: paho drops those unwritten when the connection
+        # breaks, without an on_publish, so a flush must stop waiting for them then.
+        self._unacked_qos0: set[int] = set()
         self._lock = threading.Lock()
         self._closing = False
         self._down_since: float | None = None
@@ -292,6 +295,9 @@ class MqttTransport:
     ) -> None:
         was_connected = self.connected.is_set()
         self.connected.clear()
+        with self._lock:
+            self._unacked -= self._unacked_qos0
+            self._unacked_qos0.clear()
         if not self._closing:
             # paho's loop reconnects after this returns, with the will set now.
             self._set_will(client)
@@ -314,6 +320,7 @@ class MqttTransport:
             threading.Thread(target=self._stop_client, args=(old,), daemon=True).start()
         with self._lock:
             self._unacked.clear()
+            self._unacked_qos0.clear()
             self._early.clear()
         try:
             self.connect(STALLED_S)
@@ -332,6 +339,7 @@ class MqttTransport:
         with self._lock:
             if mid in self._unacked:
                 self._unacked.discard(mid)
+                self._unacked_qos0.discard(mid)
             else:
                 self._early.add(mid)
 
@@ -373,6 +381,8 @@ class MqttTransport:
                     self._early.discard(info.mid)
                 else:
                     self._unacked.add(info.mid)
+                    if message.qos == 0:
+                        self._unacked_qos0.add(info.mid)
 
     def flush(self, timeout: float = 10.0) -> bool:
         """Wait until every publish so far is acknowledged (QoS 1) or sent; False on timeout."""
