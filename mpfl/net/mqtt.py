@@ -48,6 +48,7 @@ from mpfl.errors import (
     Interrupted,
     TlsError,
 )
+from mpfl.net.acks import PendingPublishes
 from mpfl.net.endpoint import DEFAULT_CONNECT_TIMEOUT_S, BrokerAddress
 from mpfl.net.inbox import Inbox
 from mpfl.wire.chunks import HEADER_SIZE, split_payload
@@ -132,14 +133,7 @@ class MqttTransport:
         self._connack = threading.Event()
         self._connack_reason = ""
         self._client: paho.Client | None = None
-        # Message ids sent but not yet acknowledged (QoS 1) or written out (QoS 0). The
-        # acknowledgement may come before ``publish`` has recorded its id: ``_early``.
-        self._unacked: set[int] = set()
-        self._early: set[int] = set()
-        # The QoS 0 ones among them: paho drops those unwritten when the connection
-        # breaks, without an on_publish, so a flush must stop waiting for them then.
-        self._unacked_qos0: set[int] = set()
-        self._lock = threading.Lock()
+        self._pending = PendingPublishes()
         self._closing = False
         self._down_since: float | None = None
 
@@ -295,9 +289,7 @@ class MqttTransport:
     ) -> None:
         was_connected = self.connected.is_set()
         self.connected.clear()
-        with self._lock:
-            self._unacked -= self._unacked_qos0
-            self._unacked_qos0.clear()
+        self._pending.connection_lost()
         if not self._closing:
             # paho's loop reconnects after this returns, with the will set now.
             self._set_will(client)
@@ -318,10 +310,7 @@ class MqttTransport:
             old.on_connect = old.on_disconnect = old.on_message = old.on_publish = None
             # A wedged loop may never return from a join: let a daemon thread wait for it.
             threading.Thread(target=self._stop_client, args=(old,), daemon=True).start()
-        with self._lock:
-            self._unacked.clear()
-            self._unacked_qos0.clear()
-            self._early.clear()
+        self._pending.clear()
         try:
             self.connect(STALLED_S)
         except Interrupted:
@@ -336,12 +325,7 @@ class MqttTransport:
     def _on_publish(
         self, _client: paho.Client, _userdata: Any, mid: int, _reason: Any, _props: Any
     ) -> None:
-        with self._lock:
-            if mid in self._unacked:
-                self._unacked.discard(mid)
-                self._unacked_qos0.discard(mid)
-            else:
-                self._early.add(mid)
+        self._pending.taken(mid)
 
     # -- messages -------------------------------------------------------------------------
 
@@ -376,24 +360,11 @@ class MqttTransport:
             self.inbox.ledger.record_sent(message.topic, len(part))
             if message.qos == 0 and info.rc != paho.MQTT_ERR_SUCCESS:
                 continue  # QoS 0 while disconnected is dropped: nothing to wait for
-            with self._lock:
-                if info.mid in self._early:
-                    self._early.discard(info.mid)
-                else:
-                    self._unacked.add(info.mid)
-                    if message.qos == 0:
-                        self._unacked_qos0.add(info.mid)
+            self._pending.sent(info.mid, message.qos)
 
     def flush(self, timeout: float = 10.0) -> bool:
         """Wait until every publish so far is acknowledged (QoS 1) or sent; False on timeout."""
-        deadline = time.monotonic() + timeout
-        while True:
-            with self._lock:
-                if not self._unacked:
-                    return True
-            if time.monotonic() > deadline:
-                return False
-            time.sleep(0.01)
+        return self._pending.wait(timeout)
 
     def close(self, final: Publish | None = None, timeout: float = 5.0) -> None:
         """Optionally publish a last message (e.g. an explicit "offline"), then disconnect."""

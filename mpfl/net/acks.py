@@ -1,0 +1,55 @@
+"""Which published messages the broker has not yet taken: what a flush waits for.
+
+paho reports a QoS 1 message when its PUBACK arrives and a QoS 0 one when it is written
+out, from its network thread; the report may come before ``publish`` has recorded the
+message id, so an early report is kept until the id is recorded. A QoS 0 message still
+unwritten when the connection breaks is dropped by paho without a report, so a broken
+connection ends the wait for those; QoS 1 ones are resent by paho on reconnect.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+
+
+class PendingPublishes:
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._pending: dict[int, int] = {}  # message id -> QoS
+        self._early: set[int] = set()
+
+    def sent(self, mid: int, qos: int) -> None:
+        """``publish`` handed message ``mid`` to paho."""
+        with self._lock:
+            if mid in self._early:
+                self._early.discard(mid)
+            else:
+                self._pending[mid] = qos
+
+    def taken(self, mid: int) -> None:
+        """paho's on_publish: the broker acknowledged it (QoS 1) or it was written (QoS 0)."""
+        with self._lock:
+            if self._pending.pop(mid, None) is None:
+                self._early.add(mid)
+
+    def connection_lost(self) -> None:
+        with self._lock:
+            self._pending = {mid: qos for mid, qos in self._pending.items() if qos > 0}
+
+    def clear(self) -> None:
+        """A fresh client: the old one's messages are given up."""
+        with self._lock:
+            self._pending.clear()
+            self._early.clear()
+
+    def wait(self, timeout: float) -> bool:
+        """Wait until nothing is pending; False on timeout."""
+        deadline = time.monotonic() + timeout
+        while True:
+            with self._lock:
+                if not self._pending:
+                    return True
+            if time.monotonic() > deadline:
+                return False
+            time.sleep(0.01)
