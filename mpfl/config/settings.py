@@ -108,6 +108,10 @@ class FederationConfig:
     model_args: dict[str, Any] = field(default_factory=dict)
     granularity: str = Granularity.FILTER.value
     final_sparsity: float = 0.5
+    # Joint mask rounds (mode) train as they prune, so training does not restart from w0 at
+    # the final mask; the cubic schedule prunes most in the first rounds, so the values that
+    # travel with each vote soon get few. inverse-sqrt keeps small layers denser (at 90%,
+    # uniform leaves LeNet-5's first convolution 15 weights). See value_codec below.
     schedule: str = ScheduleName.CUBIC.value
     layer_sparsity: str = LayerSparsity.INVERSE_SQRT.value
     consensus: str = ConsensusName.TOP_VOTES.value
@@ -115,10 +119,6 @@ class FederationConfig:
     vote_agreement: bool = False
     mask_rounds: int = 5
     train_rounds: int = 5
-    # Joint mask rounds train as they prune, so training does not restart from w0 when the
-    # mask is final; the cubic schedule prunes most in the first rounds, so the values that
-    # travel with each vote soon get few. inverse-sqrt keeps small layers denser (at 90%,
-    # uniform leaves LeNet-5's first convolution 15 weights). See value_codec below.
     mode: str = Mode.JOINT.value
     # local training, sent to the nodes with every round (as a TrainSpec)
     local_epochs: int = DEFAULT_TRAIN.epochs
