@@ -6,7 +6,7 @@ import statistics
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-from learning_plan import DEFAULT_LABEL, Profile, Variant
+from learning_plan import DEFAULT_LABEL, Profile, Sweep, Variant
 
 from apps.experiments import ExperimentResult
 
@@ -75,31 +75,79 @@ def table_a(grouped: PartA, profile: Profile, variants: Sequence[Variant]) -> st
     return _table(header, rows)
 
 
+# Part (b): results by (method, target sparsity), then by seed; dense FedAvg at sparsity 0.
+PartB = Mapping[tuple[str, float], Mapping[int, ExperimentResult]]
+
+
+def group_part_b(results: Sequence[ExperimentResult], sweep: Sweep) -> PartB:
+    """The sweep's results: its dataset's, at its number of rounds."""
+    out: dict[tuple[str, float], dict[int, ExperimentResult]] = {}
+    for r in results:
+        if (r.dataset, r.settings.rounds) == (sweep.dataset, sweep.settings.rounds):
+            out.setdefault((r.method, round(r.target_sparsity, 6)), {})[r.settings.seed] = r
+    return out
+
+
+def _cell(runs: Mapping[int, ExperimentResult]) -> str:
+    return _spread([100 * r.accuracy for r in runs.values()]) if runs else "-"
+
+
+def _gap(runs: Mapping[int, ExperimentResult], other: Mapping[int, ExperimentResult]) -> str:
+    """``runs`` minus ``other`` in points, paired by seed (mean ± sd)."""
+    seeds = sorted(set(runs) & set(other))
+    if not seeds:
+        return "-"
+    return _spread([100 * (runs[s].accuracy - other[s].accuracy) for s in seeds])
+
+
 def table_b(results: Sequence[ExperimentResult], profile: Profile) -> str:
+    """Per sweep: each sparsity's accuracy for MPFL, FedAvg then prune and centralised
+    pruning (mean ± sd over the seeds each ran), MPFL's gaps to the other two and to
+    dense FedAvg (paired by seed), and MPFL's uplink; then dense FedAvg's curve."""
     blocks = []
     for sweep in profile.sweeps:
-        mine = [r for r in results if r.dataset == sweep.dataset and r.name.startswith("b-")]
-        dense = next((r for r in mine if r.method == "fedavg"), None)
+        grouped = group_part_b(results, sweep)
+        dense = grouped.get(("fedavg", 0.0), {})
         rows = []
         for s in sweep.sparsities:
-            cells = {r.method: r for r in mine if r.method != "fedavg"
-                     and abs(r.target_sparsity - s) < 1e-9}
-            mpfl = cells.get("mpfl")
-            row = [f"{s:.0%}"]
-            for method in ("mpfl", "fedavg-prune", "central"):
-                r = cells.get(method)
-                row.append(f"{100 * r.accuracy:.2f}%" if r else "-")
-            row.append(f"{mpfl.uplink_bytes / MB:.2f}" if mpfl else "-")
-            row.append(f"{dense.uplink_bytes / MB:.2f}" if dense else "-")
-            rows.append(row)
+            mpfl, prune, central = (grouped.get((m, round(s, 6)), {})
+                                    for m in ("mpfl", "fedavg-prune", "central"))
+            bits = (f"{statistics.fmean(bits_per_param(r) for r in mpfl.values()):.3f}"
+                    if mpfl else "-")
+            rows.append([f"{s:.0%}", _cell(mpfl), _cell(prune), _gap(mpfl, prune),
+                         _cell(central), _gap(mpfl, dense), bits,
+                         ",".join(map(str, sorted(mpfl)))])
         title = f"{sweep.dataset} / {sweep.model}, filter masks, {sweep.settings.rounds} rounds"
-        if dense is not None:
-            title += (f", {dense.train_samples:,} training / {dense.test_samples:,} test "
-                      f"images; dense FedAvg {100 * dense.accuracy:.2f}%")
-        header = ["sparsity", "MPFL", "FedAvg then prune", "centralised", "MPFL uplink MB",
-                  "FedAvg uplink MB"]
+        if dense:
+            first = next(iter(dense.values()))
+            title += (f", {first.train_samples:,} training / {first.test_samples:,} test "
+                      f"images; dense FedAvg {_cell(dense)}% (seeds "
+                      f"{','.join(map(str, sorted(dense)))})")
+        header = ["sparsity", "MPFL %", "FedAvg then prune %", "MPFL − prune pt",
+                  "centralised %", "MPFL − dense pt", "MPFL uplink bit/param", "MPFL seeds"]
         blocks.append(f"**{title}**\n\n" + _table(header, rows))
+        if dense:
+            blocks.append(f"**{sweep.dataset}: dense FedAvg's test accuracy % by round**\n\n"
+                          + dense_curve(dense))
     return "\n\n".join(blocks)
+
+
+def dense_curve(dense: Mapping[int, ExperimentResult], every: int = 2) -> str:
+    """Dense FedAvg's accuracy every ``every`` rounds, per seed and their mean: whether it
+    had stopped rising when the runs ended."""
+    def curve(r: ExperimentResult) -> dict[int, float]:
+        return {x.round: 100 * x.accuracy for x in r.rounds if x.accuracy is not None}
+
+    curves = {seed: curve(r) for seed, r in sorted(dense.items())}
+    last = max((max(c, default=0) for c in curves.values()), default=0)
+    shown = sorted({1, *range(every, last + 1, every), last}) if last else []
+    rows = [[f"seed {seed}"] + [f"{c[t]:.2f}" if t in c else "-" for t in shown]
+            for seed, c in curves.items()]
+    if len(curves) > 1:
+        rows.append(["mean"] + [
+            f"{statistics.fmean(c[t] for c in curves.values()):.2f}"
+            if all(t in c for c in curves.values()) else "-" for t in shown])
+    return _table(["round", *map(str, shown)], rows)
 
 
 # -- plots --------------------------------------------------------------------------------
@@ -147,32 +195,50 @@ def plot_uplink(grouped: PartA, profile: Profile, path: Path) -> None:
 
 
 def plot_sparsity(results: Sequence[ExperimentResult], profile: Profile, path: Path) -> None:
+    """Top: accuracy against sparsity per sweep (mean over seeds, bars from the lowest to
+    the highest seed). Bottom: dense FedAvg's accuracy by round, one line per seed."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    import numpy as np
 
     n = len(profile.sweeps)
-    fig, axes = plt.subplots(1, n, figsize=(5.5 * n, 4), squeeze=False)
-    labels = {"mpfl": "MPFL (filter masks)", "fedavg-prune": "FedAvg then prune",
+    fig, axes = plt.subplots(2, n, figsize=(5.5 * n, 8), squeeze=False)
+    labels = {"mpfl": "MPFL default (filter masks)", "fedavg-prune": "FedAvg then prune",
               "central": "centralised iterative pruning"}
-    for ax, sweep in zip(axes[0], profile.sweeps, strict=True):
-        mine = [r for r in results if r.dataset == sweep.dataset and r.name.startswith("b-")]
+    for col, sweep in enumerate(profile.sweeps):
+        ax, below = axes[0][col], axes[1][col]
+        grouped = group_part_b(results, sweep)
         for method, style in (("mpfl", "-o"), ("fedavg-prune", "--s"), ("central", "-.^")):
-            pts = sorted((100 * r.target_sparsity, 100 * r.accuracy) for r in mine
-                         if r.method == method)
-            if pts:
-                ax.plot(*zip(*pts, strict=True), style, label=labels[method])
-        dense = next((r for r in mine if r.method == "fedavg"), None)
-        if dense is not None:
-            ax.axhline(100 * dense.accuracy, color="grey", linestyle=":", label="dense FedAvg")
+            points = sorted((s, runs) for (m, s), runs in grouped.items() if m == method)
+            if not points:
+                continue
+            x = [100 * s for s, _ in points]
+            acc = [np.array([100 * r.accuracy for r in runs.values()]) for _, runs in points]
+            mean = np.array([a.mean() for a in acc])
+            bars = [mean - [a.min() for a in acc], [a.max() for a in acc] - mean]
+            ax.errorbar(x, mean, yerr=bars, fmt=style, capsize=3, label=labels[method])
+        dense = grouped.get(("fedavg", 0.0), {})
+        if dense:
+            ax.axhline(float(np.mean([100 * r.accuracy for r in dense.values()])),
+                       color="grey", linestyle=":", label="dense FedAvg")
+        for seed, r in sorted(dense.items()):
+            curve = [(x.round, 100 * x.accuracy) for x in r.rounds if x.accuracy is not None]
+            if curve:
+                below.plot(*zip(*curve, strict=True), "-", label=f"seed {seed}")
         ax.set_xlim(0, 100)
         ax.set_ylim(0, 100)
         ax.set_xlabel("sparsity (% of filters / neurons pruned)")
-        ax.set_ylabel("test accuracy (%)")
+        ax.set_ylabel("final test accuracy (%)")
         ax.set_title(f"{sweep.dataset} / {sweep.model}, {sweep.settings.rounds} rounds")
-        ax.grid(True, alpha=0.3)
-        ax.legend()
+        below.set_xlabel("round")
+        below.set_ylabel("test accuracy (%)")
+        below.set_title(f"{sweep.dataset}: dense FedAvg by round")
+        for a in (ax, below):
+            a.grid(True, alpha=0.3)
+            if a.get_legend_handles_labels()[0]:
+                a.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)

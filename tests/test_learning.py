@@ -284,12 +284,22 @@ def test_bench_jobs_cover_every_point_once() -> None:
     assert len(keys) == len(set(keys))
     assert [j.part for j in todo[:4]] == ["a"] * 4  # the headline comparison runs first
     for sweep in profile.sweeps:
-        for method in ("mpfl", "central"):
-            points = {j.sparsities for j in todo
-                      if j.dataset == sweep.dataset and j.method == method and j.part == "b"}
-            assert points == {(s,) for s in sweep.sparsities}
-        prune = [j for j in todo if j.dataset == sweep.dataset and j.method == "fedavg-prune"]
-        assert len(prune) == 1 and prune[0].sparsities == sweep.sparsities
+        def runs(method: str, sweep: object = sweep) -> set[tuple[tuple[float, ...], int]]:
+            return {(j.sparsities, j.settings.seed) for j in todo if j.part == "b"
+                    and (j.dataset, j.tag) == (sweep.dataset, sweep.tag)  # type: ignore[attr-defined]
+                    and j.method == method}
+
+        # MPFL and dense FedAvg (pruned at every point) on every seed; centralised on one.
+        assert runs("mpfl") == {((s,), seed) for s in sweep.sparsities for seed in sweep.seeds}
+        assert runs("central") == ({((s,), sweep.seeds[0]) for s in sweep.sparsities}
+                                   if sweep.central else set())
+        assert runs("fedavg-prune") == {(sweep.sparsities, seed) for seed in sweep.seeds}
+        assert all(j.settings.eval_every_round for j in todo
+                   if j.method == "fedavg-prune")  # the dense curve
+    cifar, long = (sw for sw in profile.sweeps if sw.dataset == "cifar10")
+    assert long.settings.rounds == 2 * cifar.settings.rounds and long.seeds == (0,)
+    assert cifar.seeds == (0, 1, 2) and cifar.sparsities == (0.3, 0.5, 0.7, 0.9)
+    assert cifar.settings.train_limit is None and cifar.settings.granularity == "filter"
     order = bench._by_priority([0.1, 0.3, 0.5, 0.7, 0.9])  # type: ignore[attr-defined]
     assert order[:3] == [0.9, 0.5, 0.1] and sorted(order) == [0.1, 0.3, 0.5, 0.7, 0.9]
 
@@ -354,3 +364,39 @@ def test_part_a_table_gives_mean_spread_and_bits_per_parameter() -> None:
     assert cells[3] == "-0.25 ± 0.35"  # -0.5 and 0.0, paired by seed
     assert cells[4] == "0.500" and cells[6] == "1/64"  # 32 * 500 / 32,000 bits
     assert cells[7] == "98.50 / 98.00" and cells[8] == "0,1"
+
+
+def test_part_b_table_pairs_seeds_and_reports_the_dense_curve() -> None:
+    """Two seeds: each cell is mean ± sd, MPFL's gaps are paired by seed, and the dense
+    runs' per-round accuracy becomes the curve table."""
+    bench = _bench_module()
+    import learning_report as report  # put on the path by bench_learning
+
+    from apps.experiments import RoundRecord
+
+    profile = bench.full_profile()  # type: ignore[attr-defined]
+    cifar = next(sw for sw in profile.sweeps if sw.dataset == "cifar10")
+
+    def result(method: str, seed: int, sparsity: float, accuracy: float,
+               curve: tuple[float, ...] = ()) -> ExperimentResult:
+        rounds = [RoundRecord(t, "train", 0.0, 0.0, a, 1.0, 0, 0, 0, 0, 1.0)
+                  for t, a in enumerate(curve, start=1)]
+        return ExperimentResult("b-x", method, "cifar10", "cnn-cifar", "filter", sparsity,
+                                sparsity, accuracy, 1.0, 1_000, 0, 32_000, rounds, 1.0,
+                                dataclasses.replace(cifar.settings, seed=seed))
+
+    results = [result("fedavg", 0, 0.0, 0.60, (0.2, 0.5, 0.6)),
+               result("fedavg", 1, 0.0, 0.62, (0.3, 0.5, 0.62)),
+               result("fedavg-prune", 0, 0.5, 0.30), result("fedavg-prune", 1, 0.5, 0.40),
+               result("mpfl", 0, 0.5, 0.58), result("mpfl", 1, 0.5, 0.60),
+               result("central", 0, 0.5, 0.65)]
+    table = report.table_b(results, profile).split("**cifar10 / cnn-cifar")[1]
+    assert "dense FedAvg 61.00 ± 1.41% (seeds 0,1)" in table
+    row = next(line for line in table.splitlines() if line.startswith("| 50% "))
+    cells = [c.strip() for c in row.strip("|").split("|")]
+    assert cells[1:4] == ["59.00 ± 1.41", "35.00 ± 7.07", "24.00 ± 5.66"]  # +28 and +20
+    assert cells[4] == "65.00" and cells[5] == "-2.00 ± 0.00" and cells[6] == "1.000"
+    curve = table.split("by round**")[1]
+    assert "| seed 1 | 30.00 | 50.00 | 62.00 |" in curve
+    assert "| mean | 25.00 | 50.00 | 61.00 |" in curve
+    assert "| 30% | - | - | - |" in table  # a point not run stays empty
