@@ -107,6 +107,8 @@ def table_b(results: Sequence[ExperimentResult], profile: Profile) -> str:
     blocks = []
     for sweep in profile.sweeps:
         grouped = group_part_b(results, sweep)
+        if not grouped:
+            continue  # not run (the time budget): the skipped jobs are listed
         dense = grouped.get(("fedavg", 0.0), {})
         rows = []
         for s in sweep.sparsities:
@@ -203,13 +205,15 @@ def plot_sparsity(results: Sequence[ExperimentResult], profile: Profile, path: P
     import matplotlib.pyplot as plt
     import numpy as np
 
-    n = len(profile.sweeps)
-    fig, axes = plt.subplots(2, n, figsize=(5.5 * n, 8), squeeze=False)
+    sweeps = [(sw, group_part_b(results, sw)) for sw in profile.sweeps]
+    sweeps = [(sw, grouped) for sw, grouped in sweeps if grouped]
+    if not sweeps:
+        return
+    fig, axes = plt.subplots(2, len(sweeps), figsize=(5.5 * len(sweeps), 8), squeeze=False)
     labels = {"mpfl": "MPFL default (filter masks)", "fedavg-prune": "FedAvg then prune",
               "central": "centralised iterative pruning"}
-    for col, sweep in enumerate(profile.sweeps):
+    for col, (sweep, grouped) in enumerate(sweeps):
         ax, below = axes[0][col], axes[1][col]
-        grouped = group_part_b(results, sweep)
         for method, style in (("mpfl", "-o"), ("fedavg-prune", "--s"), ("central", "-.^")):
             points = sorted((s, runs) for (m, s), runs in grouped.items() if m == method)
             if not points:
