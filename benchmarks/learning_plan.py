@@ -122,7 +122,7 @@ def full_profile(train_limit: int | None = None) -> Profile:
                                 central_lr=CENTRAL_LR)
     fashion = dataclasses.replace(sweep, train_limit=20_000)
     cifar = dataclasses.replace(sweep, train_limit=None)
-    # Dense FedAvg on CIFAR-10 still gains ~0.7 pt a round at round 20; twice as many
+    # Dense FedAvg on CIFAR-10 still gains ~0.5 pt a round at round 20; twice as many
     # rounds show where it levels off and what MPFL's gap at 50% (the goal's point) is there.
     cifar_long = dataclasses.replace(cifar, train_rounds=35)
     sweeps = (Sweep("fashion-mnist", "lenet5", (0.1, 0.3, 0.5, 0.7, 0.9), fashion),
