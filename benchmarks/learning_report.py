@@ -134,13 +134,15 @@ def table_b(results: Sequence[ExperimentResult], profile: Profile) -> str:
     return "\n\n".join(blocks)
 
 
+def accuracy_by_round(r: ExperimentResult) -> dict[int, float]:
+    """Test accuracy in % of each round that was evaluated."""
+    return {x.round: 100 * x.accuracy for x in r.rounds if x.accuracy is not None}
+
+
 def dense_curve(dense: Mapping[int, ExperimentResult], every: int = 2) -> str:
     """Dense FedAvg's accuracy every ``every`` rounds, per seed and their mean: whether it
     had stopped rising when the runs ended."""
-    def curve(r: ExperimentResult) -> dict[int, float]:
-        return {x.round: 100 * x.accuracy for x in r.rounds if x.accuracy is not None}
-
-    curves = {seed: curve(r) for seed, r in sorted(dense.items())}
+    curves = {seed: accuracy_by_round(r) for seed, r in sorted(dense.items())}
     last = max((max(c, default=0) for c in curves.values()), default=0)
     shown = sorted({1, *range(every, last + 1, every), last}) if last else []
     rows = [[f"seed {seed}"] + [f"{c[t]:.2f}" if t in c else "-" for t in shown]
@@ -228,9 +230,9 @@ def plot_sparsity(results: Sequence[ExperimentResult], profile: Profile, path: P
             ax.axhline(float(np.mean([100 * r.accuracy for r in dense.values()])),
                        color="grey", linestyle=":", label="dense FedAvg")
         for seed, r in sorted(dense.items()):
-            curve = [(x.round, 100 * x.accuracy) for x in r.rounds if x.accuracy is not None]
+            curve = accuracy_by_round(r)
             if curve:
-                below.plot(*zip(*curve, strict=True), "-", label=f"seed {seed}")
+                below.plot(list(curve), list(curve.values()), "-", label=f"seed {seed}")
         ax.set_xlim(0, 100)
         ax.set_ylim(0, 100)
         ax.set_xlabel("sparsity (% of filters / neurons pruned)")
