@@ -2,8 +2,7 @@
 
 Weight masks at 80% sparsity on scikit-learn's 8x8 digits, four nodes with a
 Dirichlet(0.5) label skew, joint mask rounds on the cubic schedule with small layers kept
-denser, deflated int4 deltas with error feedback and server momentum in the training phase
-(the config's defaults).
+denser, deflated int4 deltas with error feedback (the config's defaults).
 Prints per round the consensus sparsity, the global accuracy and the exact bytes sent,
 against what dense FedAvg would have sent.
 """

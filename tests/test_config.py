@@ -66,7 +66,7 @@ def test_every_field_round_trips_through_the_environment() -> None:
                "aggregator": "median", "min_nodes": 3, "quorum": 2, "round_timeout": 9.0,
                "start_timeout": 8.0, "retries": 0, "seed": 5, "eval_dataset": "digits",
                "eval_data_dir": "/tmp/d", "vote_agreement": True, "max_samples": 500,
-               "trim": 0.2, "error_feedback": False, "server_optimizer": "none",
+               "trim": 0.2, "error_feedback": False, "server_optimizer": "fedavgm",
                "server_momentum": 0.8, "layer_sparsity": "uniform"}
     names = {f.name for f in dataclasses.fields(FederationConfig)} - {"model_args"}
     assert set(changed) == names  # a new field needs a line here

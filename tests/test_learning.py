@@ -326,11 +326,12 @@ def test_bench_quick_smoke(
     rows = {(r["dataset"], r["variant"], r["method"]) for r in saved["part_a"]}
     assert rows == {(d, v, m) for d in ("mnist", "fashion-mnist")
                     for v, m in (("fedavg", "fedavg"), ("int8", "mpfl"),
-                                 ("inverse-sqrt", "mpfl"))}
+                                 ("plain-average", "mpfl"))}
     for r in saved["part_a"]:
         assert r["uplink_bytes"] == sum(x["uplink_bytes"] for x in r["rounds"]) > 0
-        if r["variant"] == "inverse-sqrt":
+        if r["variant"] == "plain-average":
             assert r["settings"]["value_codec"] == "int4-deflate"
+            assert r["settings"]["server_optimizer"] == "none"
             assert (r["settings"]["mode"], r["settings"]["schedule"]) == ("joint", "cubic")
             assert r["settings"]["layer_sparsity"] == "inverse-sqrt"
     assert {r["method"] for r in saved["part_b"]} == {"fedavg", "fedavg-prune", "mpfl",
