@@ -298,7 +298,7 @@ def test_bench_jobs_cover_every_point_once() -> None:
         assert all(j.settings.eval_every_round for j in todo
                    if j.method == "fedavg-prune")  # the dense curve
     cifar, long = (sw for sw in profile.sweeps if sw.dataset == "cifar10")
-    assert long.settings.rounds == 2 * cifar.settings.rounds and long.seeds == (0, 1, 2)
+    assert long.settings.rounds == 2 * cifar.settings.rounds and long.seeds == (0, 1, 2, 3)
     assert cifar.seeds == (0, 1, 2) and cifar.sparsities == (0.3, 0.5, 0.7, 0.9)
     assert cifar.settings.train_limit is None and cifar.settings.granularity == "filter"
     order = bench._by_priority([0.1, 0.3, 0.5, 0.7, 0.9])  # type: ignore[attr-defined]
