@@ -21,8 +21,8 @@ SEEDS = (0, 1, 2)
 # The config's default: joint mask rounds on the cubic schedule, small layers kept denser
 # (inverse-sqrt), deflated int4 deltas with error feedback, plain averaging. Joint rounds on
 # the linear schedule were as accurate as on the cubic one with inverse-sqrt layers but cost
-# more than half a bit per parameter. Server momentum (FedAvgM), a step towards the default
-# while mask rounds rewound, bought nothing once they were joint and overfitted CIFAR-10.
+# more than half a bit per parameter. Server momentum (FedAvgM) helped while mask rounds
+# rewound to w0; once they were joint it bought nothing, and it overfitted CIFAR-10.
 DEFAULT_VARIANT = "plain-average"
 DEFAULT_LABEL = ("MPFL default: joint cubic mask rounds, inverse-sqrt layers, deflated int4 "
                  "deltas, error feedback, plain averaging")
