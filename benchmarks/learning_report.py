@@ -172,6 +172,7 @@ def plot_uplink(grouped: PartA, profile: Profile, path: Path) -> None:
         return
     fig, axes = plt.subplots(1, len(datasets), figsize=(6 * len(datasets), 6.2), squeeze=False)
     for ax, dataset in zip(axes[0], datasets, strict=True):
+        ax.set_prop_cycle(color=plt.get_cmap("tab20").colors)  # a colour per row (> 10)
         for v in profile.variants:
             runs = list(grouped.get(v.key, {}).get(dataset, {}).values())
             if not runs:
